@@ -1,0 +1,100 @@
+"""Paths, staging and whole-directory replacement through Beam's FileSystems.
+
+A job writes everything into a hidden staging directory next to its output
+(``.<name>.staging-<token>``; the leading dot makes Spark, pyarrow datasets
+and BigQuery external tables skip it) and, once every file is finalised,
+replaces the output directory with it. Readers therefore see either the
+previous run or this run, never a mix, and a re-run leaves exactly one copy.
+
+Locally the swap is two ``os.rename`` calls. Object stores (gs://) have no
+directory rename: the old files are deleted and the staged ones renamed file
+by file, with ``manifest.json`` moved last, so readers that wait for the
+manifest (as the DAG does) never see a partial partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+MANIFEST = "manifest.json"
+
+
+def is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base.rstrip("/"), *parts)
+
+
+def staging_dir_for(output: str, token: str | None = None) -> str:
+    parent, name = FileSystems.split(output.rstrip("/"))
+    return FileSystems.join(parent, f".{name}.staging-{token or uuid.uuid4().hex[:12]}")
+
+
+def list_files(directory: str) -> list[str]:
+    pattern = join(directory, "**")
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception:  # noqa: BLE001 - a missing directory matches nothing
+        return []
+    return sorted(m.path for m in result.metadata_list)
+
+
+def write_text(path: str, text: str) -> None:
+    if is_local(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+        return
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(text.encode("utf-8"))
+
+
+def read_text(path: str) -> str:
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read().decode("utf-8")
+
+
+def write_json(path: str, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str) -> dict:
+    return json.loads(read_text(path))
+
+
+def replace_directory(staging: str, output: str) -> None:
+    """Make ``output`` hold exactly what ``staging`` holds; ``staging`` is consumed."""
+    output = output.rstrip("/")
+    if is_local(output):
+        parent = os.path.dirname(os.path.abspath(output))
+        os.makedirs(parent, exist_ok=True)
+        trash = None
+        if os.path.lexists(output):
+            trash = os.path.join(parent, f".{os.path.basename(output)}.old-{uuid.uuid4().hex[:12]}")
+            os.rename(output, trash)
+        os.rename(staging, output)
+        if trash:
+            shutil.rmtree(trash, ignore_errors=True)
+        return
+    old = list_files(output)
+    if old:
+        FileSystems.delete(old)
+    staged = list_files(staging)
+    prefix = staging.rstrip("/") + "/"
+    manifest = [p for p in staged if p.endswith("/" + MANIFEST)]
+    rest = [p for p in staged if p not in manifest]
+    for group in (rest, manifest):
+        if group:
+            FileSystems.rename(group, [join(output, p[len(prefix):]) for p in group])
+    leftovers = list_files(staging)
+    if leftovers:
+        FileSystems.delete(leftovers)
