@@ -37,7 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_jobs import storage
 from beam_jobs.config import ExtractConfig, parse_extract_args
@@ -442,11 +442,21 @@ def preflight(cfg: ExtractConfig) -> int | None:
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam options with local defaults that suit this job; explicit flags always win."""
     options = PipelineOptions(beam_args)
     std = options.view_as(StandardOptions)
     if not std.runner:
         # Beam's default DirectRunner first tries to download the Prism runner binary.
         std.runner = "FnApiRunner"
+    if std.runner in LOCAL_RUNNERS:
+        direct = options.view_as(DirectOptions)
+        given = " ".join(beam_args)
+        # Two bundles in flight let one thread decode while the other runs the model;
+        # measured 27 s -> 21 s for 200 images on 2 cores (README, performance).
+        if "--direct_running_mode" not in given:
+            direct.direct_running_mode = "multi_threading"
+        if "--direct_num_workers" not in given:
+            direct.direct_num_workers = max(os.cpu_count() or 1, 1)
     return options
 
 

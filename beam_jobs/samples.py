@@ -101,7 +101,8 @@ def _make_one(src: Image.Image, rng: np.random.Generator, spec: SampleSpec) -> t
 def build_sample_images(out_dir: str, spec: SampleSpec) -> list[str]:
     """Write ``spec.n`` images into ``out_dir`` (reused when already built with the same spec)."""
     os.makedirs(out_dir, exist_ok=True)
-    stamp = os.path.join(out_dir, ".samples.json")
+    # The stamp sits beside the folder, not in it, so globs like 'dir/*' see only images.
+    stamp = out_dir.rstrip("/") + ".samples.json"
     wanted = {"n": spec.n, "seed": spec.seed, "min_mp": spec.min_mp, "max_mp": spec.max_mp,
               "gray_fraction": spec.gray_fraction, "png_fraction": spec.png_fraction}
     if os.path.exists(stamp):

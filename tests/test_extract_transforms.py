@@ -1,0 +1,202 @@
+"""TestPipeline tests of the extraction job's composite transforms (FnApiRunner, real files)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+
+from beam_jobs.config import ConfigError, ExtractConfig, parse_extract_args
+from beam_jobs.extract_embeddings import (
+    FAILURES_TAG,
+    DecodeImages,
+    EmbedImages,
+    ReadImageURIs,
+    npy_name,
+    parse_manifest_header,
+    parse_manifest_line,
+)
+from beam_jobs.images import decode_and_resize
+from beam_jobs.models import WeightsError, get_spec, model_id, resolve_weights
+
+RUNNER_ARGS = ["--runner=FnApiRunner"]
+
+
+def cfg_for(**kw) -> ExtractConfig:
+    base = {"output": "/unused", "input": "/unused/*", "run_id": "test-run"}
+    base.update(kw)
+    return ExtractConfig(**base).validate()
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--output", "/o"], "exactly one of --input"),
+        (["--output", "/o", "--input", "a", "--input_manifest", "b"], "exactly one of --input"),
+        (["--output", "/o", "--input", "a", "--batch_size", "0"], "--batch_size"),
+        (["--output", "/o", "--input", "a", "--num_shards", "-1"], "--num_shards"),
+        (["--output", "gs://", "--input", "a"], "--output"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_runs(argv, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_extract_args(argv)
+
+
+def test_unknown_flags_go_to_beam():
+    cfg, beam_args = parse_extract_args(["--output", "/o", "--input", "x/*", "--runner", "FnApiRunner", "--foo=1"])
+    assert cfg.input == "x/*"
+    assert beam_args == ["--runner", "FnApiRunner", "--foo=1"]
+
+
+def test_weights_resolution(tmp_path):
+    spec = get_spec("resnet50")
+    rnd = resolve_weights(spec, "random", seed=5)
+    assert model_id(spec, rnd) == "resnet50/pool=avg/in=224x224/weights=random-seed5"
+    with pytest.raises(WeightsError, match="does not exist"):
+        resolve_weights(spec, str(tmp_path / "missing.weights.h5"))
+    with pytest.raises(WeightsError, match="not 'imagenet', 'random'"):
+        resolve_weights(spec, str(tmp_path / "model.bin"))
+    f = tmp_path / "w.weights.h5"
+    f.write_bytes(b"abc")
+    resolved = resolve_weights(spec, str(f))
+    assert resolved.kind == "file"
+    # sha256("abc"): the id pins the exact file, so two weight files never mix.
+    assert model_id(spec, resolved).endswith("weights=file-sha256:ba7816bf8f01cfea")
+
+
+def test_imagenet_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
+    from beam_jobs import models
+
+    if models._internet_reachable():
+        pytest.skip("this machine can download the weights")
+    monkeypatch.setattr(models, "KERAS_CACHE_DIR", str(tmp_path))
+    with pytest.raises(WeightsError) as err:
+        resolve_weights(get_spec("resnet50"), "imagenet")
+    msg = str(err.value)
+    assert "no internet" in msg
+    assert "--weights /path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_manifest_parsing():
+    assert parse_manifest_header("/a/b.jpg") is None
+    assert parse_manifest_header("id,image_uri,label") == 1
+    assert parse_manifest_line("  /a/b.jpg \n", None) == "/a/b.jpg"
+    assert parse_manifest_line("# comment", None) is None
+    assert parse_manifest_line("", None) is None
+    assert parse_manifest_line('7,"gs://b/x, y.jpg",cat', 1) == "gs://b/x, y.jpg"
+
+
+def test_npy_names_never_collide():
+    a, b = npy_name("/d1/cat.jpg"), npy_name("/d2/cat.jpg")
+    assert a != b
+    assert a.startswith("cat-")
+    assert a.endswith(".npy")
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_read_image_uris_from_manifest_dedupes(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image_uri\n1,/x/a.jpg\n2,/x/b.jpg\n3,/x/a.jpg\n\n")
+    cfg = cfg_for(input=None, input_manifest=str(manifest))
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        out = p | ReadImageURIs(cfg, manifest_column=1)
+        assert_that(out["uris"], equal_to(["/x/a.jpg", "/x/b.jpg"]), label="distinct")
+        assert_that(
+            out["listed"] | beam.combiners.Count.Globally(), equal_to([3]), label="listed"
+        )
+
+
+def test_read_image_uris_from_glob(sample_dir):
+    cfg = cfg_for(input=os.path.join(sample_dir, "*.jpg"))
+    expected = sorted(glob.glob(os.path.join(sample_dir, "*.jpg")))
+    assert expected
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        out = p | ReadImageURIs(cfg)
+        assert_that(out["uris"], equal_to(expected))
+
+
+def test_decode_images_splits_good_and_bad(edge_dir, sample_dir, tmp_path):
+    folder, expected = edge_dir
+    good = sorted(glob.glob(os.path.join(sample_dir, "img_*")))[:3]
+    missing = str(tmp_path / "gone.jpg")
+    uris = [*good, *expected, missing]
+    want_failed = sorted(
+        [(p, outcome) for p, outcome in expected.items() if outcome != "ok"] + [(missing, "read/not_found")]
+    )
+    want_ok = sorted([*good, *(p for p, o in expected.items() if o == "ok")])
+    cfg = cfg_for()
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        out = p | beam.Create(uris) | DecodeImages(cfg, (224, 224))
+        ok = out.images | "OkUri" >> beam.Map(lambda kv: (kv[0].image_uri, kv[1].shape, kv[1].dtype.name))
+        assert_that(ok, equal_to([(u, (224, 224, 3), "uint8") for u in want_ok]), label="ok")
+        bad = out[FAILURES_TAG] | "BadKey" >> beam.Map(lambda r: (r["image_uri"], f"{r['stage']}/{r['error']}"))
+        assert_that(bad, equal_to(want_failed), label="bad")
+        runs = out[FAILURES_TAG] | "RunIds" >> beam.Map(lambda r: (r["run_id"], bool(r["message"])))
+        assert_that(runs | beam.Distinct(), equal_to([("test-run", True)]), label="run_id")
+
+
+def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
+    """RunInference output equals a plain Keras call on the same pixels (1e-4 relative)."""
+    import keras
+
+    files = sorted(glob.glob(os.path.join(sample_dir, "img_*")))[:5]
+    decoded = [decode_and_resize(open(f, "rb").read()) for f in files]
+    spec = get_spec("resnet50")
+    weights = resolve_weights(spec, weights_file)
+    mid = model_id(spec, weights)
+    reference = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None, input_shape=(224, 224, 3))
+    reference.load_weights(weights_file)
+    x = keras.applications.resnet50.preprocess_input(np.stack([d.pixels for d in decoded]).astype("float32"))
+    expected = dict(zip(files, np.asarray(reference.predict(x, verbose=0)), strict=True))
+
+    def check(rows):
+        got = {r["image_uri"]: r for r in rows}
+        assert set(got) == set(files)
+        for uri, row in got.items():
+            ref = expected[uri]
+            vec = row["embedding"]
+            assert vec.shape == (2048,)
+            assert vec.dtype == np.float32
+            rel = np.linalg.norm(vec - ref) / np.linalg.norm(ref)
+            assert rel < 1e-4, (uri, rel)
+            assert row["model_id"] == mid
+
+    from beam_jobs.extract_embeddings import ImageMeta
+
+    items = [(ImageMeta(f, d.content_sha256, d.width, d.height), d.pixels) for f, d in zip(files, decoded, strict=True)]
+    cfg = cfg_for(batch_size=2)  # 5 images in batches of 2: a partial last batch too
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        out = p | beam.Create(items) | EmbedImages(cfg, weights, mid)
+        assert_that(out["rows"], check, label="rows")
+        assert_that(out[FAILURES_TAG], equal_to([]), label="no failures")
+        assert_that(out["rows"], is_not_empty(), label="some rows")
+
+
+def test_a_failing_batch_becomes_failure_records(weights_file):
+    """Pixels the compiled model refuses fail their batch; every image still gets a record."""
+    from beam_jobs.extract_embeddings import ImageMeta
+
+    spec = get_spec("resnet50")
+    weights = resolve_weights(spec, weights_file)
+    wrong = np.zeros((100, 100, 3), np.uint8)  # not the (224, 224, 3) the signature accepts
+    items = [(ImageMeta(f"/img/{i}.jpg", "x", 100, 100), wrong) for i in range(3)]
+    cfg = cfg_for(batch_size=2)
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        out = p | beam.Create(items) | EmbedImages(cfg, weights, model_id(spec, weights))
+        assert_that(out["rows"], equal_to([]), label="rows")
+        stages = out[FAILURES_TAG] | beam.Map(lambda r: (r["image_uri"], r["stage"]))
+        assert_that(stages, equal_to([(f"/img/{i}.jpg", "inference") for i in range(3)]), label="failures")
