@@ -93,9 +93,7 @@ def extract_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     parser.add_argument("--batch_size", type=int, default=32, help="max images per model call")
-    parser.add_argument(
-        "--resize_mode", default=ResizeMode.CENTER_CROP.value, choices=[m.value for m in ResizeMode]
-    )
+    parser.add_argument("--resize_mode", default=ResizeMode.CENTER_CROP.value, choices=[m.value for m in ResizeMode])
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     parser.add_argument(
         "--output_format",

@@ -112,17 +112,15 @@ class ReadImageURIs(beam.PTransform):
     def expand(self, pbegin):
         cfg = self._cfg
         if cfg.input:
-            raw = (
-                pbegin
-                | "MatchGlob" >> fileio.MatchFiles(cfg.input)
-                | "MetadataToPath" >> beam.Map(lambda m: m.path)
-            )
+            raw = pbegin | "MatchGlob" >> fileio.MatchFiles(cfg.input) | "MetadataToPath" >> beam.Map(lambda m: m.path)
         else:
             column = self._column
             raw = (
                 pbegin
-                | "ReadManifest" >> beam.io.ReadFromText(cfg.input_manifest, skip_header_lines=1 if column is not None else 0)
-                | "ParseManifestLines" >> beam.FlatMap(lambda line: [u] if (u := parse_manifest_line(line, column)) else [])
+                | "ReadManifest"
+                >> beam.io.ReadFromText(cfg.input_manifest, skip_header_lines=1 if column is not None else 0)
+                | "ParseManifestLines"
+                >> beam.FlatMap(lambda line: [u] if (u := parse_manifest_line(line, column)) else [])
             )
         listed = raw | "CountListed" >> beam.Map(_count("uris_listed"))
         # Distinct is a shuffle, so it also spreads the URIs of one glob across workers.
@@ -360,16 +358,15 @@ class WriteOutputs(beam.PTransform):
         fail_files = (
             failures
             | "FailureToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-            | "WriteFailures" >> beam.io.WriteToText(
+            | "WriteFailures"
+            >> beam.io.WriteToText(
                 storage.join(staging, "failures"), file_name_suffix=".jsonl", num_shards=cfg.num_shards
             )
         )
         if cfg.output_format == "npy":
             npy_dir = storage.join(staging, "npy")
             npy_count = (
-                rows
-                | "WriteNpy" >> beam.Map(write_npy, npy_dir)
-                | "CountNpy" >> beam.combiners.Count.Globally()
+                rows | "WriteNpy" >> beam.Map(write_npy, npy_dir) | "CountNpy" >> beam.combiners.Count.Globally()
             )
         else:
             npy_count = p | "NoNpy" >> beam.Create([0])
@@ -387,7 +384,8 @@ class WriteOutputs(beam.PTransform):
         return (
             p
             | "CommitTrigger" >> beam.Create([None])
-            | "Commit" >> beam.ParDo(
+            | "Commit"
+            >> beam.ParDo(
                 CommitFn(cfg, staging, self._model_id, self._dim),
                 counts=beam.pvalue.AsSingleton(counts),
                 failure_keys=beam.pvalue.AsSingleton(failure_keys),
@@ -485,8 +483,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     column = preflight(cfg)
     options = pipeline_options(beam_args)
     staging = storage.staging_dir_for(cfg.output)
-    LOG.info("extract_embeddings run_id=%s model_id=%s input=%s output=%s", cfg.run_id,
-             model_id(spec, weights), cfg.input or cfg.input_manifest, cfg.output)
+    LOG.info(
+        "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
+        cfg.run_id,
+        model_id(spec, weights),
+        cfg.input or cfg.input_manifest,
+        cfg.output,
+    )
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, cfg, weights, staging, column)
     result = pipeline.run()
@@ -499,8 +502,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         storage.write_json(manifest_path, manifest)
     LOG.info(
         "extract_embeddings done: inputs=%d embedded=%d failed=%d in %.1fs (%.1f images/s); failures=%s",
-        manifest["inputs"], manifest["embedded"], manifest["failed"], manifest["seconds"],
-        manifest["images_per_second"], manifest["failures_by_reason"],
+        manifest["inputs"],
+        manifest["embedded"],
+        manifest["failed"],
+        manifest["seconds"],
+        manifest["images_per_second"],
+        manifest["failures_by_reason"],
     )
     LOG.info("metrics: %s", json.dumps(metrics, sort_keys=True))
     return manifest

@@ -44,7 +44,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 _EXIF_ORIENTATION = 0x0112
 
 
-class ResizeMode(str, enum.Enum):
+class ResizeMode(enum.StrEnum):
     CENTER_CROP = "center_crop"
     SQUASH = "squash"
 
@@ -95,9 +95,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         arr8 = np.clip((np.nan_to_num(arr, nan=lo) - lo) * scale, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in img.info
-    ) or (mode in ("L", "RGB") and "transparency" in img.info)
+    has_alpha = (
+        mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (mode == "P" and "transparency" in img.info)
+        or (mode in ("L", "RGB") and "transparency" in img.info)
+    )
     if has_alpha:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -150,10 +152,9 @@ def decode_and_resize(
                     f"image is {w0}x{h0} = {w0 * h0} pixels, over the limit of {max_pixels} "
                     "(possible decompression bomb); raise --max_pixels to accept it",
                 )
-            if use_draft and src_format == "JPEG":
-                # Only worth it when libjpeg can scale by at least 1/2.
-                if w0 >= 2 * target_w and h0 >= 2 * target_h:
-                    img.draft("RGB", (target_w, target_h))
+            # Only worth it when libjpeg can scale by at least 1/2.
+            if use_draft and src_format == "JPEG" and w0 >= 2 * target_w and h0 >= 2 * target_h:
+                img.draft("RGB", (target_w, target_h))
             # Orientations 5-8 are the ones that swap width and height on display.
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             src_w, src_h = (h0, w0) if orientation in (5, 6, 7, 8) else (w0, h0)

@@ -30,9 +30,22 @@ import numpy as np
 from PIL import Image
 
 SKIMAGE_PHOTOS = (
-    "astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg",
-    "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
-    "brick.png", "gravel.png", "grass.png", "moon.png", "page.png", "horse.png",
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "motorcycle_left.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "camera.png",
+    "coins.png",
+    "brick.png",
+    "gravel.png",
+    "grass.png",
+    "moon.png",
+    "page.png",
+    "horse.png",
 )
 
 
@@ -103,8 +116,14 @@ def build_sample_images(out_dir: str, spec: SampleSpec) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     # The stamp sits beside the folder, not in it, so globs like 'dir/*' see only images.
     stamp = out_dir.rstrip("/") + ".samples.json"
-    wanted = {"n": spec.n, "seed": spec.seed, "min_mp": spec.min_mp, "max_mp": spec.max_mp,
-              "gray_fraction": spec.gray_fraction, "png_fraction": spec.png_fraction}
+    wanted = {
+        "n": spec.n,
+        "seed": spec.seed,
+        "min_mp": spec.min_mp,
+        "max_mp": spec.max_mp,
+        "gray_fraction": spec.gray_fraction,
+        "png_fraction": spec.png_fraction,
+    }
     if os.path.exists(stamp):
         with open(stamp) as handle:
             done = json.load(handle)

@@ -94,7 +94,7 @@ def replace_directory(staging: str, output: str) -> None:
     rest = [p for p in staged if p not in manifest]
     for group in (rest, manifest):
         if group:
-            FileSystems.rename(group, [join(output, p[len(prefix):]) for p in group])
+            FileSystems.rename(group, [join(output, p[len(prefix) :]) for p in group])
     leftovers = list_files(staging)
     if leftovers:
         FileSystems.delete(leftovers)

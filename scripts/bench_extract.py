@@ -16,12 +16,12 @@ everywhere, so all three run the identical network.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def bench_model_only(weights: str, files: list[str], batch: int) -> float:
     spec = get_spec("resnet50")
     w = resolve_weights(spec, weights)
     model = load_embedding_model("resnet50", w, model_id(spec, w))
-    pixels = np.stack([decode_and_resize(open(f, "rb").read()).pixels for f in files])
+    pixels = np.stack([decode_and_resize(Path(f).read_bytes()).pixels for f in files])
     model(pixels[:batch])  # warm-up at the real batch shape
     start = time.perf_counter()
     for i in range(0, len(pixels), batch):
@@ -77,10 +77,21 @@ def bench_seeds(weights: str, files: list[str]) -> float:
 
 def run_job(image_dir: str, out: str, weights: str, extra: list[str]) -> dict:
     cmd = [
-        sys.executable, "-c", RSS_WRAPPER,
-        sys.executable, "-m", "beam_jobs.extract_embeddings",
-        "--input", os.path.join(image_dir, "*"), "--output", out, "--weights", weights,
-        "--runner", "FnApiRunner", *extra,
+        sys.executable,
+        "-c",
+        RSS_WRAPPER,
+        sys.executable,
+        "-m",
+        "beam_jobs.extract_embeddings",
+        "--input",
+        os.path.join(image_dir, "*"),
+        "--output",
+        out,
+        "--weights",
+        weights,
+        "--runner",
+        "FnApiRunner",
+        *extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")]
@@ -88,7 +99,7 @@ def run_job(image_dir: str, out: str, weights: str, extra: list[str]) -> dict:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"job failed: {' '.join(cmd[3:])}")
     _, _, wall, rss_kb = line[-1].split()
-    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    manifest = json.loads(Path(out, "manifest.json").read_text())
     return {"wall": float(wall), "rss_mb": int(rss_kb) / 1024, "manifest": manifest}
 
 
@@ -110,8 +121,11 @@ def main() -> int:
     img_n = os.path.join(args.workdir, f"images_n{args.n}")
     files = build_sample_images(img_n, SampleSpec(args.n, seed=1))
     mp = [np.prod(__import__("PIL.Image", fromlist=["Image"]).open(f).size) / 1e6 for f in files]
-    print(f"images: {len(files)} in {img_n} ({min(mp):.2f}-{max(mp):.2f} MP, mean {np.mean(mp):.2f} MP; "
-          f"built/reused in {time.perf_counter() - t:.0f}s)", flush=True)
+    print(
+        f"images: {len(files)} in {img_n} ({min(mp):.2f}-{max(mp):.2f} MP, mean {np.mean(mp):.2f} MP; "
+        f"built/reused in {time.perf_counter() - t:.0f}s)",
+        flush=True,
+    )
     extra = [f"--batch_size={args.batch_size}", *args.job_args.split()]
 
     # (c) first, before this process has TensorFlow loaded, so the machine is otherwise idle.
@@ -126,7 +140,7 @@ def main() -> int:
     rows = [
         ("(a) compiled model call, pre-decoded batches", a_ips, ""),
         ("(b) seeds: load_img + model.predict per image", b_ips, ""),
-        ("(c) this job, end to end (FnApiRunner)", c_ips, f"{c['wall']:.1f}s wall, job-reported {c['manifest']['images_per_second']:.1f} img/s"),
+        ("(c) this job, end to end (FnApiRunner)", c_ips, f"{c['wall']:.1f}s wall incl. startup"),
     ]
     print()
     print(f"| measurement (N={args.n}, batch {args.batch_size}) | images/s | notes |")

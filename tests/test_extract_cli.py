@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,13 +19,13 @@ pytestmark = pytest.mark.slow
 
 
 def read_outputs(out: str) -> tuple[dict, list[dict], list[dict]]:
-    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    manifest = json.loads(Path(out, "manifest.json").read_text())
     rows = []
     for f in sorted(glob.glob(os.path.join(out, "embeddings-*.parquet"))):
         rows += pq.read_table(f).to_pylist()
     failures = []
     for f in sorted(glob.glob(os.path.join(out, "failures-*.jsonl"))):
-        failures += [json.loads(line) for line in open(f) if line.strip()]
+        failures += [json.loads(line) for line in Path(f).read_text().splitlines() if line.strip()]
     return manifest, rows, failures
 
 
@@ -35,7 +36,7 @@ def mixed_inputs(sample_dir, edge_dir, tmp_path_factory):
     os.makedirs(folder)
     for f in glob.glob(os.path.join(sample_dir, "*")):
         shutil.copy(f, folder)
-    edge_folder, expected = edge_dir
+    _edge_folder, expected = edge_dir
     for f in expected:
         shutil.copy(f, folder)
     expected = {os.path.join(folder, os.path.basename(k)): v for k, v in expected.items()}
@@ -53,8 +54,19 @@ def manifest_run(mixed_inputs, weights_file, tmp_path_factory):
     _, manifest, expected = mixed_inputs
     out = str(tmp_path_factory.mktemp("out") / "embeddings" / "ds=2026-11-20")
     proc = run_cli(
-        MODULE, "--input_manifest", manifest, "--output", out, "--weights", weights_file,
-        "--run_id", "scheduled__2026-11-20", "--batch_size", "4", "--output_format", "npy",
+        MODULE,
+        "--input_manifest",
+        manifest,
+        "--output",
+        out,
+        "--weights",
+        weights_file,
+        "--run_id",
+        "scheduled__2026-11-20",
+        "--batch_size",
+        "4",
+        "--output_format",
+        "npy",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, expected, proc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -115,9 +116,7 @@ def test_read_image_uris_from_manifest_dedupes(tmp_path):
     with TestPipeline(argv=RUNNER_ARGS) as p:
         out = p | ReadImageURIs(cfg, manifest_column=1)
         assert_that(out["uris"], equal_to(["/x/a.jpg", "/x/b.jpg"]), label="distinct")
-        assert_that(
-            out["listed"] | beam.combiners.Count.Globally(), equal_to([3]), label="listed"
-        )
+        assert_that(out["listed"] | beam.combiners.Count.Globally(), equal_to([3]), label="listed")
 
 
 def test_read_image_uris_from_glob(sample_dir):
@@ -130,7 +129,7 @@ def test_read_image_uris_from_glob(sample_dir):
 
 
 def test_decode_images_splits_good_and_bad(edge_dir, sample_dir, tmp_path):
-    folder, expected = edge_dir
+    _folder, expected = edge_dir
     good = sorted(glob.glob(os.path.join(sample_dir, "img_*")))[:3]
     missing = str(tmp_path / "gone.jpg")
     uris = [*good, *expected, missing]
@@ -154,7 +153,7 @@ def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
     import keras
 
     files = sorted(glob.glob(os.path.join(sample_dir, "img_*")))[:5]
-    decoded = [decode_and_resize(open(f, "rb").read()) for f in files]
+    decoded = [decode_and_resize(Path(f).read_bytes()) for f in files]
     spec = get_spec("resnet50")
     weights = resolve_weights(spec, weights_file)
     mid = model_id(spec, weights)
