@@ -20,7 +20,6 @@ help: ## list the targets
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip $(PIP_QUIET)
 	$(PY) -m pip install -q -r requirements.txt $(PIP_QUIET)
 	$(PY) -m pip install -q --no-deps -e . $(PIP_QUIET)
 	$(PY) -m pip check
