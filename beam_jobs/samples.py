@@ -23,7 +23,7 @@ import math
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 
 import numpy as np
@@ -116,14 +116,7 @@ def build_sample_images(out_dir: str, spec: SampleSpec) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     # The stamp sits beside the folder, not in it, so globs like 'dir/*' see only images.
     stamp = out_dir.rstrip("/") + ".samples.json"
-    wanted = {
-        "n": spec.n,
-        "seed": spec.seed,
-        "min_mp": spec.min_mp,
-        "max_mp": spec.max_mp,
-        "gray_fraction": spec.gray_fraction,
-        "png_fraction": spec.png_fraction,
-    }
+    wanted = asdict(spec)
     if os.path.exists(stamp):
         with open(stamp) as handle:
             done = json.load(handle)

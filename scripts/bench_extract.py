@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -121,7 +122,10 @@ def main() -> int:
     t = time.perf_counter()
     img_n = os.path.join(args.workdir, f"images_n{args.n}")
     files = build_sample_images(img_n, SampleSpec(args.n, seed=1))
-    mp = [np.prod(__import__("PIL.Image", fromlist=["Image"]).open(f).size) / 1e6 for f in files]
+    mp = []
+    for f in files:
+        with Image.open(f) as img:
+            mp.append(img.size[0] * img.size[1] / 1e6)
     print(
         f"images: {len(files)} in {img_n} ({min(mp):.2f}-{max(mp):.2f} MP, mean {np.mean(mp):.2f} MP; "
         f"built/reused in {time.perf_counter() - t:.0f}s)",

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from beam_jobs.extract_embeddings import npy_name
 from tests.conftest import run_cli
 
 MODULE = "beam_jobs.extract_embeddings"
@@ -128,8 +129,6 @@ def test_npy_output_one_file_per_image(manifest_run):
     _, rows, _ = read_outputs(out)
     npys = glob.glob(os.path.join(out, "npy", "*.npy"))
     assert len(npys) == len(rows)
-    from beam_jobs.extract_embeddings import npy_name
-
     first = rows[0]
     vec = np.load(os.path.join(out, "npy", npy_name(first["image_uri"])))
     np.testing.assert_array_equal(vec, np.asarray(first["embedding"], dtype=np.float32))

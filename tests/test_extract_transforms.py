@@ -17,6 +17,7 @@ from beam_jobs.extract_embeddings import (
     FAILURES_TAG,
     DecodeImages,
     EmbedImages,
+    ImageMeta,
     ReadImageURIs,
     npy_name,
     parse_manifest_header,
@@ -174,8 +175,6 @@ def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
             assert rel < 1e-4, (uri, rel)
             assert row["model_id"] == mid
 
-    from beam_jobs.extract_embeddings import ImageMeta
-
     items = [(ImageMeta(f, d.content_sha256, d.width, d.height), d.pixels) for f, d in zip(files, decoded, strict=True)]
     cfg = cfg_for(batch_size=2)  # 5 images in batches of 2: a partial last batch too
     with TestPipeline(argv=RUNNER_ARGS) as p:
@@ -187,8 +186,6 @@ def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
 
 def test_a_failing_batch_becomes_failure_records(weights_file):
     """Pixels the compiled model refuses fail their batch; every image still gets a record."""
-    from beam_jobs.extract_embeddings import ImageMeta
-
     spec = get_spec("resnet50")
     weights = resolve_weights(spec, weights_file)
     wrong = np.zeros((100, 100, 3), np.uint8)  # not the (224, 224, 3) the signature accepts
