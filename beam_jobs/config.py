@@ -127,3 +127,115 @@ def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]
         intra_op_threads=known.intra_op_threads,
     )
     return cfg.validate(), beam_args
+
+
+# --------------------------------------------------------------------------- reduce_dim
+
+REDUCE_METHODS = ("pca", "umap")
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    inputs: tuple[str, ...]
+    output: str
+    method: str
+    seed: int = 0
+    model_id: str | None = None
+    block_rows: int = 8192
+    pca_dims: int = 50
+    fit_sample_size: int = 20_000
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    html_points: int = 1000
+    thumbnail_size: int = 96
+    trust_sample_size: int = 1000
+    run_id: str = field(default_factory=default_run_id)
+    num_shards: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def validate(self) -> ReduceConfig:
+        problems = []
+        if not self.inputs or not all(i.strip() for i in self.inputs):
+            problems.append("--input is required (a glob or a partition directory of extraction output)")
+        if not self.output:
+            problems.append("--output is required")
+        elif self.output.rstrip("/") in ("", "gs:") or self.output.rstrip("/").endswith("gs:/"):
+            problems.append(f"--output {self.output!r} must name a directory below the root, it is replaced whole")
+        if self.method not in REDUCE_METHODS:
+            problems.append(f"--method must be one of {', '.join(REDUCE_METHODS)}, got {self.method!r}")
+        if self.block_rows < 1:
+            problems.append(f"--block_rows must be >= 1, got {self.block_rows}")
+        if self.pca_dims != 0 and self.pca_dims < 2:
+            problems.append(f"--pca_dims must be 0 (off) or >= 2, got {self.pca_dims}")
+        if self.fit_sample_size < 3:
+            problems.append(f"--fit_sample_size must be >= 3, got {self.fit_sample_size}")
+        if self.n_neighbors < 2:
+            problems.append(f"--n_neighbors must be >= 2, got {self.n_neighbors}")
+        if not 0.0 <= self.min_dist <= 1.0:
+            problems.append(f"--min_dist must be between 0 and 1, got {self.min_dist}")
+        if not 0 <= self.html_points <= 20_000:
+            problems.append(f"--html_points must be between 0 and 20000 (the HTML embeds them), got {self.html_points}")
+        if not 16 <= self.thumbnail_size <= 512:
+            problems.append(f"--thumbnail_size must be between 16 and 512, got {self.thumbnail_size}")
+        if self.trust_sample_size < 0:
+            problems.append(f"--trust_sample_size must be >= 0, got {self.trust_sample_size}")
+        if self.num_shards < 0:
+            problems.append(f"--num_shards must be >= 0 (0 = let the runner decide), got {self.num_shards}")
+        if problems:
+            raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))
+        return self
+
+
+def reduce_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_jobs.reduce_dim",
+        description="Reduce extraction output (embeddings Parquet) to 2D with exact PCA or sample-fit UMAP.",
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        help="extraction output: a partition directory, a glob of them (e.g. '/out/embeddings/ds=2026-11-*') "
+        "or a glob of embeddings-*.parquet files; repeat to combine several",
+    )
+    parser.add_argument("--output", required=True, help="output directory; replaced whole on every run")
+    parser.add_argument("--method", required=True, choices=REDUCE_METHODS)
+    parser.add_argument("--seed", type=int, default=0, help="seeds sampling and UMAP")
+    parser.add_argument(
+        "--model_id", default=None, help="use only rows of this model_id (needed when the input mixes models)"
+    )
+    parser.add_argument("--block_rows", type=int, default=8192, help="rows per in-memory block (speed vs memory)")
+    parser.add_argument("--pca_dims", type=int, default=50, help="UMAP: PCA to this many dims first; 0 = off")
+    parser.add_argument("--fit_sample_size", type=int, default=20_000, help="UMAP: rows in the seeded fit sample")
+    parser.add_argument("--n_neighbors", type=int, default=15, help="UMAP n_neighbors")
+    parser.add_argument("--min_dist", type=float, default=0.1, help="UMAP min_dist")
+    parser.add_argument("--html_points", type=int, default=1000, help="seeded sample plotted in map.html")
+    parser.add_argument("--thumbnail_size", type=int, default=96, help="thumbnail pixels in map.html")
+    parser.add_argument(
+        "--trust_sample_size", type=int, default=1000, help="rows used to compute trustworthiness; 0 = skip"
+    )
+    parser.add_argument("--run_id", default=None, help="recorded in every row (Airflow passes its run id)")
+    parser.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
+    return parser
+
+
+def parse_reduce_args(argv: list[str] | None) -> tuple[ReduceConfig, list[str]]:
+    known, beam_args = reduce_arg_parser().parse_known_args(argv)
+    cfg = ReduceConfig(
+        inputs=tuple(known.input),
+        output=known.output,
+        method=known.method,
+        seed=known.seed,
+        model_id=known.model_id,
+        block_rows=known.block_rows,
+        pca_dims=known.pca_dims,
+        fit_sample_size=known.fit_sample_size,
+        n_neighbors=known.n_neighbors,
+        min_dist=known.min_dist,
+        html_points=known.html_points,
+        thumbnail_size=known.thumbnail_size,
+        trust_sample_size=known.trust_sample_size,
+        run_id=known.run_id or default_run_id(),
+        num_shards=known.num_shards,
+    )
+    return cfg.validate(), beam_args

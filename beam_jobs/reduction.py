@@ -1,0 +1,234 @@
+"""Pure numerical helpers for reduce_dim: PCA from sufficient statistics, seeded sampling, UMAP.
+
+Nothing here knows about Beam; the job wires these into CombineFns and DoFns.
+
+PCA precision. Each block's Gram matrix is computed in float32 (BLAS syrk,
+~1.6x the speed of float64 here) on rows shifted by a reference mean, so the
+products are of centred values and do not lose digits to a large common
+offset; blocks are then summed in float64. Statistics with different shifts
+are merged exactly by re-basing one onto the other's shift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class GramStats:
+    """Count, sum and X^T X of rows seen so far, about a fixed ``shift`` (float64)."""
+
+    dim: int = 0
+    n: int = 0
+    shift: np.ndarray | None = None
+    total: np.ndarray | None = None  # sum of (x - shift)
+    gram: np.ndarray | None = None  # sum of (x - shift)(x - shift)^T
+
+    def add_block(self, x: np.ndarray) -> GramStats:
+        if x.ndim != 2 or x.shape[0] == 0:
+            return self
+        if self.n == 0 and self.shift is None:
+            self.dim = x.shape[1]
+            self.shift = x.mean(axis=0, dtype=np.float64)
+            self.total = np.zeros(self.dim, np.float64)
+            self.gram = np.zeros((self.dim, self.dim), np.float64)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"embedding length {x.shape[1]} differs from {self.dim} seen before")
+        y = np.asarray(x, np.float32) - self.shift.astype(np.float32)
+        self.total += y.sum(axis=0, dtype=np.float64)
+        # y.T @ y on the same buffer: numpy dispatches this to BLAS syrk.
+        self.gram += y.T @ y
+        self.n += x.shape[0]
+        return self
+
+    def merge(self, other: GramStats) -> GramStats:
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        if other.dim != self.dim:
+            raise ValueError(f"embedding length {other.dim} differs from {self.dim} seen before")
+        # Re-base other's sums from its shift c2 onto ours c1: y1 = y2 + d with d = c2 - c1.
+        d = other.shift - self.shift
+        t2 = other.total
+        self.gram += other.gram + np.outer(d, t2) + np.outer(t2, d) + other.n * np.outer(d, d)
+        self.total += t2 + other.n * d
+        self.n += other.n
+        return self
+
+    def mean(self) -> np.ndarray:
+        return self.shift + self.total / self.n
+
+    def covariance(self) -> np.ndarray:
+        """Sample covariance (ddof=1, as scikit-learn's PCA)."""
+        if self.n < 2:
+            raise ValueError(f"PCA needs at least 2 rows, got {self.n}")
+        mu = self.total / self.n
+        cov = (self.gram - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return (cov + cov.T) / 2
+
+
+@dataclass
+class PCAModel:
+    mean: np.ndarray  # (d,) float64
+    components: np.ndarray  # (k, d) float64, rows are unit vectors
+    explained_variance: np.ndarray  # (k,)
+    explained_variance_ratio: np.ndarray  # (k,)
+    n_rows: int
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) -> (n, k) float32 scores."""
+        centred = np.asarray(x, np.float32) - self.mean.astype(np.float32)
+        return centred @ self.components.T.astype(np.float32)
+
+
+def fit_pca(stats: GramStats, n_components: int) -> PCAModel:
+    """Top components of the covariance by one symmetric eigendecomposition (LAPACK syevr)."""
+    from scipy.linalg import eigh
+
+    cov = stats.covariance()
+    d = cov.shape[0]
+    k = min(n_components, d)
+    values, vectors = eigh(cov, subset_by_index=[d - k, d - 1])
+    order = np.argsort(values)[::-1]
+    values = np.clip(values[order], 0.0, None)
+    components = vectors[:, order].T.copy()
+    # scikit-learn's convention (svd_flip, v-based): the largest-magnitude loading of each
+    # component is positive, so runs and libraries agree on orientation.
+    signs = np.sign(components[np.arange(k), np.argmax(np.abs(components), axis=1)])
+    signs[signs == 0] = 1.0
+    components *= signs[:, None]
+    total_variance = float(np.trace(cov))
+    ratio = values / total_variance if total_variance > 0 else np.zeros_like(values)
+    return PCAModel(stats.mean(), components, values, ratio, stats.n)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def row_priority(uris: list[str] | np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random uint64 per URI, independent of order and batching.
+
+    Keeping the k smallest priorities gives the same sample however the rows
+    are split across files, bundles and workers.
+    """
+    salt = int(seed).to_bytes(8, "little", signed=True)
+    out = np.empty(len(uris), np.uint64)
+    for i, uri in enumerate(uris):
+        out[i] = int.from_bytes(hashlib.blake2b(str(uri).encode("utf-8"), digest_size=8, salt=salt).digest(), "little")
+    return out
+
+
+@dataclass
+class Sample:
+    """The k rows with the smallest priority seen so far; columns are parallel arrays."""
+
+    k: int
+    priority: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, priority: np.ndarray, **columns: np.ndarray) -> Sample:
+        if len(self.priority) >= self.k > 0:
+            # Full: only rows at or below the current k-th priority can enter; skip copying the rest.
+            keep = priority <= self.priority.max()
+            if not keep.all():
+                priority = priority[keep]
+                columns = {name: col[keep] for name, col in columns.items()}
+        if len(priority) == 0 or self.k == 0:
+            return self
+        if not self.columns:
+            self.priority, self.columns = priority, dict(columns)
+        else:
+            self.priority = np.concatenate([self.priority, priority])
+            self.columns = {name: np.concatenate([self.columns[name], columns[name]]) for name in self.columns}
+        return self._trim()
+
+    def merge(self, other: Sample) -> Sample:
+        return self.add(other.priority, **other.columns) if other.columns else self
+
+    def _trim(self) -> Sample:
+        if len(self.priority) > self.k:
+            # Stable sort on priority, then URI as a tie-break: deterministic whatever the merge order.
+            keys = self.columns.get("image_uri")
+            order = np.lexsort((keys, self.priority)) if keys is not None else np.argsort(self.priority, kind="stable")
+            keep = order[: self.k]
+            self.priority = self.priority[keep]
+            self.columns = {name: col[keep] for name, col in self.columns.items()}
+        return self
+
+    def sorted(self) -> Sample:
+        keys = self.columns.get("image_uri")
+        order = np.lexsort((keys, self.priority)) if keys is not None else np.argsort(self.priority, kind="stable")
+        return Sample(self.k, self.priority[order], {name: col[order] for name, col in self.columns.items()})
+
+    def __len__(self) -> int:
+        return len(self.priority)
+
+
+# --------------------------------------------------------------------------- UMAP
+
+
+def import_umap():
+    """umap-learn without TensorFlow.
+
+    ``import umap`` tries ``umap.parametric_umap``, which imports TensorFlow
+    (~5 s and ~500 MB here) for a class this job never uses. A ``None`` entry in
+    sys.modules makes that import raise ImportError, which umap catches.
+    """
+    sys.modules.setdefault("umap.parametric_umap", None)
+    import umap
+
+    return umap
+
+
+@dataclass
+class UmapModel:
+    """PCA pre-reduction (optional) + a fitted UMAP, applied to raw embeddings."""
+
+    pca: PCAModel | None
+    umap: Any
+    fit_rows: int
+    seed: int
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self.pca.transform(x) if self.pca is not None else np.asarray(x, np.float32)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.empty((0, 2), np.float32)
+        return np.asarray(self.umap.transform(self.features(x)), np.float32)
+
+
+def fit_umap(x: np.ndarray, pca: PCAModel | None, seed: int, n_neighbors: int = 15, min_dist: float = 0.1) -> UmapModel:
+    """Fit UMAP on a sample of raw embeddings (after the optional PCA)."""
+    umap = import_umap()
+    features = pca.transform(x) if pca is not None else np.asarray(x, np.float32)
+    if len(features) <= 2:
+        raise ValueError(f"UMAP needs at least 3 rows to fit, got {len(features)}")
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=min(n_neighbors, len(features) - 1),
+        min_dist=min_dist,
+        # A fixed random_state makes fit and transform reproducible; umap then runs single-threaded.
+        random_state=seed,
+        transform_seed=seed,
+        n_jobs=1,
+    )
+    reducer.fit(features)
+    return UmapModel(pca, reducer, len(features), seed)
+
+
+def trustworthiness(high: np.ndarray, low: np.ndarray, n_neighbors: int = 10) -> float | None:
+    """scikit-learn's trustworthiness (1.0 = local neighbourhoods kept), or None if too few rows."""
+    from sklearn.manifold import trustworthiness as tw
+
+    n = len(high)
+    k = min(n_neighbors, n // 2 - 1)
+    if k < 1:
+        return None
+    return float(tw(np.asarray(high, np.float64), np.asarray(low, np.float64), n_neighbors=k))

@@ -1,0 +1,47 @@
+"""Runner defaults and metric read-out shared by the Beam jobs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+
+
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam options with local defaults that suit our jobs; explicit flags always win."""
+    options = PipelineOptions(beam_args)
+    std = options.view_as(StandardOptions)
+    if not std.runner:
+        # Beam's default DirectRunner first tries to download the Prism runner binary.
+        std.runner = "FnApiRunner"
+    if std.runner in LOCAL_RUNNERS:
+        direct = options.view_as(DirectOptions)
+        given = " ".join(beam_args)
+        # Two bundles in flight let one thread do I/O or decoding while the other computes;
+        # extraction: 27 s -> 21 s for 200 images on 2 cores (README, performance).
+        if "--direct_running_mode" not in given:
+            direct.direct_running_mode = "multi_threading"
+        if "--direct_num_workers" not in given:
+            direct.direct_num_workers = max(os.cpu_count() or 1, 1)
+    return options
+
+
+def metrics_summary(result, namespace: str) -> dict[str, Any]:
+    """Committed Beam metrics of this job as plain numbers (empty if the runner has none)."""
+    try:
+        queried = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        return {}
+    out: dict[str, Any] = {}
+    for c in queried.get("counters", []):
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (c.committed or 0)
+    for d in queried.get("distributions", []):
+        v = d.committed
+        if v is None or not v.count:
+            continue
+        out[d.key.metric.name] = {"count": v.count, "sum": v.sum, "min": v.min, "max": v.max, "mean": round(v.mean, 3)}
+    return dict(sorted(out.items()))
