@@ -148,6 +148,7 @@ class ReduceConfig:
     min_dist: float = 0.1
     html_points: int = 1000
     thumbnail_size: int = 96
+    thumbnails: bool = True
     trust_sample_size: int = 1000
     run_id: str = field(default_factory=default_run_id)
     num_shards: int = 0
@@ -212,6 +213,12 @@ def reduce_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--html_points", type=int, default=1000, help="seeded sample plotted in map.html")
     parser.add_argument("--thumbnail_size", type=int, default=96, help="thumbnail pixels in map.html")
     parser.add_argument(
+        "--thumbnails",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read the sampled images to embed thumbnails in map.html (--no-thumbnails: URIs only)",
+    )
+    parser.add_argument(
         "--trust_sample_size", type=int, default=1000, help="rows used to compute trustworthiness; 0 = skip"
     )
     parser.add_argument("--run_id", default=None, help="recorded in every row (Airflow passes its run id)")
@@ -234,6 +241,7 @@ def parse_reduce_args(argv: list[str] | None) -> tuple[ReduceConfig, list[str]]:
         min_dist=known.min_dist,
         html_points=known.html_points,
         thumbnail_size=known.thumbnail_size,
+        thumbnails=known.thumbnails,
         trust_sample_size=known.trust_sample_size,
         run_id=known.run_id or default_run_id(),
         num_shards=known.num_shards,

@@ -10,7 +10,7 @@ Stages (each a composite PTransform):
   FitPCA          a CombineFn sums count, sum and X^T X (float64) across workers; one
                   eigendecomposition of the covariance gives the components
   FitUMAP         a seeded bounded sample (smallest hash of the URI) of raw rows -> optional PCA
-                  to --pca_dims -> umap-learn fit on one worker
+                  to --pca_dims and umap-learn, both fitted on that sample on one worker
   Project         a second read of the files; every block is projected in parallel with the
                   fitted model as a side input
   WriteOutputs    projection-*.parquet, then map.png, map.html and manifest.json in the commit
@@ -316,9 +316,22 @@ class FitPCA(beam.PTransform):
         )
 
 
-def fit_umap_on_sample(sample: Sample, pca: PCAModel | None, cfg: ReduceConfig) -> UmapModel:
+def fit_umap_on_sample(sample: Sample, cfg: ReduceConfig, use_pca: bool) -> UmapModel:
+    """PCA (optional) and UMAP, both fitted on the seeded sample, on one worker.
+
+    The pre-PCA is fitted on the sample, not on all rows: a 50-d subspace is well
+    estimated from thousands of rows, and a fit that only sees the sample (in its
+    fixed order) is bit-for-bit reproducible, which a sum over workers in arrival
+    order is not. UMAP amplifies last-digit differences into a different layout.
+    """
     x = sample.columns["x"]
     start = time.perf_counter()
+    pca = None
+    if use_pca:
+        stats = GramStats()
+        for i in range(0, len(x), 8192):
+            stats.add_block(x[i : i + 8192])
+        pca = fit_pca(stats, cfg.pca_dims)
     model = fit_umap(x, pca, cfg.seed, cfg.n_neighbors, cfg.min_dist)
     Metrics.distribution(METRICS_NAMESPACE, "umap_fit_ms").update(int((time.perf_counter() - start) * 1000))
     return model
@@ -332,11 +345,11 @@ class FitUMAP(beam.PTransform):
 
     def expand(self, blocks):
         cfg = self._cfg
-        sample = blocks | "FitSample" >> beam.CombineGlobally(SampleFn(cfg.fit_sample_size, cfg.seed, ("x",)))
-        if self._use_pca:
-            pca = blocks | "PrePCA" >> FitPCA(cfg.pca_dims)
-            return sample | "Fit" >> beam.Map(fit_umap_on_sample, beam.pvalue.AsSingleton(pca), cfg)
-        return sample | "Fit" >> beam.Map(fit_umap_on_sample, None, cfg)
+        return (
+            blocks
+            | "FitSample" >> beam.CombineGlobally(SampleFn(cfg.fit_sample_size, cfg.seed, ("x",)))
+            | "Fit" >> beam.Map(fit_umap_on_sample, cfg, self._use_pca)
+        )
 
 
 def describe_model(model: PCAModel | UmapModel) -> dict[str, Any]:
@@ -350,6 +363,7 @@ def describe_model(model: PCAModel | UmapModel) -> dict[str, Any]:
     out: dict[str, Any] = {"fit_rows": model.fit_rows, "n_neighbors": int(model.umap.n_neighbors)}
     if model.pca is not None:
         out["pca_dims"] = int(model.pca.components.shape[0])
+        # Of the fit sample's variance (the pre-PCA is fitted on the sample).
         out["pca_explained_variance_ratio_total"] = round(float(model.pca.explained_variance_ratio.sum()), 6)
     return out
 
@@ -409,7 +423,9 @@ class CoordsFn(beam.CombineFn):
         return xy, groups
 
 
-def add_thumbnail(point: dict[str, Any], size: int) -> dict[str, Any]:
+def add_thumbnail(point: dict[str, Any], size: int, enabled: bool = True) -> dict[str, Any]:
+    if not enabled:
+        return {**point, "thumbnail": None}
     try:
         with FileSystems.open(point["image_uri"], compression_type="uncompressed") as handle:
             data = handle.read()
@@ -538,7 +554,7 @@ def parameters(cfg: ReduceConfig) -> dict[str, Any]:
             n_neighbors=cfg.n_neighbors,
             min_dist=cfg.min_dist,
         )
-    out.update(html_points=cfg.html_points, trust_sample_size=cfg.trust_sample_size)
+    out.update(html_points=cfg.html_points, thumbnails=cfg.thumbnails, trust_sample_size=cfg.trust_sample_size)
     return out
 
 
@@ -573,7 +589,7 @@ class WriteOutputs(beam.PTransform):
             | "HtmlPoints"
             >> beam.FlatMap(lambda s: [{**pt, "order": i} for i, pt in enumerate(sample_points(s, cfg.html_points))])
             | "SpreadThumbnails" >> beam.Reshuffle()
-            | "Thumbnails" >> beam.Map(add_thumbnail, cfg.thumbnail_size)
+            | "Thumbnails" >> beam.Map(add_thumbnail, cfg.thumbnail_size, cfg.thumbnails)
         )
         return (
             p

@@ -54,7 +54,7 @@ def write_embeddings(
         offsets = pa.array(np.arange(0, (len(part) + 1) * dim, dim, dtype=np.int32))
         table = pa.Table.from_arrays(
             [
-                pa.array([f"gs://synthetic/{prefix}/img_{j:07d}.jpg" for j in part], pa.string()),
+                pa.array([f"/synthetic/{prefix}/img_{j:07d}.jpg" for j in part], pa.string()),
                 pa.ListArray.from_arrays(offsets, flat),
                 pa.array([model_id] * len(part), pa.string()),
                 pa.array([f"{j:064x}" for j in part], pa.string()),

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,12 +31,7 @@ sys.path.insert(0, ROOT)
 
 from beam_jobs.images import decode_and_resize  # noqa: E402
 from beam_jobs.samples import SampleSpec, build_sample_images  # noqa: E402
-
-RSS_WRAPPER = (
-    "import resource, subprocess, sys, time\n"
-    "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:]).returncode\n"
-    "print('BENCH', rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-)
+from scripts.benchutil import run_measured  # noqa: E402
 
 
 def save_weights(path: str) -> None:
@@ -80,9 +74,6 @@ def bench_seeds(weights: str, files: list[str]) -> float:
 def run_job(image_dir: str, out: str, weights: str, extra: list[str]) -> dict:
     cmd = [
         sys.executable,
-        "-c",
-        RSS_WRAPPER,
-        sys.executable,
         "-m",
         "beam_jobs.extract_embeddings",
         "--input",
@@ -95,14 +86,9 @@ def run_job(image_dir: str, out: str, weights: str, extra: list[str]) -> dict:
         "FnApiRunner",
         *extra,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")]
-    if proc.returncode or not line or line[-1].split()[1] != "0":
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"job failed: {' '.join(cmd[3:])}")
-    _, _, wall, rss_kb = line[-1].split()
+    wall, rss_mb, _ = run_measured(cmd, ROOT)
     manifest = json.loads(Path(out, "manifest.json").read_text())
-    return {"wall": float(wall), "rss_mb": int(rss_kb) / 1024, "manifest": manifest}
+    return {"wall": wall, "rss_mb": rss_mb, "manifest": manifest}
 
 
 def main() -> int:
