@@ -1,0 +1,269 @@
+"""
+### Nightly image embeddings
+
+Embeds the images that landed for the run's date with a pretrained Keras
+ResNet50 (Beam job `beam_jobs.extract_embeddings`), checks the result, reduces
+the embeddings to 2D with the selected methods (`beam_jobs.reduce_dim`, one
+task per method) and publishes the run as an Asset event with its counts and
+the location of the maps.
+
+```
+plan -> wait_for_input -> extract_embeddings -> validate_extraction -> choose_methods
+     -> reduce_pca / reduce_umap -> publish
+```
+
+**Outputs** (one partition per logical date, replaced whole on every run, so
+re-runs and `airflow backfill create` never leave two copies):
+
+- `<output_root>/embeddings/ds=YYYY-MM-DD/` embeddings Parquet, failures JSONL, manifest.json
+- `<output_root>/projections/method=<m>/ds=YYYY-MM-DD/` projection Parquet, map.png, map.html
+- `<output_root>/runs/ds=YYYY-MM-DD/run.json` the published record
+
+**Trigger form**: `input` may use `{{ ds }}` (the run's date); `methods` picks
+the reductions; `runner` is `FnApiRunner` (this machine) or `DataflowRunner`
+(needs gs:// paths and the Airflow Variables `image_embeddings_project`,
+`image_embeddings_region`, `image_embeddings_temp_location`, or the same params).
+Bad values are refused before any job starts.
+
+Owner: ml-platform. Runbook: README.md, "Operating the DAG".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
+from image_embeddings_airflow.runs import MAX_BATCH_SIZE, METHODS, MODELS, RUNNERS
+
+# Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
+DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
+DEFAULT_WEIGHTS = os.environ.get("IMAGE_EMBEDDINGS_WEIGHTS", "imagenet")
+PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpreter running Airflow
+
+LOG = logging.getLogger(__name__)
+DAG_ID = "image_embeddings"
+MAPS = Asset(name="image_embeddings_maps", uri="image-embeddings://maps", group="image_embeddings")
+
+
+def plan_value(key: str) -> str:
+    return "{{ ti.xcom_pull(task_ids='plan')['" + key + "'] }}"
+
+
+default_args = {
+    "owner": "ml-platform",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+with DAG(
+    dag_id=DAG_ID,
+    description="Embed the night's images (Beam + ResNet50), reduce to 2D (PCA, UMAP), publish the maps",
+    doc_md=__doc__,
+    schedule="0 3 * * *",
+    start_date=datetime(2026, 11, 1, tzinfo=UTC),
+    catchup=False,
+    # One night at a time on a local runner; raise it (and use --max-active-runs in backfills) on Dataflow.
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=8),
+    default_args=default_args,
+    tags=["ml", "embeddings", "beam", "nightly"],
+    params={
+        "input": Param(
+            f"{DATA}/images/ds={{{{ ds }}}}/*",
+            type="string",
+            minLength=1,
+            title="Input images",
+            description="Glob of the night's images, local or gs://. '{{ ds }}' becomes the run's date (YYYY-MM-DD).",
+        ),
+        "output_root": Param(
+            f"{DATA}/out",
+            type="string",
+            minLength=1,
+            title="Output root",
+            description="Embeddings, projections and run records are written under this folder (local or gs://).",
+        ),
+        "model": Param("resnet50", type="string", enum=list(MODELS), description="Embedding model."),
+        "weights": Param(
+            DEFAULT_WEIGHTS,
+            type="string",
+            minLength=1,
+            description="'imagenet', 'random' (seeded, for smoke runs) or a path (local or gs://) to a weights file.",
+        ),
+        "methods": Param(
+            ["pca", "umap"],
+            type="array",
+            items={"type": "string", "enum": list(METHODS)},
+            minItems=1,
+            uniqueItems=True,
+            title="Reduction methods",
+            description="One reduce_dim task runs per selected method.",
+        ),
+        "runner": Param("FnApiRunner", type="string", enum=list(RUNNERS), description="Beam runner for both jobs."),
+        "batch_size": Param(
+            32, type="integer", minimum=1, maximum=MAX_BATCH_SIZE, description="Images per model call."
+        ),
+        "max_failure_rate": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Fail the run when more than this share of the inputs could not be embedded.",
+        ),
+        "input_wait_minutes": Param(
+            360,
+            type="integer",
+            minimum=0,
+            maximum=24 * 60,
+            description="How long to wait for the input to appear; 0 fails at once (useful in backfills).",
+        ),
+        "project": Param(None, type=["null", "string"], description="DataflowRunner: GCP project."),
+        "region": Param(None, type=["null", "string"], description="DataflowRunner: region."),
+        "temp_location": Param(None, type=["null", "string"], description="DataflowRunner: gs:// temp folder."),
+    },
+) as dag:
+
+    @task(retries=0)
+    def plan(params: dict | None = None, **context) -> dict:
+        """Validate the run's parameters together and resolve its paths; fails at once, without retries."""
+        from airflow.sdk import Variable
+        from airflow.sdk.exceptions import AirflowFailException
+        from image_embeddings_airflow.runs import PlanError, build_plan
+
+        run = context["dag_run"]
+        when = run.logical_date or run.run_after  # manual runs may have no logical date in Airflow 3
+        ds = when.strftime("%Y-%m-%d")
+        local = {**context, "ds": ds, "ds_nodash": ds.replace("-", "")}
+        rendered = context["task"].render_template(params["input"], local)
+        dataflow = {
+            name: params.get(name) or Variable.get(f"image_embeddings_{name}", default=None)
+            for name in ("project", "region", "temp_location", "staging_location", "setup_file")
+        }
+        if params.get("runner") == "DataflowRunner" and not dataflow["setup_file"]:
+            import beam_jobs
+
+            # Workers install the package from the project's setup.py (Beam's --setup_file).
+            dataflow["setup_file"] = os.path.join(os.path.dirname(os.path.dirname(beam_jobs.__file__)), "setup.py")
+        try:
+            resolved = build_plan(dict(params), ds, run.run_id, rendered, dataflow)
+        except PlanError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if not resolved["input_varies_by_date"]:
+            LOG.warning("input %r does not contain the run's date: every date reads the same files", resolved["input"])
+        LOG.info("plan for ds=%s: %s", ds, resolved)
+        return resolved
+
+    planned = plan()
+
+    wait_for_input = InputFilesSensor(
+        task_id="wait_for_input",
+        pattern=plan_value("input"),
+        wait_minutes="{{ params.input_wait_minutes }}",
+        poke_interval=300,
+        retries=0,
+    )
+
+    dataflow_config = {
+        "job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ds_nodash }}",
+        "project_id": "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('project') }}",
+        "location": "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('region') }}",
+        "wait_until_finished": True,
+    }
+    # Rendered per key; the operator drops empty ones and only uses them with DataflowRunner.
+    dataflow_options = {
+        key: "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('" + key + "', '') }}"
+        for key in ("temp_location", "staging_location", "setup_file")
+    }
+
+    extract = NightlyBeamOperator(
+        task_id="extract_embeddings",
+        job="extract_embeddings",
+        runner="{{ params.runner }}",
+        py_interpreter=PYTHON,
+        pipeline_options={
+            "input": plan_value("input"),
+            "output": plan_value("embeddings_dir"),
+            "model": plan_value("model"),
+            "weights": plan_value("weights"),
+            "batch_size": plan_value("batch_size"),
+            "run_id": "{{ run_id }}",
+        },
+        dataflow_config=dataflow_config,
+        dataflow_options=dataflow_options,
+        execution_timeout=timedelta(hours=4),
+    )
+
+    @task(retries=0)
+    def validate_extraction(plan: dict) -> dict:
+        """Read the job's manifest: fail when nothing was embedded or too many inputs failed."""
+        from airflow.sdk.exceptions import AirflowFailException
+        from image_embeddings_airflow.paths import join, read_json
+        from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
+
+        manifest = read_json(join(plan["embeddings_dir"], "manifest.json"))
+        try:
+            summary = check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
+        except ExtractionRejected as exc:
+            raise AirflowFailException(str(exc)) from exc
+        LOG.info(
+            "extraction ok: %s embedded, %s failed of %s inputs (%s images/s)",
+            summary["embedded"],
+            summary["failed"],
+            summary["inputs"],
+            summary["images_per_second"],
+        )
+        return summary
+
+    @task.branch(retries=0)
+    def choose_methods(plan: dict) -> list[str]:
+        return [f"reduce_{m}" for m in plan["methods"]]
+
+    reducers = [
+        NightlyBeamOperator(
+            task_id=f"reduce_{method}",
+            job="reduce_dim",
+            runner="{{ params.runner }}",
+            py_interpreter=PYTHON,
+            pipeline_options={
+                "input": plan_value("embeddings_dir"),
+                "output": "{{ ti.xcom_pull(task_ids='plan')['projections']['" + method + "'] }}",
+                "method": method,
+                "run_id": "{{ run_id }}",
+            },
+            dataflow_config=dataflow_config,
+            dataflow_options=dataflow_options,
+            execution_timeout=timedelta(hours=2),
+        )
+        for method in METHODS
+    ]
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
+    def publish(plan: dict, extraction: dict, **context) -> dict:
+        """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
+        from image_embeddings_airflow.paths import join, read_json, write_json
+        from image_embeddings_airflow.runs import run_record
+
+        projections = {m: read_json(join(plan["projections"][m], "manifest.json")) for m in plan["methods"]}
+        record = run_record(plan, extraction, projections)
+        write_json(join(plan["output_root"], "runs", f"ds={plan['ds']}", "run.json"), record)
+        context["outlet_events"][MAPS].extra = record
+        e = record["embeddings"]
+        LOG.info(
+            "published ds=%s: %s embedded of %s inputs, %s images/s",
+            plan["ds"],
+            e["embedded"],
+            e["inputs"],
+            e["images_per_second"],
+        )
+        for method, p in record["projections"].items():
+            LOG.info("  %s: %s rows; map %s and %s", method, p["rows"], p["map_png"], p["map_html"])
+        return record
+
+    validated = validate_extraction(planned)
+    branch = choose_methods(planned)
+    planned >> wait_for_input >> extract >> validated >> branch >> reducers
+    reducers >> publish(planned, validated)

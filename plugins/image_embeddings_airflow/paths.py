@@ -1,0 +1,72 @@
+"""Local and gs:// paths for Airflow tasks: match a glob, read and write small JSON files.
+
+Uses the Google provider's GCSHook (the Airflow connection's credentials) for
+gs:// and the standard library for local paths, so tasks never import Beam.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+GCS = "gs://"
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    bucket, _, name = uri[len(GCS) :].partition("/")
+    return bucket, name
+
+
+def is_gcs(uri: str) -> bool:
+    return uri.startswith(GCS)
+
+
+def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limit: int = 1000) -> int:
+    """How many files match ``pattern`` (up to ``limit``); directories and hidden staging files excluded."""
+    if is_gcs(pattern):
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        bucket, name = split_gcs(pattern)
+        objects = GCSHook(gcp_conn_id=gcp_conn_id).list(bucket, match_glob=name, max_results=limit)
+        return sum(1 for o in objects if not o.endswith("/"))
+    return sum(1 for p in glob.iglob(pattern, recursive=True) if os.path.isfile(p))
+
+
+def read_json(uri: str, gcp_conn_id: str = "google_cloud_default") -> dict[str, Any]:
+    if is_gcs(uri):
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        bucket, name = split_gcs(uri)
+        return json.loads(GCSHook(gcp_conn_id=gcp_conn_id).download(bucket, name).decode("utf-8"))
+    with open(uri, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_json(uri: str, obj: dict[str, Any], gcp_conn_id: str = "google_cloud_default") -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    if is_gcs(uri):
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        bucket, name = split_gcs(uri)
+        GCSHook(gcp_conn_id=gcp_conn_id).upload(bucket, name, data=text, mime_type="application/json")
+        return
+    os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+    tmp = f"{uri}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, uri)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def exists(uri: str, gcp_conn_id: str = "google_cloud_default") -> bool:
+    if is_gcs(uri):
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        bucket, name = split_gcs(uri)
+        return GCSHook(gcp_conn_id=gcp_conn_id).exists(bucket, name)
+    return os.path.exists(uri)
