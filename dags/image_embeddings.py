@@ -35,6 +35,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
 from image_embeddings_airflow.runs import MAX_BATCH_SIZE, METHODS, MODELS, RUNNERS
 
@@ -132,6 +133,7 @@ with DAG(
         """Validate the run's parameters together and resolve its paths; fails at once, without retries."""
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowFailException
+
         from image_embeddings_airflow.runs import PlanError, build_plan
 
         run = context["dag_run"]
@@ -201,6 +203,7 @@ with DAG(
     def validate_extraction(plan: dict) -> dict:
         """Read the job's manifest: fail when nothing was embedded or too many inputs failed."""
         from airflow.sdk.exceptions import AirflowFailException
+
         from image_embeddings_airflow.paths import join, read_json
         from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
 
