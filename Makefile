@@ -11,9 +11,15 @@ DS ?= $(shell date -u +%Y-%m-%d)
 DATA ?= data
 WEIGHTS ?= random
 N ?= 40
+DATA_ABS = $(abspath $(DATA))
+AIRFLOW_HOME ?= $(CURDIR)/airflow_home
+# A self-contained local Airflow: SQLite in airflow_home/, this repo's dags/ and plugins/, sample data in DATA.
+AIRFLOW_ENV = mkdir -p $(AIRFLOW_HOME) && AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	IMAGE_EMBEDDINGS_DATA=$(DATA_ABS) IMAGE_EMBEDDINGS_WEIGHTS=$(WEIGHTS) TF_CPP_MIN_LOG_LEVEL=2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo bench lock clean
+.PHONY: help install test lint demo airflow bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,18 +40,22 @@ lint: $(STAMP) ## ruff lint (incl. Airflow AIR rules) and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-demo: $(STAMP) ## embed N bundled sample images for date DS, all local (WEIGHTS=random|imagenet|PATH)
-	$(PY) -m beam_jobs.samples --out $(DATA)/images/ds=$(DS) --n $(N) --edge_cases
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m beam_jobs.extract_embeddings \
-		--input '$(DATA)/images/ds=$(DS)/*' \
-		--output $(DATA)/out/embeddings/ds=$(DS) \
-		--weights $(WEIGHTS) --run_id demo__$(DS) --runner FnApiRunner
-	@echo; echo "embeddings: $(DATA)/out/embeddings/ds=$(DS)/embeddings-*.parquet"
-	@echo "failures:   $(DATA)/out/embeddings/ds=$(DS)/failures-*.jsonl"
-	@echo "manifest:   $(DATA)/out/embeddings/ds=$(DS)/manifest.json"
+demo: $(STAMP) ## run the nightly DAG once for date DS on N bundled sample images, all local (SQLite, FnApiRunner)
+	$(PY) -m beam_jobs.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
+	@$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+	@echo "running DAG image_embeddings for ds=$(DS) (log: $(AIRFLOW_HOME)/demo.log) ..."
+	@$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test image_embeddings $(DS) -c '{"weights": "$(WEIGHTS)", "input_wait_minutes": 0}' \
+		> $(AIRFLOW_HOME)/demo.log 2>&1 || { tail -40 $(AIRFLOW_HOME)/demo.log; exit 1; }
+	@$(PY) scripts/demo_summary.py $(DATA_ABS)/out $(DS) || { grep -E "ERROR|Failed|failed" $(AIRFLOW_HOME)/demo.log | tail -20; exit 1; }
 
-bench: $(STAMP) ## print the benchmark tables (several minutes)
+airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://localhost:8080) with the DAG and sample images for DS
+	$(PY) -m beam_jobs.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
+	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
+	$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(VENV)/bin/airflow standalone
+
+bench: $(STAMP) ## print the benchmark tables (extraction ~8 min, reduce_dim ~10 min)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_extract.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_reduce.py
 
 lock: ## re-resolve requirements.in into the pinned requirements.txt
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
@@ -55,5 +65,5 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt
 	  .lockenv/bin/pip freeze 2>/dev/null; } > requirements.txt
 	rm -rf .lockenv
 
-clean: ## remove outputs of demo and bench (keeps .venv)
-	rm -rf $(DATA) bench_out .pytest_cache
+clean: ## remove outputs of demo, bench and the local Airflow home (keeps .venv)
+	rm -rf $(DATA) bench_out .pytest_cache $(AIRFLOW_HOME)
