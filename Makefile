@@ -51,7 +51,7 @@ demo: $(STAMP) ## run the nightly DAG once for date DS on N bundled sample image
 airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://localhost:8080) with the DAG and sample images for DS
 	$(PY) -m beam_jobs.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
 	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
-	$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(VENV)/bin/airflow standalone
+	@$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 
 bench: $(STAMP) ## print the benchmark tables (extraction ~8 min, reduce_dim ~10 min)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_extract.py
