@@ -67,7 +67,8 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
     ax.set_xlabel(labels.x_label, fontsize=12)
     ax.set_ylabel(labels.y_label, fontsize=12)
     fig.suptitle(labels.title, fontsize=15, fontweight="bold")
-    ax.set_title(labels.subtitle, fontsize=10, color="#444444")
+    subtitle = f"{labels.subtitle}\n{labels.footer}" if labels.footer else labels.subtitle
+    ax.set_title(subtitle, fontsize=9.5, color="#444444", linespacing=1.5)
     ax.grid(True, color="#e5e5e5", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -79,8 +80,6 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
         bar = fig.colorbar(sm, ax=ax, shrink=0.8)
         bar.set_ticks([0, len(names) - 1], labels=[names[0], names[-1]])
         bar.set_label("partition")
-    if labels.footer:
-        fig.text(0.01, 0.005, labels.footer, fontsize=8, color="#666666", ha="left", va="bottom")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

@@ -34,6 +34,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.runners.worker.statecache import CacheAware
 
 from beam_jobs import storage
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
@@ -204,7 +205,9 @@ class ReadBlocksFn(beam.DoFn):
             self._files.inc()
             for batch in pf.iter_batches(batch_size=self._block_rows, columns=list(REQUIRED_COLUMNS)):
                 keep = pc.equal(batch.column("model_id"), self._model_id)
-                kept = batch.filter(keep)
+                matching = pc.sum(keep).as_py() or 0
+                # Filtering copies every column (the embeddings too): only when some rows are skipped.
+                kept = batch if matching == batch.num_rows else batch.filter(keep)
                 self._skipped.inc(batch.num_rows - kept.num_rows)
                 n = kept.num_rows
                 if n == 0:
@@ -371,14 +374,30 @@ def describe_model(model: PCAModel | UmapModel) -> dict[str, Any]:
 # --------------------------------------------------------------------------- project
 
 
+class SideModel(CacheAware):
+    """The fitted model as a side input.
+
+    Beam's worker state cache weighs every cached side input by walking its object
+    graph; for a fitted UMAP (nearest-neighbour index, numba structures) that walk
+    took minutes. The model is one object per worker and small next to the data,
+    so it is weighed by its arrays alone.
+    """
+
+    def __init__(self, model: PCAModel | UmapModel):
+        self.model = model
+
+    def get_referents_for_cache(self) -> list[Any]:
+        return [v for v in vars(self.model).values() if isinstance(v, np.ndarray)]
+
+
 class ProjectFn(beam.DoFn):
     def __init__(self):
         self._projected = Metrics.counter(METRICS_NAMESPACE, "rows_projected")
         self._ms = Metrics.distribution(METRICS_NAMESPACE, "project_ms_per_block")
 
-    def process(self, block: Block, model) -> Iterator[Projected]:
+    def process(self, block: Block, shared: SideModel) -> Iterator[Projected]:
         start = time.perf_counter()
-        xy = np.asarray(model.transform(block.x), np.float32)[:, :2]
+        xy = np.asarray(shared.model.transform(block.x), np.float32)[:, :2]
         self._ms.update(int((time.perf_counter() - start) * 1000))
         self._projected.inc(len(xy))
         yield Projected(block.uris, xy, block.ds, block.model_id, block.x)
@@ -622,7 +641,7 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
     projected = (
         p
         | "ReadEmbeddingsAgain" >> ReadEmbeddings(summary, cfg.block_rows)
-        | "Project" >> beam.ParDo(ProjectFn(), beam.pvalue.AsSingleton(model))
+        | "Project" >> beam.ParDo(ProjectFn(), beam.pvalue.AsSingleton(model | "ShareModel" >> beam.Map(SideModel)))
     )
     return {"projected": projected, "info": info} | "WriteOutputs" >> WriteOutputs(cfg, summary, staging)
 

@@ -1,0 +1,61 @@
+"""docker-compose.yaml and Dockerfile: Docker cannot run here, so check what they say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+SERVICES = {
+    "postgres",
+    "redis",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-init",
+}
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in Path(ROOT, "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            out[name.strip().lower()] = version.strip()
+    return out
+
+
+def test_compose_parses_with_the_official_services():
+    compose = yaml.safe_load(Path(ROOT, "docker-compose.yaml").read_text())
+    assert set(compose["services"]) == SERVICES
+    commands = {name: svc.get("command") for name, svc in compose["services"].items()}
+    assert commands["airflow-apiserver"] == "api-server"
+    assert commands["airflow-scheduler"] == "scheduler"
+    assert commands["airflow-dag-processor"] == "dag-processor"
+    assert commands["airflow-triggerer"] == "triggerer"
+    assert commands["airflow-worker"] == "celery worker"
+    for name in SERVICES - {"postgres", "redis"}:
+        svc = compose["services"][name]
+        assert svc["build"] == "."
+        mounts = {v.split(":")[1] for v in svc["volumes"]}
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/data"} <= mounts
+        assert "postgresql" in svc["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+def test_image_versions_match_requirements():
+    locked = pins()
+    dockerfile = Path(ROOT, "Dockerfile").read_text()
+    base = re.search(r"^FROM apache/airflow:(\S+)-python(\S+)$", dockerfile, re.M)
+    assert base, "Dockerfile must extend the official apache/airflow image"
+    assert base.group(1) == locked["apache-airflow"]
+    assert base.group(2) == "3.11"
+    assert "pip install --no-cache-dir -r /opt/image-embeddings/requirements.txt" in dockerfile
+    compose = yaml.safe_load(Path(ROOT, "docker-compose.yaml").read_text())
+    assert compose["services"]["airflow-scheduler"]["image"].endswith(":" + locked["apache-airflow"])
+    for package in ("apache-beam", "apache-airflow-providers-apache-beam", "apache-airflow-providers-google"):
+        assert package in locked
