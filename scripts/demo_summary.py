@@ -1,6 +1,6 @@
 """Print where a nightly run put its outputs, from the run record the DAG's publish task wrote.
 
-    python scripts/demo_summary.py OUTPUT_ROOT DS
+python scripts/demo_summary.py OUTPUT_ROOT DS
 """
 
 from __future__ import annotations
