@@ -42,7 +42,7 @@ from beam_jobs.config import ExtractConfig, parse_extract_args
 from beam_jobs.images import ImageError, decode_and_resize
 from beam_jobs.inference import METRICS_NAMESPACE, KerasEmbeddingModelHandler
 from beam_jobs.models import ResolvedWeights, get_spec, model_id, resolve_weights
-from beam_jobs.runtime import metrics_summary, pipeline_options
+from beam_jobs.runtime import attach_metrics, pipeline_options
 
 LOG = logging.getLogger(__name__)
 FAILURES_TAG = "failures"
@@ -456,12 +456,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     build_pipeline(pipeline, cfg, weights, staging, column)
     result = pipeline.run()
     result.wait_until_finish()
-    manifest_path = storage.join(cfg.output, storage.MANIFEST)
-    manifest = storage.read_json(manifest_path)
-    metrics = metrics_summary(result, METRICS_NAMESPACE)
-    if metrics:
-        manifest["metrics"] = metrics
-        storage.write_json(manifest_path, manifest)
+    manifest, metrics = attach_metrics(result, cfg.output, METRICS_NAMESPACE)
     LOG.info(
         "extract_embeddings done: inputs=%d embedded=%d failed=%d in %.1fs (%.1f images/s); failures=%s",
         manifest["inputs"],

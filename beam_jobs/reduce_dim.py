@@ -40,7 +40,7 @@ from beam_jobs import storage
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
 from beam_jobs.maps import MapLabels, render_html, render_png, thumbnail_data_uri
 from beam_jobs.reduction import GramStats, PCAModel, Sample, UmapModel, fit_pca, fit_umap, row_priority, trustworthiness
-from beam_jobs.runtime import metrics_summary, pipeline_options
+from beam_jobs.runtime import attach_metrics, pipeline_options
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "reduce_dim"
@@ -668,12 +668,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     build_pipeline(pipeline, cfg, summary, staging)
     result = pipeline.run()
     result.wait_until_finish()
-    manifest_path = storage.join(cfg.output, storage.MANIFEST)
-    manifest = storage.read_json(manifest_path)
-    metrics = metrics_summary(result, METRICS_NAMESPACE)
-    if metrics:
-        manifest["metrics"] = metrics
-        storage.write_json(manifest_path, manifest)
+    manifest, metrics = attach_metrics(result, cfg.output, METRICS_NAMESPACE)
     LOG.info(
         "reduce_dim done: method=%s rows=%d in %.1fs (%.0f rows/s) trustworthiness=%s map=%s",
         cfg.method,

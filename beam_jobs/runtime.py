@@ -8,6 +8,8 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from beam_jobs import storage
+
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
 
@@ -45,3 +47,18 @@ def metrics_summary(result, namespace: str) -> dict[str, Any]:
             continue
         out[d.key.metric.name] = {"count": v.count, "sum": v.sum, "min": v.min, "max": v.max, "mean": round(v.mean, 3)}
     return dict(sorted(out.items()))
+
+
+def attach_metrics(result, output: str, namespace: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Add the finished pipeline's metrics to the committed manifest in ``output``; returns both.
+
+    Metrics are only final once the pipeline is done, after the commit step wrote the manifest,
+    so the launcher adds them afterwards.
+    """
+    path = storage.join(output, storage.MANIFEST)
+    manifest = storage.read_json(path)
+    metrics = metrics_summary(result, namespace)
+    if metrics:
+        manifest["metrics"] = metrics
+        storage.write_json(path, manifest)
+    return manifest, metrics
