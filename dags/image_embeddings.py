@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
+from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
 from image_embeddings_airflow.runs import MAX_BATCH_SIZE, METHODS, MODELS, RUNNERS
 
@@ -59,6 +60,8 @@ default_args = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
+    # Logged always; POSTed to the 'image_embeddings_alerts' connection when it exists.
+    "on_failure_callback": FailureAlert("task"),
 }
 
 with DAG(
@@ -72,6 +75,7 @@ with DAG(
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=8),
     default_args=default_args,
+    on_failure_callback=FailureAlert("dag"),
     tags=["ml", "embeddings", "beam", "nightly"],
     params={
         "input": Param(

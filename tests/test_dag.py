@@ -328,3 +328,52 @@ def test_missing_input_fails_clearly_without_running_jobs(dag, airflow_db, tmp_p
     assert states["wait_for_input"] == "failed"
     assert states["extract_embeddings"] == "upstream_failed"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    """A real HTTP server on loopback standing in for the team's chat webhook."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_EMBEDDINGS_ALERTS", f"http://127.0.0.1:{server.server_port}/hooks/team")
+    yield received
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_task_failure_is_alerted_on_the_webhook(dag, airflow_db, sample_dir, tmp_path, webhook):
+    ds = "2026-11-23"
+    stage_images(sample_dir, tmp_path, ds, 1)
+    dr = run_dag(dag, ds, conf_for(tmp_path, weights=str(tmp_path / "missing.weights.h5")))
+    assert str(dr.state) == "failed"
+    task_alerts = [a for a in webhook if a["what"] == "task"]
+    assert len(task_alerts) == 1
+    alert = task_alerts[0]
+    assert alert["task_id"] == "plan"
+    assert alert["dag_id"] == "image_embeddings"
+    assert "does not exist" in alert["error"]
+    assert "plan" in alert["text"]
+
+
+def test_alert_without_connection_is_logged_only(caplog):
+    from image_embeddings_airflow.alerts import FailureAlert
+
+    with caplog.at_level("INFO"):
+        FailureAlert("dag", conn_id="no_such_alerts_conn").notify({"reason": "task_failure", "dag_run": None})
+    assert any("ALERT" in r.getMessage() for r in caplog.records)
+    assert any("alert logged only" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,80 @@
+"""Failure alerts for the nightly DAG: always logged; also POSTed to a webhook when one is configured.
+
+Configure the webhook as an Airflow connection named ``image_embeddings_alerts`` (type http or
+https; host, port and path), e.g. ``AIRFLOW_CONN_IMAGE_EMBEDDINGS_ALERTS=https://hooks.example.com/T0/B1``.
+The JSON body has a ``text`` line (what Slack and most chat webhooks show) plus the fields.
+Without the connection the alert is only logged: no deployment needs a webhook to run the DAG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+LOG = logging.getLogger(__name__)
+ALERTS_CONN_ID = "image_embeddings_alerts"
+
+
+def webhook_url(conn) -> str:
+    scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
+    if conn.host and conn.host.startswith(("http://", "https://")):
+        return conn.host
+    port = f":{conn.port}" if conn.port else ""
+    path = (conn.schema or "").lstrip("/")
+    return f"{scheme}://{conn.host}{port}/{path}"
+
+
+def alert_payload(context: dict[str, Any], what: str) -> dict[str, Any]:
+    ti = context.get("ti") or context.get("task_instance")
+    dag_run = context.get("dag_run")
+    exception = context.get("exception")
+    payload = {
+        "what": what,
+        "dag_id": getattr(dag_run, "dag_id", None) or getattr(ti, "dag_id", None),
+        "run_id": getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None),
+        "task_id": getattr(ti, "task_id", None) if what == "task" else None,
+        "try_number": getattr(ti, "try_number", None) if what == "task" else None,
+        "logical_date": str(getattr(dag_run, "logical_date", None) or ""),
+        "error": f"{type(exception).__name__}: {exception}" if exception else context.get("reason"),
+    }
+    where = f"task {payload['task_id']} (try {payload['try_number']})" if what == "task" else "DAG run"
+    payload["text"] = f":red_circle: {payload['dag_id']} {payload['run_id']}: {where} failed: {payload['error']}"
+    return payload
+
+
+class FailureAlert(BaseNotifier):
+    """Notifier for task and DAG-run failures (``on_failure_callback``)."""
+
+    template_fields = ("conn_id",)
+
+    def __init__(self, what: str = "task", conn_id: str = ALERTS_CONN_ID, timeout: float = 10.0):
+        super().__init__()
+        self.what = what
+        self.conn_id = conn_id
+        self.timeout = timeout
+
+    def notify(self, context: dict[str, Any]) -> None:
+        payload = alert_payload(context, self.what)
+        LOG.error("ALERT %s", payload["text"])
+        try:
+            from airflow.sdk import BaseHook
+
+            conn = BaseHook.get_connection(self.conn_id)
+        except Exception:  # noqa: BLE001 - no connection configured: the log line is the alert
+            LOG.info("no '%s' connection: alert logged only", self.conn_id)
+            return
+        request = urllib.request.Request(
+            webhook_url(conn),
+            data=json.dumps(payload, default=str).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                LOG.info("alert sent to %s: HTTP %s", self.conn_id, response.status)
+        except Exception as exc:  # noqa: BLE001 - a broken webhook must not hide the original failure
+            LOG.error("alert webhook %s failed: %s", self.conn_id, exc)
