@@ -212,10 +212,15 @@ with DAG(
         from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
 
         manifest = read_json(join(plan["embeddings_dir"], "manifest.json"))
+        from image_embeddings_airflow.metrics import emit_extraction
+
         try:
             summary = check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
         except ExtractionRejected as exc:
             raise AirflowFailException(str(exc)) from exc
+        finally:
+            # Emitted for rejected runs too: a failure-rate spike is what the dashboards are for.
+            emit_extraction({**manifest, "failure_rate": manifest["failed"] / max(manifest["inputs"], 1)})
         LOG.info(
             "extraction ok: %s embedded, %s failed of %s inputs (%s images/s)",
             summary["embedded"],
@@ -251,10 +256,13 @@ with DAG(
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
     def publish(plan: dict, extraction: dict, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
+        from image_embeddings_airflow.metrics import emit_projection
         from image_embeddings_airflow.paths import join, read_json, write_json
         from image_embeddings_airflow.runs import run_record
 
         projections = {m: read_json(join(plan["projections"][m], "manifest.json")) for m in plan["methods"]}
+        for method, manifest in projections.items():
+            emit_projection(method, manifest)
         record = run_record(plan, extraction, projections)
         write_json(join(plan["output_root"], "runs", f"ds={plan['ds']}", "run.json"), record)
         context["outlet_events"][MAPS].extra = record

@@ -377,3 +377,41 @@ def test_alert_without_connection_is_logged_only(caplog):
         FailureAlert("dag", conn_id="no_such_alerts_conn").notify({"reason": "task_failure", "dag_run": None})
     assert any("ALERT" in r.getMessage() for r in caplog.records)
     assert any("alert logged only" in r.getMessage() for r in caplog.records)
+
+
+def test_manifest_figures_reach_statsd_when_metrics_are_on():
+    """A real UDP socket on loopback as the StatsD server; a fresh process with [metrics] statsd_on."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(20)
+    env = {
+        **os.environ,
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(sock.getsockname()[1]),
+        "PYTHONPATH": os.path.join(ROOT, "plugins"),
+    }
+    code = (
+        # What Airflow's task runner does at start-up: build the metrics backend from [metrics].
+        "from airflow.sdk._shared.observability.metrics import stats;"
+        "from airflow.sdk.observability.metrics import stats_utils;"
+        "stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True);"
+        "from image_embeddings_airflow.metrics import emit_extraction;"
+        "print(emit_extraction({'inputs': 13, 'embedded': 12, 'failed': 1, 'images_per_second': 4.5,"
+        " 'seconds': 3.0, 'failure_rate': 0.077, 'model_id': 'not a number'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    packets = []
+    try:
+        while len(packets) < 6:
+            packets.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
+    lines = {line for p in packets for line in p.splitlines()}
+    assert "airflow.image_embeddings.extract.embedded:12|g" in lines
+    assert "airflow.image_embeddings.extract.failed:1|g" in lines
+    assert "airflow.image_embeddings.extract.images_per_second:4.5|g" in lines
+    assert not any("model_id" in line for line in lines)

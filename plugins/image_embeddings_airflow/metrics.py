@@ -1,0 +1,35 @@
+"""The jobs' manifest figures as Airflow metrics (StatsD or OpenTelemetry, whatever [metrics] configures).
+
+Off unless the deployment turns Airflow metrics on (``[metrics] statsd_on`` or ``otel_on``); the
+same figures are always in the task's XCom and the Asset event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PREFIX = "image_embeddings"
+EXTRACTION_FIGURES = ("inputs", "embedded", "failed", "images_per_second", "seconds", "failure_rate")
+PROJECTION_FIGURES = ("rows", "seconds", "rows_per_second")
+
+
+def emit(stage: str, figures: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
+    """Gauge each numeric figure as ``image_embeddings.<stage>.<name>``; returns what was sent."""
+    from airflow.sdk.observability.stats import Stats
+
+    sent = {}
+    for name in names:
+        value = figures.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metric = f"{PREFIX}.{stage}.{name}"
+            Stats.gauge(metric, value)
+            sent[metric] = float(value)
+    return sent
+
+
+def emit_extraction(summary: dict[str, Any]) -> dict[str, float]:
+    return emit("extract", summary, EXTRACTION_FIGURES)
+
+
+def emit_projection(method: str, manifest: dict[str, Any]) -> dict[str, float]:
+    return emit(f"reduce_{method}", manifest, PROJECTION_FIGURES)
