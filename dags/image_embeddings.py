@@ -34,7 +34,7 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, TriggerRule, task
 
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
@@ -44,6 +44,8 @@ from image_embeddings_airflow.runs import MAX_BATCH_SIZE, METHODS, MODELS, RUNNE
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
 DEFAULT_WEIGHTS = os.environ.get("IMAGE_EMBEDDINGS_WEIGHTS", "imagenet")
 PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpreter running Airflow
+# A nightly run still going this long after it was queued raises a deadline alert (webhook + log).
+DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES", "360"))
 
 LOG = logging.getLogger(__name__)
 DAG_ID = "image_embeddings"
@@ -76,6 +78,13 @@ with DAG(
     dagrun_timeout=timedelta(hours=8),
     default_args=default_args,
     on_failure_callback=FailureAlert("dag"),
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=DEADLINE_MINUTES),
+        callback=AsyncCallback(
+            "image_embeddings_airflow.alerts.deadline_missed", kwargs={"limit_minutes": DEADLINE_MINUTES}
+        ),
+    ),
     tags=["ml", "embeddings", "beam", "nightly"],
     params={
         "input": Param(

@@ -415,3 +415,19 @@ def test_manifest_figures_reach_statsd_when_metrics_are_on():
     assert "airflow.image_embeddings.extract.failed:1|g" in lines
     assert "airflow.image_embeddings.extract.images_per_second:4.5|g" in lines
     assert not any("model_id" in line for line in lines)
+
+
+def test_deadline_alert_is_configured_and_its_callback_posts(dag, webhook):
+    import asyncio
+
+    from image_embeddings_airflow.alerts import deadline_missed
+
+    deadlines = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert len(deadlines) == 1
+    alert = deadlines[0]
+    assert alert.interval.total_seconds() == 360 * 60
+    assert alert.callback.path == "image_embeddings_airflow.alerts.deadline_missed"
+    asyncio.run(deadline_missed(context={"dag_run": {"dag_id": "image_embeddings", "run_id": "r1"}}, limit_minutes=360))
+    assert webhook[-1]["what"] == "deadline"
+    assert webhook[-1]["run_id"] == "r1"
+    assert "360 min" in webhook[-1]["text"]

@@ -58,23 +58,48 @@ class FailureAlert(BaseNotifier):
         self.timeout = timeout
 
     def notify(self, context: dict[str, Any]) -> None:
-        payload = alert_payload(context, self.what)
-        LOG.error("ALERT %s", payload["text"])
-        try:
-            from airflow.sdk import BaseHook
+        post_alert(alert_payload(context, self.what), self.conn_id, self.timeout)
 
-            conn = BaseHook.get_connection(self.conn_id)
-        except Exception:  # noqa: BLE001 - no connection configured: the log line is the alert
-            LOG.info("no '%s' connection: alert logged only", self.conn_id)
-            return
-        request = urllib.request.Request(
-            webhook_url(conn),
-            data=json.dumps(payload, default=str).encode("utf-8"),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                LOG.info("alert sent to %s: HTTP %s", self.conn_id, response.status)
-        except Exception as exc:  # noqa: BLE001 - a broken webhook must not hide the original failure
-            LOG.error("alert webhook %s failed: %s", self.conn_id, exc)
+
+def post_alert(payload: dict[str, Any], conn_id: str = ALERTS_CONN_ID, timeout: float = 10.0) -> None:
+    """Log the alert; POST it as JSON to the ``conn_id`` connection's URL if that connection exists."""
+    LOG.error("ALERT %s", payload["text"])
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - no connection configured: the log line is the alert
+        LOG.info("no '%s' connection: alert logged only", conn_id)
+        return
+    request = urllib.request.Request(
+        webhook_url(conn),
+        data=json.dumps(payload, default=str).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            LOG.info("alert sent to %s: HTTP %s", conn_id, response.status)
+    except Exception as exc:  # noqa: BLE001 - a broken webhook must not hide the original failure
+        LOG.error("alert webhook %s failed: %s", conn_id, exc)
+
+
+def _field(context: dict[str, Any], name: str):
+    run = context.get("dag_run") or {}
+    return context.get(name) or (run.get(name) if isinstance(run, dict) else getattr(run, name, None))
+
+
+async def deadline_missed(context: dict[str, Any] | None = None, limit_minutes: int = 0, **kwargs: Any) -> None:
+    """Deadline-alert callback (runs in the triggerer): the nightly run is still going after the limit."""
+    import asyncio
+
+    context = context or {}
+    dag_id, run_id = _field(context, "dag_id"), _field(context, "run_id")
+    payload = {
+        "what": "deadline",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "limit_minutes": limit_minutes,
+        "text": f":hourglass: {dag_id} {run_id}: still running {limit_minutes} min after it was queued",
+    }
+    await asyncio.to_thread(post_alert, payload)
