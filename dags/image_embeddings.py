@@ -45,7 +45,9 @@ DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
 DEFAULT_WEIGHTS = os.environ.get("IMAGE_EMBEDDINGS_WEIGHTS", "imagenet")
 PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpreter running Airflow
 # A nightly run still going this long after it was queued raises a deadline alert (webhook + log).
-DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES", "360"))
+# Opt-in: Airflow 3.3's dag.test() fails on DAGs with a deadline (DagRun.update_state looks the
+# alert up by an id it does not have there), so local demo and test runs leave it unset.
+DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
 DAG_ID = "image_embeddings"
@@ -84,7 +86,9 @@ with DAG(
         callback=AsyncCallback(
             "image_embeddings_airflow.alerts.deadline_missed", kwargs={"limit_minutes": DEADLINE_MINUTES}
         ),
-    ),
+    )
+    if DEADLINE_MINUTES
+    else None,
     tags=["ml", "embeddings", "beam", "nightly"],
     params={
         "input": Param(

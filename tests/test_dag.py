@@ -417,17 +417,22 @@ def test_manifest_figures_reach_statsd_when_metrics_are_on():
     assert not any("model_id" in line for line in lines)
 
 
-def test_deadline_alert_is_configured_and_its_callback_posts(dag, webhook):
+def test_deadline_alert_is_configured_and_its_callback_posts(webhook):
     import asyncio
 
     from image_embeddings_airflow.alerts import deadline_missed
 
-    deadlines = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
-    assert len(deadlines) == 1
-    alert = deadlines[0]
-    assert alert.interval.total_seconds() == 360 * 60
-    assert alert.callback.path == "image_embeddings_airflow.alerts.deadline_missed"
-    asyncio.run(deadline_missed(context={"dag_run": {"dag_id": "image_embeddings", "run_id": "r1"}}, limit_minutes=360))
+    code = (
+        "import importlib.util;"
+        f"spec = importlib.util.spec_from_file_location('d', {DAG_FILE!r});"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
+        "d = m.dag.deadline; d = d if isinstance(d, list) else [d];"
+        "print(len(d), d[0].interval.total_seconds(), d[0].callback.path)"
+    )
+    env = {**os.environ, "IMAGE_EMBEDDINGS_DEADLINE_MINUTES": "90"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert proc.stdout.split()[-3:] == ["1", "5400.0", "image_embeddings_airflow.alerts.deadline_missed"]
+    asyncio.run(deadline_missed(context={"dag_run": {"dag_id": "image_embeddings", "run_id": "r1"}}, limit_minutes=90))
     assert webhook[-1]["what"] == "deadline"
     assert webhook[-1]["run_id"] == "r1"
-    assert "360 min" in webhook[-1]["text"]
+    assert "90 min" in webhook[-1]["text"]
