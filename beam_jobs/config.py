@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A bad flag value; raised before the pipeline is built."""
 
 
+def names_a_root(output: str) -> bool:
+    """True for '/', 'gs://' and the like: a job replaces --output whole, so never a root."""
+    stripped = output.rstrip("/")
+    return stripped in ("", "gs:") or stripped.endswith("gs:/")
+
+
 def default_run_id() -> str:
     return time.strftime("manual__%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
@@ -65,7 +71,7 @@ class ExtractConfig:
             problems.append(f"--intra_op_threads must be >= 0, got {self.intra_op_threads}")
         if not self.weights:
             problems.append("--weights must be 'imagenet', 'random' or a path to a weights file")
-        if self.output and (self.output.rstrip("/") in ("", "gs:") or self.output.rstrip("/").endswith("gs:/")):
+        if self.output and names_a_root(self.output):
             problems.append(f"--output {self.output!r} must name a directory below the root, it is replaced whole")
         if problems:
             raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))
@@ -160,7 +166,7 @@ class ReduceConfig:
             problems.append("--input is required (a glob or a partition directory of extraction output)")
         if not self.output:
             problems.append("--output is required")
-        elif self.output.rstrip("/") in ("", "gs:") or self.output.rstrip("/").endswith("gs:/"):
+        elif names_a_root(self.output):
             problems.append(f"--output {self.output!r} must name a directory below the root, it is replaced whole")
         if self.method not in REDUCE_METHODS:
             problems.append(f"--method must be one of {', '.join(REDUCE_METHODS)}, got {self.method!r}")

@@ -300,12 +300,6 @@ class SampleFn(beam.CombineFn):
         return acc.sorted()
 
 
-def fit_pca_checked(stats: GramStats, n_components: int) -> PCAModel:
-    if stats.n < 2:
-        raise ValueError(f"PCA needs at least 2 rows, the input has {stats.n}")
-    return fit_pca(stats, n_components)
-
-
 class FitPCA(beam.PTransform):
     def __init__(self, n_components: int):
         super().__init__()
@@ -315,7 +309,7 @@ class FitPCA(beam.PTransform):
         return (
             blocks
             | "SufficientStats" >> beam.CombineGlobally(GramStatsFn())
-            | "Eigendecomposition" >> beam.Map(fit_pca_checked, self._k)
+            | "Eigendecomposition" >> beam.Map(fit_pca, self._k)
         )
 
 

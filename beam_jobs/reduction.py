@@ -151,19 +151,20 @@ class Sample:
     def merge(self, other: Sample) -> Sample:
         return self.add(other.priority, **other.columns) if other.columns else self
 
+    def _order(self) -> np.ndarray:
+        # Stable sort on priority, then URI as a tie-break: deterministic whatever the merge order.
+        keys = self.columns.get("image_uri")
+        return np.lexsort((keys, self.priority)) if keys is not None else np.argsort(self.priority, kind="stable")
+
     def _trim(self) -> Sample:
         if len(self.priority) > self.k:
-            # Stable sort on priority, then URI as a tie-break: deterministic whatever the merge order.
-            keys = self.columns.get("image_uri")
-            order = np.lexsort((keys, self.priority)) if keys is not None else np.argsort(self.priority, kind="stable")
-            keep = order[: self.k]
+            keep = self._order()[: self.k]
             self.priority = self.priority[keep]
             self.columns = {name: col[keep] for name, col in self.columns.items()}
         return self
 
     def sorted(self) -> Sample:
-        keys = self.columns.get("image_uri")
-        order = np.lexsort((keys, self.priority)) if keys is not None else np.argsort(self.priority, kind="stable")
+        order = self._order()
         return Sample(self.k, self.priority[order], {name: col[order] for name, col in self.columns.items()})
 
     def __len__(self) -> int:

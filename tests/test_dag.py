@@ -105,8 +105,9 @@ def test_beam_tasks_launch_the_job_modules(dag):
 
 
 def test_params_defaults_are_valid_and_match_the_jobs(dag):
+    from beam_jobs.config import MAX_BATCH_SIZE as JOB_MAX_BATCH_SIZE
     from beam_jobs.models import REGISTRY
-    from image_embeddings_airflow.runs import MODELS
+    from image_embeddings_airflow.runs import MAX_BATCH_SIZE, MODELS
 
     dag.params.validate()
     assert set(dag.params) >= {
@@ -121,6 +122,7 @@ def test_params_defaults_are_valid_and_match_the_jobs(dag):
     }
     assert "{{ ds }}" in dag.params["input"]
     assert set(MODELS) == set(REGISTRY)
+    assert MAX_BATCH_SIZE == JOB_MAX_BATCH_SIZE  # copied, not imported, to keep DAG parsing light
     for name in dag.params:
         assert dag.params.get_param(name).description, name
 
