@@ -49,6 +49,7 @@ class ExtractConfig:
     run_id: str = field(default_factory=default_run_id)
     num_shards: int = 0
     intra_op_threads: int = 0
+    detach: bool = False
     started_at: float = field(default_factory=time.time)
 
     def validate(self) -> ExtractConfig:
@@ -112,7 +113,17 @@ def extract_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--intra_op_threads", type=int, default=0, help="TensorFlow threads per worker process; 0 = all cores"
     )
+    add_detach_flag(parser)
     return parser
+
+
+def add_detach_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="remote runners: return once the job is submitted (Airflow's sensor waits; the job still "
+        "writes its manifest, without the launcher's metrics)",
+    )
 
 
 def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]]:
@@ -131,6 +142,7 @@ def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]
         run_id=known.run_id or default_run_id(),
         num_shards=known.num_shards,
         intra_op_threads=known.intra_op_threads,
+        detach=known.detach,
     )
     return cfg.validate(), beam_args
 
@@ -158,6 +170,7 @@ class ReduceConfig:
     trust_sample_size: int = 1000
     run_id: str = field(default_factory=default_run_id)
     num_shards: int = 0
+    detach: bool = False
     started_at: float = field(default_factory=time.time)
 
     def validate(self) -> ReduceConfig:
@@ -229,6 +242,7 @@ def reduce_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--run_id", default=None, help="recorded in every row (Airflow passes its run id)")
     parser.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
+    add_detach_flag(parser)
     return parser
 
 
@@ -251,5 +265,6 @@ def parse_reduce_args(argv: list[str] | None) -> tuple[ReduceConfig, list[str]]:
         trust_sample_size=known.trust_sample_size,
         run_id=known.run_id or default_run_id(),
         num_shards=known.num_shards,
+        detach=known.detach,
     )
     return cfg.validate(), beam_args

@@ -42,7 +42,7 @@ from beam_jobs.config import ExtractConfig, parse_extract_args
 from beam_jobs.images import ImageError, decode_and_resize
 from beam_jobs.inference import METRICS_NAMESPACE, KerasEmbeddingModelHandler
 from beam_jobs.models import ResolvedWeights, get_spec, model_id, resolve_weights
-from beam_jobs.runtime import attach_metrics, pipeline_options
+from beam_jobs.runtime import attach_metrics, configure_logging, pipeline_options, refuse_local_detach, submitted
 
 LOG = logging.getLogger(__name__)
 FAILURES_TAG = "failures"
@@ -442,8 +442,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, beam_args = parse_extract_args(argv)
     spec = get_spec(cfg.model)
     weights = resolve_weights(spec, cfg.weights, cfg.seed)
-    column = preflight(cfg)
     options = pipeline_options(beam_args)
+    refuse_local_detach(options, cfg.detach)
+    column = preflight(cfg)
     staging = storage.staging_dir_for(cfg.output)
     LOG.info(
         "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
@@ -455,6 +456,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, cfg, weights, staging, column)
     result = pipeline.run()
+    if cfg.detach:
+        # Airflow's Dataflow sensor waits and reads the job's metrics; the job commits its own output.
+        LOG.info("submitted, not waiting (--detach): %s", submitted(result, cfg.output))
+        return submitted(result, cfg.output)
     result.wait_until_finish()
     manifest, metrics = attach_metrics(result, cfg.output, METRICS_NAMESPACE)
     LOG.info(
@@ -484,5 +489,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     raise SystemExit(main())

@@ -40,7 +40,7 @@ from beam_jobs import storage
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
 from beam_jobs.maps import MapLabels, render_html, render_png, thumbnail_data_uri
 from beam_jobs.reduction import GramStats, PCAModel, Sample, UmapModel, fit_pca, fit_umap, row_priority, trustworthiness
-from beam_jobs.runtime import attach_metrics, pipeline_options
+from beam_jobs.runtime import attach_metrics, configure_logging, pipeline_options, refuse_local_detach, submitted
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "reduce_dim"
@@ -643,10 +643,11 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, check, run and wait; returns the manifest. Raises on bad input before any work."""
     cfg, beam_args = parse_reduce_args(argv)
-    summary = inspect_inputs(cfg)
     # in_memory: the block math already uses every core through BLAS. With multi_threading the
     # 100k-row PCA was slower (17.6 s vs 16.0 s) and some runs' RSS grew to the machine's 24 GB.
     options = pipeline_options(beam_args, running_mode="in_memory")
+    refuse_local_detach(options, cfg.detach)
+    summary = inspect_inputs(cfg)
     staging = storage.staging_dir_for(cfg.output)
     LOG.info(
         "reduce_dim run_id=%s method=%s rows=%d files=%d model_id=%s partitions=%s output=%s",
@@ -661,6 +662,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, cfg, summary, staging)
     result = pipeline.run()
+    if cfg.detach:
+        # Airflow's Dataflow sensor waits and reads the job's metrics; the job commits its own output.
+        LOG.info("submitted, not waiting (--detach): %s", submitted(result, cfg.output))
+        return submitted(result, cfg.output)
     result.wait_until_finish()
     manifest, metrics = attach_metrics(result, cfg.output, METRICS_NAMESPACE)
     LOG.info(
@@ -686,5 +691,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -30,6 +31,30 @@ def pipeline_options(beam_args: list[str], running_mode: str = "multi_threading"
         if "--direct_num_workers" not in given:
             direct.direct_num_workers = max(os.cpu_count() or 1, 1)
     return options
+
+
+def configure_logging() -> None:
+    """The jobs' ``__main__`` logging: INFO on stderr.
+
+    INFO matters beyond readability: Airflow's Beam operator finds the Dataflow
+    job id in Beam's INFO line "Created job with id: [...]" on the launcher's output.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def refuse_local_detach(options: PipelineOptions, detach: bool) -> None:
+    """--detach leaves the job to finish on its own: only meaningful where it runs elsewhere."""
+    from beam_jobs.config import ConfigError
+
+    runner = options.view_as(StandardOptions).runner
+    if detach and runner in LOCAL_RUNNERS:
+        raise ConfigError(f"--detach needs a remote runner (e.g. DataflowRunner); {runner} runs in this process")
+
+
+def submitted(result, output: str) -> dict[str, Any]:
+    """What a detached launcher returns: the job id; the job itself commits ``output``."""
+    job_id = result.job_id() if hasattr(result, "job_id") else None
+    return {"submitted": True, "job_id": job_id, "output": output, "state": str(result.state)}
 
 
 def metrics_summary(result, namespace: str) -> dict[str, Any]:

@@ -8,9 +8,16 @@ task per method) and publishes the run as an Asset event with its counts and
 the location of the maps.
 
 ```
-plan -> wait_for_input -> extract_embeddings -> validate_extraction -> choose_methods
-     -> reduce_pca / reduce_umap -> publish
+plan -> wait_for_input -> extract_embeddings -> extract_embeddings_done -> validate_extraction
+     -> choose_methods -> reduce_pca -> reduce_pca_done   -> publish
+                       -> reduce_umap -> reduce_umap_done -/
 ```
+
+On `DataflowRunner` each Beam task submits its job and the `*_done` task
+waits for it in the triggerer (`DataflowJobStatusSensor` on the
+`dataflow_job_id` XCom), then reads the job's metrics. Marking a waiting task
+failed cancels its Dataflow job. With a local runner the jobs run inside the
+Beam tasks and the `*_done` tasks return at once.
 
 **Outputs** (one partition per logical date, replaced whole on every run, so
 re-runs and `airflow backfill create` never leave two copies):
@@ -37,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, TriggerRule, task
 
 from image_embeddings_airflow.alerts import FailureAlert
+from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
 from image_embeddings_airflow.runs import MAX_BATCH_SIZE, METHODS, MODELS, RUNNERS
 
@@ -190,7 +198,6 @@ with DAG(
         "job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ds_nodash }}",
         "project_id": "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('project') }}",
         "location": "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('region') }}",
-        "wait_until_finished": True,
     }
     # Rendered per key; the operator drops empty ones and only uses them with DataflowRunner.
     dataflow_options = {
@@ -215,6 +222,19 @@ with DAG(
         dataflow_options=dataflow_options,
         execution_timeout=timedelta(hours=4),
     )
+
+    def job_done(beam_task_id: str) -> DataflowJobDoneSensor:
+        return DataflowJobDoneSensor(
+            task_id=f"{beam_task_id}_done",
+            beam_task_id=beam_task_id,
+            runner="{{ params.runner }}",
+            project_id=dataflow_config["project_id"],
+            location=dataflow_config["location"],
+            # Waiting is cheap (deferred); a job that ends FAILED fails the task without retries.
+            execution_timeout=timedelta(hours=6),
+        )
+
+    extract_done = job_done("extract_embeddings")
 
     @task(retries=0)
     def validate_extraction(plan: dict) -> dict:
@@ -265,6 +285,7 @@ with DAG(
         )
         for method in METHODS
     ]
+    reducers_done = [job_done(r.task_id) for r in reducers]
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
     def publish(plan: dict, extraction: dict, **context) -> dict:
@@ -276,7 +297,9 @@ with DAG(
         projections = {m: read_json(join(plan["projections"][m], "manifest.json")) for m in plan["methods"]}
         for method, manifest in projections.items():
             emit_projection(method, manifest)
-        record = run_record(plan, extraction, projections)
+        beam_tasks = ["extract_embeddings", *(f"reduce_{m}" for m in plan["methods"])]
+        jobs = {t: context["ti"].xcom_pull(task_ids=f"{t}_done") for t in beam_tasks}
+        record = run_record(plan, extraction, projections, jobs)
         write_json(join(plan["output_root"], "runs", f"ds={plan['ds']}", "run.json"), record)
         context["outlet_events"][MAPS].extra = record
         e = record["embeddings"]
@@ -293,5 +316,7 @@ with DAG(
 
     validated = validate_extraction(planned)
     branch = choose_methods(planned)
-    planned >> wait_for_input >> extract >> validated >> branch >> reducers
-    reducers >> publish(planned, validated)
+    planned >> wait_for_input >> extract >> extract_done >> validated >> branch >> reducers
+    for reducer, done in zip(reducers, reducers_done, strict=True):
+        reducer >> done
+    reducers_done >> publish(planned, validated)

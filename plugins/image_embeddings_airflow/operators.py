@@ -8,12 +8,12 @@ from typing import Any
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
+from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCompleteTrigger
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from image_embeddings_airflow.dataflow import DATAFLOW, CancellingJobStateCompleteTrigger
 from image_embeddings_airflow.paths import count_matching
-
-DATAFLOW = "dataflowrunner"
 
 
 class NightlyBeamOperator(BeamRunPythonPipelineOperator):
@@ -22,12 +22,18 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
     The runner is only known once templates are rendered, so the choices that
     depend on it are made in ``execute``:
 
-    * DataflowRunner: ``deferrable=True`` (the worker slot is freed while the job
-      runs; the triggerer polls Dataflow), ``dataflow_options`` (project,
-      region, temp/staging locations, setup_file) are added to the pipeline
-      options, and ``dataflow_config`` (job name, project, region) applies.
+    * DataflowRunner: submit only. The launcher gets ``--detach`` and the
+      ``dataflow_options`` (project, region, temp/staging locations,
+      setup_file); ``dataflow_config`` (job name, project, region) applies with
+      ``wait_until_finished=False``. The provider reads the job id from the
+      launcher's INFO log ("Created job with id: [...]"), pushes it to XCom as
+      ``dataflow_job_id`` and defers until Dataflow has accepted the job. A
+      ``DataflowJobDoneSensor`` downstream waits for it to finish.
     * any local runner: synchronous, no Dataflow configuration. Deferring here
       would run the whole pipeline inside the triggerer process.
+
+    Killing the task cancels its Dataflow job in both states: running (the
+    provider's ``on_kill``) and deferred (``CancellingJobStateCompleteTrigger``).
     """
 
     template_fields: Sequence[str] = (*BeamRunPythonPipelineOperator.template_fields, "dataflow_options")
@@ -60,12 +66,20 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
             self.dataflow_config = DataflowConfiguration(job_name=self.task_id)
             return
         super()._cast_dataflow_config()
+        # Submit only: DataflowJobDoneSensor waits, so a retry there never submits a second job.
+        self.dataflow_config.wait_until_finished = False
+
+    def defer(self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None, timeout: Any = None):
+        if type(trigger) is DataflowJobStateCompleteTrigger:
+            # Same trigger, plus on_kill: marking this deferred task failed cancels the Dataflow job.
+            trigger = CancellingJobStateCompleteTrigger(**trigger.serialize()[1])
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def execute(self, context: Any):
         self.deferrable = self.on_dataflow
-        if self.on_dataflow and isinstance(self.dataflow_options, dict):
-            extra = {k: v for k, v in self.dataflow_options.items() if v not in (None, "", "None")}
-            self.pipeline_options = {**extra, **self.pipeline_options}
+        if self.on_dataflow:
+            extra = {k: v for k, v in (self.dataflow_options or {}).items() if v not in (None, "", "None")}
+            self.pipeline_options = {**extra, **self.pipeline_options, "detach": True}
         self.log.info(
             "launching %s %s %s with runner %s (deferrable=%s)",
             self.py_interpreter,

@@ -34,14 +34,18 @@ def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limi
     return sum(1 for p in glob.iglob(pattern, recursive=True) if os.path.isfile(p))
 
 
-def read_json(uri: str, gcp_conn_id: str = "google_cloud_default") -> dict[str, Any]:
+def read_bytes(uri: str, gcp_conn_id: str = "google_cloud_default") -> bytes:
     if is_gcs(uri):
         from airflow.providers.google.cloud.hooks.gcs import GCSHook
 
         bucket, name = split_gcs(uri)
-        return json.loads(GCSHook(gcp_conn_id=gcp_conn_id).download(bucket, name).decode("utf-8"))
-    with open(uri, encoding="utf-8") as handle:
-        return json.load(handle)
+        return GCSHook(gcp_conn_id=gcp_conn_id).download(bucket, name)
+    with open(uri, "rb") as handle:
+        return handle.read()
+
+
+def read_json(uri: str, gcp_conn_id: str = "google_cloud_default") -> dict[str, Any]:
+    return json.loads(read_bytes(uri, gcp_conn_id).decode("utf-8"))
 
 
 def write_json(uri: str, obj: dict[str, Any], gcp_conn_id: str = "google_cloud_default") -> None:

@@ -158,8 +158,18 @@ def check_extraction(manifest: dict[str, Any], max_failure_rate: float, where: s
     return summary
 
 
-def run_record(plan: dict[str, Any], extraction: dict[str, Any], projections: dict[str, dict[str, Any]]) -> dict:
-    """What a published run says about itself: counts, throughput and where the maps are."""
+def run_record(
+    plan: dict[str, Any],
+    extraction: dict[str, Any],
+    projections: dict[str, dict[str, Any]],
+    jobs: dict[str, dict[str, Any] | None] | None = None,
+) -> dict:
+    """What a published run says about itself: counts, throughput and where the maps are.
+
+    ``jobs`` maps Beam task ids to their ``*_done`` results; the Dataflow ones
+    (those with a job id) are recorded with their job metrics.
+    """
+    dataflow_jobs = {task: job for task, job in (jobs or {}).items() if job and job.get("job_id")}
     return {
         "ds": plan["ds"],
         "run_id": plan["run_id"],
@@ -186,4 +196,5 @@ def run_record(plan: dict[str, Any], extraction: dict[str, Any], projections: di
             }
             for method, m in projections.items()
         },
+        **({"dataflow_jobs": dataflow_jobs} if dataflow_jobs else {}),
     }

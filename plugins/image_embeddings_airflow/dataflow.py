@@ -1,0 +1,183 @@
+"""Dataflow side of the nightly DAG: wait for a submitted job, cancel it when the task is killed.
+
+On DataflowRunner each Beam task only *submits* its job (the launcher runs with
+``--detach`` and the operator returns once Dataflow has accepted the job and its
+id is in XCom as ``dataflow_job_id``). A ``DataflowJobDoneSensor`` after it
+waits for ``JOB_STATE_DONE`` in the triggerer and then reads the job's metrics.
+
+Why split submit from wait: a retry of the waiting task (say, an API hiccup)
+polls the same job again instead of submitting a second one.
+
+Kill behaviour (the chosen one, tested): when a user marks the waiting task
+failed/success or clears it, the trigger's ``on_kill`` cancels the Dataflow job,
+so nothing keeps running (and billing) behind Airflow's back. The same holds
+while the Beam task itself is deferred (``NightlyBeamOperator`` swaps in
+``CancellingJobStateCompleteTrigger``) or running (the provider's ``on_kill``).
+A triggerer restart does not cancel anything: the trigger is picked up again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.google.cloud.hooks.dataflow import DataflowHook, DataflowJobStatus
+from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSensor
+from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCompleteTrigger, DataflowJobStatusTrigger
+from airflow.sdk.exceptions import AirflowFailException
+
+DATAFLOW = "dataflowrunner"
+# Beam Metrics namespaces of the two jobs (beam_jobs.extract_embeddings / beam_jobs.reduce_dim).
+JOB_NAMESPACES = ("extract_embeddings", "reduce_dim")
+
+
+def cancel_dataflow_job(
+    job_id: str, project_id: str | None, location: str | None, gcp_conn_id: str, impersonation_chain=None
+) -> None:
+    """Ask Dataflow to cancel ``job_id`` (returns once requested; no wait for JOB_STATE_CANCELLED)."""
+    hook = DataflowHook(gcp_conn_id=gcp_conn_id, impersonation_chain=impersonation_chain, cancel_timeout=None)
+    hook.cancel_job(job_id=job_id, project_id=project_id, location=location)
+
+
+class _CancelOnKill:
+    """Mixin for Dataflow triggers: a user killing the deferred task cancels the job."""
+
+    job_id: str
+    project_id: str | None
+    location: str
+    gcp_conn_id: str
+    impersonation_chain: Any
+
+    async def on_kill(self) -> None:
+        from asgiref.sync import sync_to_async
+
+        if not self.job_id:
+            return
+        self.log.warning("task killed by a user: cancelling Dataflow job %s (%s)", self.job_id, self.location)
+        try:
+            # The sync hook resolves its connection while constructed: keep that off the event loop.
+            await sync_to_async(cancel_dataflow_job)(
+                self.job_id, self.project_id, self.location, self.gcp_conn_id, self.impersonation_chain
+            )
+        except Exception:
+            self.log.exception("could not cancel Dataflow job %s; it may still be running", self.job_id)
+
+
+class CancellingJobStatusTrigger(_CancelOnKill, DataflowJobStatusTrigger):
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        _, kwargs = super().serialize()
+        return f"{__name__}.CancellingJobStatusTrigger", kwargs
+
+
+class CancellingJobStateCompleteTrigger(_CancelOnKill, DataflowJobStateCompleteTrigger):
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        _, kwargs = super().serialize()
+        return f"{__name__}.CancellingJobStateCompleteTrigger", kwargs
+
+
+def job_metrics(metrics: list[dict[str, Any]], namespaces: Sequence[str] = JOB_NAMESPACES) -> dict[str, Any]:
+    """Committed user counters of our jobs from Dataflow's ``MetricUpdate`` list, summed over steps.
+
+    Dataflow reports each user counter per step, twice (committed, and with
+    ``context.tentative == "true"``); distributions come as ``distribution``.
+    """
+    out: dict[str, Any] = {}
+    for m in metrics:
+        name = m.get("name") or {}
+        context = name.get("context") or {}
+        if name.get("origin") != "user" or context.get("namespace") not in namespaces:
+            continue
+        if str(context.get("tentative", "")).lower() == "true":
+            continue
+        key = name.get("name")
+        if "scalar" in m and isinstance(m["scalar"], (int, float)):
+            out[key] = out.get(key, 0) + m["scalar"]
+        elif isinstance(m.get("distribution"), dict):
+            d = m["distribution"]
+            count, total = int(d.get("count", 0)), float(d.get("sum", 0))
+            if count:
+                prev = out.get(key) or {"count": 0, "sum": 0.0, "min": d.get("min"), "max": d.get("max")}
+                merged = {
+                    "count": prev["count"] + count,
+                    "sum": prev["sum"] + total,
+                    "min": min(prev["min"], d.get("min", prev["min"])),
+                    "max": max(prev["max"], d.get("max", prev["max"])),
+                }
+                merged["mean"] = round(merged["sum"] / merged["count"], 3)
+                out[key] = merged
+    return dict(sorted(out.items()))
+
+
+class DataflowJobDoneSensor(DataflowJobStatusSensor):
+    """After a Beam task: on Dataflow, wait (deferred) for its job to be DONE, then read the job's metrics.
+
+    ``job_id`` is the Beam task's ``dataflow_job_id`` XCom. With a local runner
+    the job already ran inside the Beam task, so this returns at once (the graph
+    stays the same for both runners). A job that ends FAILED or CANCELLED fails
+    this task without retries: clear the Beam task to submit it again.
+    Returns ``{"runner", "job_id", "state", "metrics"}`` (pushed to XCom).
+    """
+
+    template_fields: Sequence[str] = (*DataflowJobStatusSensor.template_fields, "runner", "project_id", "location")
+
+    def __init__(self, *, runner: str, beam_task_id: str, **kwargs: Any) -> None:
+        kwargs.setdefault("expected_statuses", {DataflowJobStatus.JOB_STATE_DONE})
+        kwargs.setdefault("deferrable", True)
+        kwargs.setdefault("poll_interval", 60)
+        kwargs.setdefault("job_id", "{{ ti.xcom_pull(task_ids='" + beam_task_id + "', key='dataflow_job_id') }}")
+        super().__init__(**kwargs)
+        self.runner = runner
+        self.beam_task_id = beam_task_id
+
+    @property
+    def on_dataflow(self) -> bool:
+        return str(self.runner).lower() == DATAFLOW
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        if not self.on_dataflow:
+            self.log.info("runner %s: %s ran its job in-process; nothing to wait for", self.runner, self.beam_task_id)
+            return {"runner": self.runner, "job_id": None, "state": None, "metrics": {}}
+        if not self.job_id or self.job_id == "None":
+            raise AirflowFailException(
+                f"{self.beam_task_id} left no dataflow_job_id in XCom: did the launcher log 'Created job with id'?"
+            )
+        self.log.info("waiting for Dataflow job %s (%s, %s) to be DONE", self.job_id, self.project_id, self.location)
+        # Deferred straight away: the triggerer polls; no worker slot is held while the job runs.
+        self.defer(
+            timeout=self.execution_timeout,
+            trigger=CancellingJobStatusTrigger(
+                job_id=self.job_id,
+                expected_statuses=self.expected_statuses,
+                project_id=self.project_id,
+                location=self.location,
+                gcp_conn_id=self.gcp_conn_id,
+                poll_sleep=self.poll_interval,
+                impersonation_chain=self.impersonation_chain,
+            ),
+            method_name="execute_complete",
+        )
+        return None
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("status") != "success":
+            # A job that failed or was cancelled will not come back by polling again.
+            raise AirflowFailException(
+                f"Dataflow job {self.job_id} did not finish: {event.get('message')}. "
+                f"Clear {self.beam_task_id} (and downstream) to submit it again."
+            )
+        self.log.info(event.get("message"))
+        try:
+            raw = self.hook.fetch_job_metrics_by_id(
+                job_id=self.job_id, project_id=self.project_id, location=self.location
+            )
+            metrics = job_metrics(raw.get("metrics", []))
+        except Exception:
+            self.log.exception("could not read metrics of Dataflow job %s", self.job_id)
+            metrics = {}
+        self.log.info("Dataflow job %s metrics: %s", self.job_id, metrics)
+        return {
+            "runner": self.runner,
+            "job_id": self.job_id,
+            "state": DataflowJobStatus.JOB_STATE_DONE,
+            "metrics": metrics,
+        }

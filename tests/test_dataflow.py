@@ -1,0 +1,322 @@
+"""DataflowRunner wiring of the nightly DAG, without Dataflow.
+
+Dataflow cannot be reached from here, so these tests stop at its edge: the
+DAG's own tasks are rendered with a real plan, the real Beam provider launches
+a stand-in interpreter that parses the command with the jobs' own parsers and
+Beam's PipelineOptions (then prints Beam's "Created job" line), and the
+deferrals are checked for the trigger, job id, project and region the
+triggerer would poll. Cancelling on kill is checked at the one call that would
+reach Dataflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+DS = "2026-11-20"
+JOB_ID = "2026-11-20_03_00_00-4242424242"
+DATAFLOW = {
+    "project": "acme-ml",
+    "region": "europe-west4",
+    "temp_location": "gs://acme-tmp/beam",
+    "staging_location": "gs://acme-tmp/staging",
+    "setup_file": "/opt/image-embeddings/setup.py",
+}
+
+# Stands in for the interpreter the operator launches: parses exactly what it was given with the
+# jobs' parsers and Beam's options, records the result, and logs what Beam logs on submission.
+LAUNCHER = """#!{python}
+import json, os, sys
+sys.path.insert(0, {root!r})
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+from beam_jobs.config import parse_extract_args, parse_reduce_args
+
+if sys.argv[1] == "-c":  # the provider asks the interpreter for its Beam version first
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+assert sys.argv[1] == "-m", sys.argv
+module, args = sys.argv[2], sys.argv[3:]
+parse = {{"beam_jobs.extract_embeddings": parse_extract_args, "beam_jobs.reduce_dim": parse_reduce_args}}[module]
+cfg, beam_args = parse(args)
+opts = PipelineOptions(beam_args)
+gcp = opts.view_as(GoogleCloudOptions)
+record = {{
+    "module": module, "args": args, "beam_args": beam_args, "cfg": {{k: str(v) for k, v in vars(cfg).items()}},
+    "runner": opts.view_as(StandardOptions).runner, "project": gcp.project, "region": gcp.region,
+    "temp_location": gcp.temp_location, "staging_location": gcp.staging_location, "job_name": gcp.job_name,
+    "labels": gcp.labels, "setup_file": opts.view_as(SetupOptions).setup_file,
+}}
+with open(os.environ["FAKE_LAUNCH_RECORD"], "w") as f:
+    json.dump(record, f)
+print("INFO apiclient: Created job with id: [{job_id}]", file=sys.stderr, flush=True)
+"""
+
+
+class RecordingTI:
+    """The slice of a task instance that rendering and the Beam operator use: XCom in and out."""
+
+    def __init__(self, xcoms: dict[tuple[str, str], Any]):
+        self.xcoms = xcoms
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_):
+        return self.xcoms.get((task_ids, key))
+
+    def xcom_push(self, key: str, value: Any, **_) -> None:
+        self.pushed[key] = value
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=os.path.join(ROOT, "dags")).dags["image_embeddings"]
+
+
+@pytest.fixture
+def dataflow_plan(dag):
+    from image_embeddings_airflow.runs import build_plan
+
+    params = {
+        **{k: dag.params[k] for k in dag.params},
+        "runner": "DataflowRunner",
+        "input": "gs://acme-images/ds={{ ds }}/*.jpg",
+        "output_root": "gs://acme-out/nightly",
+        "weights": "gs://acme-models/resnet50_notop.h5",
+        "methods": ["pca", "umap"],
+    }
+    run_id = f"scheduled__{DS}T03:00:00+00:00"
+    plan = build_plan(params, DS, run_id, f"gs://acme-images/ds={DS}/*.jpg", DATAFLOW)
+    return params, plan
+
+
+def render(dag, task_id: str, params: dict, xcoms: dict) -> tuple[Any, dict]:
+    task = dag.get_task(task_id).prepare_for_execution()
+    ti = RecordingTI(xcoms)
+    context = {
+        "params": params,
+        "ti": ti,
+        "task_instance": ti,
+        "task": task,
+        "ds": DS,
+        "ds_nodash": DS.replace("-", ""),
+        "run_id": xcoms[("plan", "return_value")]["run_id"],
+    }
+    task.render_template_fields(context)
+    return task, context
+
+
+@pytest.fixture
+def launcher(tmp_path, monkeypatch) -> tuple[str, Path]:
+    path = tmp_path / "fake-python"
+    path.write_text(LAUNCHER.format(python=sys.executable, root=ROOT, job_id=JOB_ID))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    record = tmp_path / "launch.json"
+    monkeypatch.setenv("FAKE_LAUNCH_RECORD", str(record))
+    # A deployment defines this connection (credentials); the hooks only read it until they call GCP.
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")
+    return str(path), record
+
+
+@pytest.mark.parametrize(
+    ("task_id", "module", "job_flags"),
+    [
+        (
+            "extract_embeddings",
+            "beam_jobs.extract_embeddings",
+            {
+                "input": "gs://acme-images/ds=2026-11-20/*.jpg",
+                "output": "gs://acme-out/nightly/embeddings/ds=2026-11-20",
+                "weights": "gs://acme-models/resnet50_notop.h5",
+            },
+        ),
+        (
+            "reduce_umap",
+            "beam_jobs.reduce_dim",
+            {
+                "inputs": "('gs://acme-out/nightly/embeddings/ds=2026-11-20',)",
+                "output": "gs://acme-out/nightly/projections/method=umap/ds=2026-11-20",
+                "method": "umap",
+            },
+        ),
+    ],
+)
+def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
+    dag, dataflow_plan, launcher, task_id, module, job_flags
+):
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus  # noqa: F401 - provider present
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger
+
+    params, plan = dataflow_plan
+    task, context = render(dag, task_id, params, {("plan", "return_value"): plan})
+    interpreter, record_file = launcher
+    task.py_interpreter = interpreter
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+
+    launched = json.loads(record_file.read_text())
+    assert launched["module"] == module
+    for key, value in job_flags.items():
+        assert launched["cfg"][key] == value, key
+    assert launched["cfg"]["detach"] == "True"
+    assert launched["cfg"]["run_id"] == plan["run_id"]
+    assert launched["runner"] == "DataflowRunner"
+    assert (launched["project"], launched["region"]) == ("acme-ml", "europe-west4")
+    assert launched["temp_location"] == "gs://acme-tmp/beam"
+    assert launched["staging_location"] == "gs://acme-tmp/staging"
+    assert launched["setup_file"] == "/opt/image-embeddings/setup.py"
+    # Dataflow job names: lowercase letters, digits and hyphens; the provider adds a unique suffix.
+    assert launched["job_name"].startswith(f"image-embeddings-{task_id.replace('_', '-')}-20261120-")
+    assert all(c.islower() or c.isdigit() or c == "-" for c in launched["job_name"])
+    assert not any(a.startswith("--wait") for a in launched["args"])
+
+    # The provider read the job id from the launcher's log and published it for the sensor.
+    assert context["ti"].pushed["dataflow_job_id"] == JOB_ID
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, CancellingJobStateCompleteTrigger)
+    assert (trigger.job_id, trigger.project_id, trigger.location) == (JOB_ID, "acme-ml", "europe-west4")
+    assert trigger.wait_until_finished is False  # submit only: the *_done sensor waits
+
+
+def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, dataflow_plan):
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+    from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
+
+    params, plan = dataflow_plan
+    for beam_task in ("extract_embeddings", "reduce_pca", "reduce_umap"):
+        xcoms = {("plan", "return_value"): plan, (beam_task, "dataflow_job_id"): f"{JOB_ID}-{beam_task}"}
+        sensor, context = render(dag, f"{beam_task}_done", params, xcoms)
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(context)
+        trigger = deferred.value.trigger
+        assert isinstance(trigger, CancellingJobStatusTrigger)
+        assert trigger.job_id == f"{JOB_ID}-{beam_task}"
+        assert trigger.expected_statuses == {DataflowJobStatus.JOB_STATE_DONE}
+        assert (trigger.project_id, trigger.location) == ("acme-ml", "europe-west4")
+        assert deferred.value.method_name == "execute_complete"
+        # The triggerer rebuilds the trigger from its serialized form, in another process.
+        classpath, kwargs = trigger.serialize()
+        module, _, name = classpath.rpartition(".")
+        rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+        assert rebuilt.serialize() == (classpath, kwargs)
+
+    # A job that ended badly fails the sensor outright (retrying it would poll a dead job).
+    with pytest.raises(AirflowFailException, match=r"did not finish: .*JOB_STATE_FAILED.*Clear reduce_umap"):
+        sensor.execute_complete(context, {"status": "error", "message": "job is in JOB_STATE_FAILED"})
+    # No job id (the launcher never logged one) is a clear failure, not a wait on "None".
+    xcoms = {("plan", "return_value"): plan}
+    sensor, context = render(dag, "extract_embeddings_done", params, xcoms)
+    with pytest.raises(AirflowFailException, match="left no dataflow_job_id"):
+        sensor.execute(context)
+
+
+def test_done_sensor_passes_through_on_a_local_runner(dag, dataflow_plan):
+    params, plan = dataflow_plan
+    params = {**params, "runner": "FnApiRunner"}
+    sensor, context = render(dag, "reduce_pca_done", params, {("plan", "return_value"): plan})
+    assert sensor.execute(context) == {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}}
+
+
+def test_killing_a_deferred_task_cancels_its_dataflow_job(monkeypatch):
+    from image_embeddings_airflow import dataflow
+    from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger, CancellingJobStatusTrigger
+
+    cancelled = []
+    # The one call that would reach Dataflow's API.
+    monkeypatch.setattr(dataflow, "cancel_dataflow_job", lambda *args: cancelled.append(args))
+    status = CancellingJobStatusTrigger(
+        job_id="j1", expected_statuses={"JOB_STATE_DONE"}, project_id="p", location="europe-west4"
+    )
+    launch = CancellingJobStateCompleteTrigger(job_id="j2", project_id="p", location="us-central1")
+    asyncio.run(status.on_kill())
+    asyncio.run(launch.on_kill())
+    assert cancelled == [
+        ("j1", "p", "europe-west4", "google_cloud_default", None),
+        ("j2", "p", "us-central1", "google_cloud_default", None),
+    ]
+    # Nothing was submitted yet: nothing to cancel.
+    asyncio.run(CancellingJobStateCompleteTrigger(job_id="", project_id="p").on_kill())
+    assert len(cancelled) == 2
+
+
+def test_job_metrics_sum_committed_user_counters_over_steps():
+    from image_embeddings_airflow.dataflow import job_metrics
+
+    def counter(name, value, step, tentative=False, namespace="extract_embeddings"):
+        context = {"namespace": namespace, "step": step}
+        if tentative:
+            context["tentative"] = "true"
+        return {"name": {"origin": "user", "name": name, "context": context}, "scalar": value}
+
+    metrics = [
+        counter("embedded", 40, "s5"),
+        counter("embedded", 4, "s6"),
+        counter("embedded", 44, "s5", tentative=True),
+        counter("failed", 4, "s4"),
+        counter("rows_read", 9, "s1", namespace="someone_else"),
+        {"name": {"origin": "dataflow/v1b3", "name": "ElementCount", "context": {}}, "scalar": 100},
+        {
+            "name": {"origin": "user", "name": "batch_size", "context": {"namespace": "extract_embeddings"}},
+            "distribution": {"count": 2, "sum": 40, "min": 8, "max": 32},
+        },
+    ]
+    assert job_metrics(metrics) == {
+        "batch_size": {"count": 2, "sum": 40.0, "min": 8, "max": 32, "mean": 20.0},
+        "embedded": 44,
+        "failed": 4,
+    }
+
+
+def test_jobs_log_the_dataflow_job_id_where_the_provider_reads_it():
+    """The jobs' __main__ logging must let Beam's INFO 'Created job' line through to the output."""
+    from airflow.providers.google.cloud.hooks.dataflow import process_line_and_extract_dataflow_job_id_callback
+
+    code = (
+        "import logging; from beam_jobs.runtime import configure_logging; configure_logging();"
+        "logging.getLogger('apache_beam.runners.dataflow.internal.apiclient')"
+        f".info('Created job with id: [%s]', {JOB_ID!r})"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    found = []
+    callback = process_line_and_extract_dataflow_job_id_callback(found.append)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        callback(line)
+    assert found == [JOB_ID]
+
+
+def test_detach_is_refused_on_a_local_runner(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.reduce_dim",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--method",
+            "pca",
+            "--detach",
+            "--runner",
+            "FnApiRunner",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--detach needs a remote runner" in proc.stderr

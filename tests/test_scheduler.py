@@ -1,0 +1,233 @@
+"""Airflow's real components on loopback: api-server, scheduler and dag-processor on a SQLite DB.
+
+Triggers the nightly DAG through the REST API v2 with a conf, waits for the run
+to succeed through the LocalExecutor, checks the outputs and the "Embedding
+maps" UI plugin (served by that api-server), then stops every component by its
+process group, so nothing outlives the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import ROOT
+
+DAG_ID = "image_embeddings"
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+PASSWORD = "integration-test-only"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Airflow:
+    """Starts the components in their own process groups; ``stop`` ends each group."""
+
+    def __init__(self, home: Path, env: dict[str, str], port: int):
+        self.home, self.env, self.port = home, env, port
+        self.base = f"http://127.0.0.1:{port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.token: str | None = None
+
+    def start(self) -> None:
+        airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+        subprocess.run([airflow, "db", "migrate"], env=self.env, check=True, capture_output=True, timeout=600)
+        for name in COMPONENTS:
+            args = [airflow, name] + (["--port", str(self.port), "--host", "127.0.0.1"] if name == "api-server" else [])
+            log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+            self.procs[name] = subprocess.Popen(
+                args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            )
+
+    def stop(self) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        return {name: p.returncode for name, p in self.procs.items()}
+
+    def group_alive(self, pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n" + (self.home / f"{n}.log").read_text()[-3000:] for n in self.procs)
+
+    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True):
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        return json.loads(self.request(method, path, body)[2])
+
+    def wait_until(self, what: str, check, timeout: float, every: float = 2.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                alive = proc.poll() is None
+                assert alive, f"{name} exited with {proc.returncode} while waiting for {what}\n{self.logs()}"
+            try:
+                result = check()
+            except (urllib.error.URLError, ConnectionError, KeyError):
+                result = None
+            if result:
+                return result
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{self.logs()}")
+
+
+@pytest.fixture
+def airflow(tmp_path, sample_dir):
+    home = tmp_path / "airflow"
+    home.mkdir()
+    (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
+    port = free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(ROOT, "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": os.path.join(ROOT, "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        # Real logins (not "all admins"), so the test also sees that unauthenticated calls are refused.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "IMAGE_EMBEDDINGS_DATA": str(tmp_path / "data"),
+        "IMAGE_EMBEDDINGS_WEIGHTS": "random",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    af = Airflow(home, env, port)
+    af.start()
+    try:
+        yield af
+    finally:
+        codes = af.stop()
+        # Nothing survives: every component's whole process group is gone.
+        leftovers = [n for n, p in af.procs.items() if af.group_alive(p.pid)]
+        assert not leftovers, f"still running after stop: {leftovers} ({codes})"
+
+
+def latest_cron_tick(now: datetime) -> datetime:
+    """The run the scheduler creates on unpausing a catchup=False '0 3 * * *' DAG."""
+    tick = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    return tick if tick <= now else tick - timedelta(days=1)
+
+
+@pytest.mark.slow
+def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, sample_dir, tmp_path):
+    af = airflow
+    af.wait_until("the API server", lambda: af.request("GET", "/api/v2/monitor/health", auth=False)[0] == 200, 180)
+    _, _, body = af.request("POST", "/auth/token", {"username": "ops", "password": PASSWORD}, auth=False)
+    af.token = json.loads(body)["access_token"]
+    af.wait_until("the DAG to be parsed", lambda: af.api("GET", f"/api/v2/dags/{DAG_ID}")["dag_id"], 180)
+
+    # The run the scheduler itself would start on unpausing gets our conf instead (same logical
+    # date), so no second run with default params competes for max_active_runs=1.
+    logical = latest_cron_tick(datetime.now(UTC))
+    ds = logical.strftime("%Y-%m-%d")
+    images = tmp_path / "images" / f"ds={ds}"
+    images.mkdir(parents=True)
+    staged = sorted(shutil.copy(f, images) for f in sorted(Path(sample_dir).iterdir())[:6])
+    (images / "broken.jpg").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    conf = {
+        "input": str(tmp_path / "images" / "ds={{ ds }}" / "*"),
+        "output_root": str(out),
+        "weights": "random",
+        "methods": ["pca"],
+        "max_failure_rate": 0.5,
+        "input_wait_minutes": 0,
+    }
+    run = af.api(
+        "POST",
+        f"/api/v2/dags/{DAG_ID}/dagRuns",
+        {"logical_date": logical.isoformat(), "conf": conf, "note": "integration test"},
+    )
+    run_id = run["dag_run_id"]
+    af.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+
+    def finished():
+        state = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        return state if state in ("success", "failed") else None
+
+    state = af.wait_until("the run to finish", finished, 480, every=3)
+    tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    states = {t["task_id"]: t["state"] for t in tis}
+    assert state == "success", f"{states}\n{af.logs()}"
+    assert states["reduce_pca"] == states["publish"] == "success"
+    assert states["reduce_umap"] == states["reduce_umap_done"] == "skipped"
+    runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")["dag_runs"]
+    assert [r["dag_run_id"] for r in runs] == [run_id]  # no competing scheduled run
+
+    # Outputs: every staged image embedded and projected; the corrupt one recorded as failed.
+    emb = out / "embeddings" / f"ds={ds}"
+    rows = [r for f in sorted(emb.glob("embeddings-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["image_uri"] for r in rows) == staged
+    assert {r["run_id"] for r in rows} == {run_id}
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert (manifest["inputs"], manifest["embedded"], manifest["failed"]) == (7, 6, 1)
+    proj = out / "projections" / "method=pca" / f"ds={ds}"
+    projected = [r for f in sorted(proj.glob("projection-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["image_uri"] for r in projected) == staged
+    record = json.loads((out / "runs" / f"ds={ds}" / "run.json").read_text())
+    assert record["run_id"] == run_id
+    assert record["embeddings"]["embedded"] == 6
+
+    # The published run reached the Asset, and the UI plugin on this api-server shows it.
+    events = af.api("GET", "/api/v2/assets/events?limit=10")["asset_events"]
+    assert [e["extra"]["run_id"] for e in events if e["source_run_id"] == run_id] == [run_id]
+    latest = af.api("GET", "/image-embeddings/api/latest")
+    assert [(r["ds"], r["run_id"]) for r in latest] == [(ds, run_id)]
+    event = latest[0]["event_id"]
+    _, headers, png = af.request("GET", f"/image-embeddings/map.png?event={event}&method=pca")
+    assert png.startswith(b"\x89PNG")
+    assert png == (proj / "map.png").read_bytes()
+    _, headers, page = af.request("GET", f"/image-embeddings/map.html?event={event}&method=pca")
+    assert page == (proj / "map.html").read_bytes()
+    assert "sandbox" in headers["content-security-policy"]
+    _, _, index = af.request("GET", "/image-embeddings/")
+    assert ds.encode() in index
+    assert f"map.png?event={event}&amp;method=pca".encode() in index
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        af.request("GET", "/image-embeddings/api/latest", auth=False)
+    assert denied.value.code in (401, 403)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        af.request("GET", f"/image-embeddings/map.png?event={event}&method=umap")
+    assert missing.value.code == 404

@@ -1,0 +1,89 @@
+"""The "Embedding maps" plugin page: which runs it shows and how (served for real in test_scheduler.py)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from tests.conftest import ROOT
+
+
+def record(ds: str, run_id: str, methods=("pca",), **extra) -> dict:
+    return {
+        "ds": ds,
+        "run_id": run_id,
+        "runner": "FnApiRunner",
+        "embeddings": {"inputs": 13, "embedded": 12, "failed": 1, "images_per_second": 4.25},
+        "projections": {
+            m: {
+                "rows": 12,
+                "map_png": f"/d/{m}/ds={ds}/map.png",
+                "map_html": f"/d/{m}/ds={ds}/map.html",
+                **({"explained_variance_ratio": [0.31, 0.12]} if m == "pca" else {"trustworthiness": 0.97}),
+            }
+            for m in methods
+        },
+        **extra,
+    }
+
+
+def event(i: int, day: int, extra: dict | None) -> dict:
+    return {"id": i, "timestamp": datetime(2026, 11, day, 4, tzinfo=UTC), "extra": extra}
+
+
+def test_latest_run_per_date_wins_newest_date_first():
+    from image_embeddings_airflow.ui import latest_runs
+
+    events = [
+        event(1, 19, record("2026-11-19", "first")),
+        event(2, 20, record("2026-11-20", "night", methods=("pca", "umap"))),
+        event(3, 21, record("2026-11-19", "rerun")),  # a re-run of the 19th, published later
+        event(4, 21, {"note": "created by hand in the UI"}),
+        event(5, 21, None),
+    ]
+    runs = latest_runs(events)
+    assert [(r["ds"], r["run_id"], r["event_id"]) for r in runs] == [
+        ("2026-11-20", "night", 2),
+        ("2026-11-19", "rerun", 3),
+    ]
+    assert [r["ds"] for r in latest_runs(events, method="umap")] == ["2026-11-20"]
+    assert len(latest_runs(events, limit=1)) == 1
+
+
+def test_index_page_links_each_map_and_escapes_what_runs_say():
+    from image_embeddings_airflow.ui import latest_runs, render_index, render_map
+
+    runs = latest_runs([event(7, 20, record("2026-11-20", "<script>x</script>", methods=("pca", "umap")))])
+    page = render_index(runs)
+    assert "map.png?event=7&amp;method=pca" in page
+    assert "map.png?event=7&amp;method=umap" in page
+    assert "./?ds=2026-11-20&amp;method=umap" in page
+    assert "explained variance 31.0% + 12.0%" in page
+    assert "trustworthiness 0.970" in page
+    assert "<script>x" not in page
+    assert "&lt;script&gt;x" in page
+    assert "href='/" not in page
+    assert "src='/" not in page
+    only_umap = render_index(runs, "umap")
+    assert "method=pca" not in only_umap.split("</nav>")[1]
+    assert "No published runs yet" in render_index([])
+    detail = render_map(runs[0], "umap")
+    assert "<iframe class='map' sandbox='allow-scripts' src='map.html?event=7&amp;method=umap'" in detail
+
+
+def test_plugin_registers_the_view_and_skips_the_helper_package():
+    """Airflow's plugin scan finds the plugin file and, per .airflowignore, none of the helper modules."""
+    from airflow._shared.module_loading import find_path_from_directory
+
+    plugins = os.path.join(ROOT, "plugins")
+    scanned = sorted(os.path.relpath(p, plugins) for p in find_path_from_directory(plugins, ".airflowignore"))
+    assert [p for p in scanned if p.endswith(".py")] == ["image_embeddings_plugin.py"]
+
+    from image_embeddings_plugin import ImageEmbeddingsPlugin
+
+    views = {v["url_route"]: v for v in ImageEmbeddingsPlugin.external_views}
+    assert views["embedding-maps"]["href"] == "image-embeddings/"
+    assert views["embedding-maps"]["destination"] == "nav"
+    (app,) = ImageEmbeddingsPlugin.fastapi_apps
+    assert app["url_prefix"] == "/image-embeddings"
+    assert {r.path for r in app["app"].routes} >= {"/", "/api/latest", "/map.png", "/map.html"}
