@@ -24,10 +24,4 @@ class ImageEmbeddingsPlugin(AirflowPlugin):
             "category": "browse",
             "url_route": "embedding-maps",
         },
-        {
-            "name": "Maps",
-            "href": "image-embeddings/?dag_id={DAG_ID}",
-            "destination": "dag",
-            "url_route": "embedding-maps-dag",
-        },
     ]

@@ -58,7 +58,7 @@ def test_index_page_links_each_map_and_escapes_what_runs_say():
     assert "map.png?event=7&amp;method=pca" in page
     assert "map.png?event=7&amp;method=umap" in page
     assert "./?ds=2026-11-20&amp;method=umap" in page
-    assert "explained variance 31.0% + 12.0%" in page
+    assert "PC1 + PC2: 31.0% + 12.0% of variance" in page
     assert "trustworthiness 0.970" in page
     assert "<script>x" not in page
     assert "&lt;script&gt;x" in page

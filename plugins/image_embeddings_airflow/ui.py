@@ -59,7 +59,7 @@ def _fmt(value: Any, spec: str = ",") -> str:
 def _quality(method: str, p: dict[str, Any]) -> str:
     if method == "pca" and p.get("explained_variance_ratio"):
         shares = [f"{v:.1%}" for v in p["explained_variance_ratio"][:2]]
-        return f"explained variance {' + '.join(shares)}"
+        return f"PC1 + PC2: {' + '.join(shares)} of variance"
     if p.get("trustworthiness") is not None:
         return f"trustworthiness {p['trustworthiness']:.3f}"
     return ""
@@ -89,7 +89,7 @@ figcaption a { color: var(--accent); text-decoration: none; white-space: nowrap;
 .empty { padding: 40px 0; color: var(--muted); }
 iframe.map { width: 100%; height: calc(100vh - 150px); min-height: 520px; border: 1px solid var(--line);
              border-radius: 8px; }
-a.back { color: var(--accent); text-decoration: none; }
+a.back, .sub a { color: var(--accent); text-decoration: none; }
 """
 
 
