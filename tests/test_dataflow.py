@@ -192,7 +192,7 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
 
 def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, dataflow_plan):
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
-    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
     from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
 
@@ -215,8 +215,13 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
         assert rebuilt.serialize() == (classpath, kwargs)
 
     # A job that ended badly fails the sensor outright (retrying it would poll a dead job).
+    failed = f"Job with id '{JOB_ID}' is already in terminal state: JOB_STATE_FAILED"
     with pytest.raises(AirflowFailException, match=r"did not finish: .*JOB_STATE_FAILED.*Clear reduce_umap"):
-        sensor.execute_complete(context, {"status": "error", "message": "job is in JOB_STATE_FAILED"})
+        sensor.execute_complete(context, {"status": "error", "message": failed})
+    # The polling failing (API, credentials) is worth a retry: the retry polls the same job.
+    with pytest.raises(AirflowException, match=r"could not check Dataflow job .*503") as polled:
+        sensor.execute_complete(context, {"status": "error", "message": "503 Service Unavailable"})
+    assert not isinstance(polled.value, AirflowFailException)
     # No job id (the launcher never logged one) is a clear failure, not a wait on "None".
     xcoms = {("plan", "return_value"): plan}
     sensor, context = render(dag, "extract_embeddings_done", params, xcoms)

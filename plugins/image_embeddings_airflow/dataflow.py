@@ -24,7 +24,7 @@ from typing import Any
 from airflow.providers.google.cloud.hooks.dataflow import DataflowHook, DataflowJobStatus
 from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSensor
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCompleteTrigger, DataflowJobStatusTrigger
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 DATAFLOW = "dataflowrunner"
 # Beam Metrics namespaces of the two jobs (beam_jobs.extract_embeddings / beam_jobs.reduce_dim).
@@ -114,7 +114,8 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
     ``job_id`` is the Beam task's ``dataflow_job_id`` XCom. With a local runner
     the job already ran inside the Beam task, so this returns at once (the graph
     stays the same for both runners). A job that ends FAILED or CANCELLED fails
-    this task without retries: clear the Beam task to submit it again.
+    this task without retries (clear the Beam task to submit it again); an error
+    while polling is retried, and the retry polls the same job.
     Returns ``{"runner", "job_id", "state", "metrics"}`` (pushed to XCom).
     """
 
@@ -160,11 +161,15 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("status") != "success":
-            # A job that failed or was cancelled will not come back by polling again.
-            raise AirflowFailException(
-                f"Dataflow job {self.job_id} did not finish: {event.get('message')}. "
-                f"Clear {self.beam_task_id} (and downstream) to submit it again."
-            )
+            message = str(event.get("message"))
+            if "terminal state" in message:
+                # A job that failed or was cancelled will not come back by polling again: no retries.
+                raise AirflowFailException(
+                    f"Dataflow job {self.job_id} did not finish: {message}. "
+                    f"Clear {self.beam_task_id} (and downstream) to submit it again."
+                )
+            # Anything else is the polling itself failing (API or credentials): retried, same job.
+            raise AirflowException(f"could not check Dataflow job {self.job_id}: {message}")
         self.log.info(event.get("message"))
         try:
             raw = self.hook.fetch_job_metrics_by_id(
