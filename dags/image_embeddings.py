@@ -104,7 +104,10 @@ with DAG(
             type="string",
             minLength=1,
             title="Input images",
-            description="Glob of the night's images, local or gs://. '{{ ds }}' becomes the run's date (YYYY-MM-DD).",
+            description=(
+                "Glob of the night's images, or a folder / gs:// prefix ending in '/'. "
+                "'{{ ds }}' becomes the run's date."
+            ),
         ),
         "output_root": Param(
             f"{DATA}/out",

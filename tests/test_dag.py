@@ -168,6 +168,10 @@ def test_plan_refuses_combinations_the_form_cannot_check(tmp_path):
     assert plan["embeddings_dir"] == str(tmp_path / "out/embeddings/ds=2026-11-20")
     assert plan["projections"] == {"pca": str(tmp_path / "out/projections/method=pca/ds=2026-11-20")}
     assert plan["input_varies_by_date"] is True
+    folder = build_plan(ok, "2026-11-20", "r", str(tmp_path / "images/ds=2026-11-20") + "/")
+    assert folder["input"] == str(tmp_path / "images/ds=2026-11-20/*")
+    prefix = build_plan({**ok, "output_root": "gs://b/out"}, "2026-11-20", "r", "gs://b/images/ds=2026-11-20/")
+    assert prefix["input"] == "gs://b/images/ds=2026-11-20/*"
     with pytest.raises(PlanError, match=r"weights file .* does not exist"):
         build_plan({**ok, "weights": str(tmp_path / "missing.h5")}, "2026-11-20", "r", "/x/*")
     with pytest.raises(PlanError, match="must be a gs:// path with DataflowRunner") as err:

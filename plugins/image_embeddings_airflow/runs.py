@@ -108,6 +108,9 @@ def build_plan(
     if not is_gcs(output_root):
         output_root = os.path.abspath(output_root)
     input_glob = rendered_input if is_gcs(rendered_input) else os.path.abspath(rendered_input)
+    if rendered_input.endswith("/"):
+        # A folder or gs:// prefix means the files directly in it, for the sensor and the job alike.
+        input_glob = input_glob.rstrip("/") + "/*"
     return {
         "ds": ds,
         "run_id": run_id,
