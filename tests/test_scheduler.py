@@ -1,4 +1,7 @@
-"""Airflow's real components on loopback: api-server, scheduler and dag-processor on a SQLite DB.
+"""Airflow's real components on loopback: api-server, scheduler and dag-processor.
+
+Runs twice: on a PostgreSQL server the test starts itself from Debian's
+binaries (initdb into a temporary folder, loopback port), and on SQLite.
 
 Triggers the nightly DAG through the REST API v2 with a conf, waits for the run
 to succeed through the LocalExecutor, checks the outputs and the "Embedding
@@ -8,13 +11,17 @@ process group, so nothing outlives the test.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +55,8 @@ class Airflow:
 
     def start(self) -> None:
         airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-        subprocess.run([airflow, "db", "migrate"], env=self.env, check=True, capture_output=True, timeout=600)
+        migrate = subprocess.run([airflow, "db", "migrate"], env=self.env, capture_output=True, text=True, timeout=600)
+        assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
         for name in COMPONENTS:
             args = [airflow, name] + (["--port", str(self.port), "--host", "127.0.0.1"] if name == "api-server" else [])
             log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -107,8 +115,71 @@ class Airflow:
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{self.logs()}")
 
 
+def postgres_bindir() -> str | None:
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[::-1]), None)
+    return os.path.dirname(os.path.realpath(found)) if found else None
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A throwaway PostgreSQL on loopback; yields its SQLAlchemy URL, stops it (fast shutdown) after."""
+    bindir = postgres_bindir()
+    if not bindir:
+        pytest.skip("PostgreSQL binaries not found (Debian: apt-get install postgresql)")
+    base = tempfile.mkdtemp(prefix="airflow-pg-")
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(base, "data"), free_port()
+    subprocess.run(
+        [*run_as, f"{bindir}/initdb", "-D", data, "-U", "airflow", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log = open(os.path.join(base, "postgres.log"), "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [*run_as, f"{bindir}/postgres", "-D", data, "-h", "127.0.0.1", "-p", str(port), "-k", base, "-c", "fsync=off"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        import psycopg2
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg2.connect(host="127.0.0.1", port=port, user="airflow", dbname="postgres").close()
+                break
+            except psycopg2.OperationalError:
+                assert server.poll() is None, Path(base, "postgres.log").read_text()
+                assert time.monotonic() < deadline, "PostgreSQL did not accept connections in 60 s"
+                time.sleep(0.5)
+        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/postgres"
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # fast shutdown: ends sessions left open
+        server.wait(timeout=60)
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def metadata_db(request):
+    if request.param == "sqlite":
+        yield None  # Airflow's default: airflow.db in AIRFLOW_HOME
+        return
+    with postgres_server() as url:
+        yield url
+
+
 @pytest.fixture
-def airflow(tmp_path, sample_dir):
+def airflow(tmp_path, sample_dir, metadata_db):
     home = tmp_path / "airflow"
     home.mkdir()
     (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
@@ -133,6 +204,8 @@ def airflow(tmp_path, sample_dir):
         "IMAGE_EMBEDDINGS_WEIGHTS": "random",
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
+    if metadata_db:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_db
     af = Airflow(home, env, port)
     af.start()
     try:
