@@ -84,6 +84,6 @@ def test_plugin_registers_the_view_and_skips_the_helper_package():
     views = {v["url_route"]: v for v in ImageEmbeddingsPlugin.external_views}
     assert views["embedding-maps"]["href"] == "image-embeddings/"
     assert views["embedding-maps"]["destination"] == "nav"
-    (app,) = ImageEmbeddingsPlugin.fastapi_apps
+    (app,) = ImageEmbeddingsPlugin().fastapi_apps
     assert app["url_prefix"] == "/image-embeddings"
     assert {r.path for r in app["app"].routes} >= {"/", "/api/latest", "/map.png", "/map.html"}
