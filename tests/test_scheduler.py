@@ -1,5 +1,9 @@
 """Airflow's real components on loopback: api-server, scheduler and dag-processor.
 
+One night triggered through the REST API v2 (on both databases), then, on
+SQLite, a backfill of the two nights before it and a reprocessing backfill of
+one of them with a late image, all run by the scheduler.
+
 Runs twice: on a PostgreSQL server the test starts itself from Debian's
 binaries (initdb into a temporary folder, loopback port), and on SQLite.
 
@@ -217,6 +221,17 @@ def airflow(tmp_path, sample_dir, metadata_db):
         assert not leftovers, f"still running after stop: {leftovers} ({codes})"
 
 
+def stage(sample_dir: str, root: Path, ds: str, first: int, count: int) -> list[str]:
+    folder = root / "images" / f"ds={ds}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return [shutil.copy(f, folder) for f in sorted(Path(sample_dir).iterdir())[first : first + count]]
+
+
+def embedded_uris(out: Path, ds: str) -> list[str]:
+    folder = out / "embeddings" / f"ds={ds}"
+    return sorted(r["image_uri"] for f in folder.glob("embeddings-*.parquet") for r in pq.read_table(f).to_pylist())
+
+
 def latest_cron_tick(now: datetime) -> datetime:
     """The run the scheduler creates on unpausing a catchup=False '0 3 * * *' DAG."""
     tick = now.replace(hour=3, minute=0, second=0, microsecond=0)
@@ -224,7 +239,7 @@ def latest_cron_tick(now: datetime) -> datetime:
 
 
 @pytest.mark.slow
-def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, sample_dir, tmp_path):
+def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, metadata_db, sample_dir, tmp_path):
     af = airflow
     af.wait_until("the API server", lambda: af.request("GET", "/api/v2/monitor/health", auth=False)[0] == 200, 180)
     _, _, body = af.request("POST", "/auth/token", {"username": "ops", "password": PASSWORD}, auth=False)
@@ -304,3 +319,39 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, sam
     with pytest.raises(urllib.error.HTTPError) as missing:
         af.request("GET", f"/image-embeddings/map.png?event={event}&method=umap")
     assert missing.value.code == 404
+
+    if metadata_db is not None:
+        return  # the backfill part below runs once, on SQLite (available everywhere): ~2.5 min
+    # Backfill the two nights before, as `airflow backfill create` does (same REST endpoint).
+    nights = [(logical - timedelta(days=n)) for n in (2, 1)]
+    before = {
+        n.strftime("%Y-%m-%d"): sorted(stage(sample_dir, tmp_path, n.strftime("%Y-%m-%d"), i, 3))
+        for i, n in enumerate(nights)
+    }
+
+    def backfill(start: datetime, end: datetime, reprocess: str) -> list[dict]:
+        created = af.api(
+            "POST",
+            "/api/v2/backfills",
+            {"dag_id": DAG_ID, "from_date": start.isoformat(), "to_date": end.isoformat(), "dag_run_conf": conf}
+            | {"max_active_runs": 1, "reprocess_behavior": reprocess},
+        )
+        af.wait_until(
+            "the backfill", lambda: af.api("GET", f"/api/v2/backfills/{created['id']}")["completed_at"], 480, 3
+        )
+        runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
+        return sorted(runs, key=lambda r: r["logical_date"])
+
+    runs = backfill(nights[0], nights[1], "none")
+    assert [(r["logical_date"][:10], r["state"]) for r in runs] == [(ds, "success") for ds in before]
+    for night, uris in before.items():
+        assert embedded_uris(out, night) == uris
+    # A late image for the second night; reprocessing that night replaces its partition whole.
+    late_night = nights[1].strftime("%Y-%m-%d")
+    before[late_night] = sorted(before[late_night] + stage(sample_dir, tmp_path, late_night, 6, 1))
+    runs = backfill(nights[1], nights[1], "completed")
+    assert {r["logical_date"][:10]: r["state"] for r in runs} == dict.fromkeys(before, "success")
+    for night, uris in before.items():
+        assert embedded_uris(out, night) == uris  # one copy of every row, the late image included
+    latest = af.api("GET", "/image-embeddings/api/latest")
+    assert [r["ds"] for r in latest] == [ds, *reversed(before)]
