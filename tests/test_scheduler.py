@@ -320,6 +320,15 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
         af.request("GET", f"/image-embeddings/map.png?event={event}&method=umap")
     assert missing.value.code == 404
 
+    # An asset event made by hand (REST API) naming any file is neither listed nor served.
+    (asset,) = af.api("GET", "/api/v2/assets?name_pattern=image_embeddings_maps")["assets"]
+    forged_record = {**latest[0], "ds": "2099-01-01", "projections": {"pca": {"map_png": "/etc/passwd"}}}
+    forged = af.api("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": forged_record})
+    assert [r["ds"] for r in af.api("GET", "/image-embeddings/api/latest")] == [ds]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        af.request("GET", f"/image-embeddings/map.png?event={forged['id']}&method=pca")
+    assert refused.value.code == 404
+
     if metadata_db is not None:
         return  # the backfill part below runs once, on SQLite (available everywhere): ~2.5 min
     # Backfill the two nights before, as `airflow backfill create` does (same REST endpoint).

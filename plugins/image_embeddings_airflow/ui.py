@@ -6,9 +6,11 @@ inside the Airflow UI as an external view (see ``plugins/image_embeddings_plugin
 Where the maps come from: the published runs, i.e. the events on Asset
 ``image_embeddings_maps`` that the DAG's ``publish`` task writes. Their
 ``extra`` is the run record (run.json), which holds each map's path. Only
-paths named in an event are ever read, so the page cannot be made to serve
-arbitrary files. For a date published more than once (re-runs, backfills) the
-newest event wins, as in the partitions on disk.
+events emitted by that task count (the REST API lets users create asset
+events with any extra), and only files named map.png / map.html in such an
+event are read, so the page cannot be made to serve arbitrary files. For a
+date published more than once (re-runs, backfills) the newest event wins, as
+in the partitions on disk.
 
 Access: the same as reading the DAG's runs (Airflow's own auth dependency; in
 the UI the session cookie, from scripts a bearer token from ``/auth/token``).
@@ -24,6 +26,7 @@ from urllib.parse import urlencode
 
 DAG_ID = "image_embeddings"
 ASSET_NAME = "image_embeddings_maps"
+PUBLISH_TASK = "publish"
 METHODS = ("pca", "umap")
 MAP_CSP = (
     "sandbox allow-scripts; default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -189,7 +192,11 @@ def create_app():
             rows = session.execute(
                 select(AssetEvent.id, AssetEvent.timestamp, AssetEvent.extra)
                 .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-                .where(AssetModel.name == ASSET_NAME)
+                .where(
+                    AssetModel.name == ASSET_NAME,
+                    AssetEvent.source_dag_id == DAG_ID,
+                    AssetEvent.source_task_id == PUBLISH_TASK,
+                )
                 .order_by(AssetEvent.timestamp.desc())
                 .limit(2000)
             ).all()
@@ -225,7 +232,7 @@ def create_app():
         events = await asyncio.to_thread(load_events)
         record = next((e.get("extra") or {} for e in events if e["id"] == event), None)
         path = ((record or {}).get("projections") or {}).get(method, {}).get(name)
-        if not path:
+        if not isinstance(path, str) or path.rsplit("/", 1)[-1] != name.replace("_", "."):
             raise HTTPException(404, f"event {event} published no {method} {name}")
         try:
             return await asyncio.to_thread(read_bytes, path)
