@@ -183,23 +183,27 @@ def create_app():
         dependencies=[Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))],
     )
 
-    def load_events() -> list[dict[str, Any]]:
+    def load_events(event_id: int | None = None) -> list[dict[str, Any]]:
+        """The publish task's events on the maps Asset, newest first (or the one with ``event_id``)."""
         from airflow.models.asset import AssetEvent, AssetModel
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
+        query = (
+            select(AssetEvent.id, AssetEvent.timestamp, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(
+                AssetModel.name == ASSET_NAME,
+                AssetEvent.source_dag_id == DAG_ID,
+                AssetEvent.source_task_id == PUBLISH_TASK,
+            )
+            .order_by(AssetEvent.timestamp.desc())
+            .limit(2000)
+        )
+        if event_id is not None:
+            query = query.where(AssetEvent.id == event_id)
         with create_session() as session:
-            rows = session.execute(
-                select(AssetEvent.id, AssetEvent.timestamp, AssetEvent.extra)
-                .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-                .where(
-                    AssetModel.name == ASSET_NAME,
-                    AssetEvent.source_dag_id == DAG_ID,
-                    AssetEvent.source_task_id == PUBLISH_TASK,
-                )
-                .order_by(AssetEvent.timestamp.desc())
-                .limit(2000)
-            ).all()
+            rows = session.execute(query).all()
         return [{"id": r.id, "timestamp": r.timestamp, "extra": r.extra} for r in rows]
 
     async def runs(method: str | None = None, limit: int = 14) -> list[dict[str, Any]]:
@@ -229,8 +233,8 @@ def create_app():
 
     async def map_file(event: int, method: str, name: str) -> bytes:
         check_method(method)
-        events = await asyncio.to_thread(load_events)
-        record = next((e.get("extra") or {} for e in events if e["id"] == event), None)
+        events = await asyncio.to_thread(load_events, event)
+        record = events[0]["extra"] if events else None
         path = ((record or {}).get("projections") or {}).get(method, {}).get(name)
         if not isinstance(path, str) or path.rsplit("/", 1)[-1] != name.replace("_", "."):
             raise HTTPException(404, f"event {event} published no {method} {name}")
