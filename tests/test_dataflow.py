@@ -271,16 +271,20 @@ def test_job_metrics_sum_committed_user_counters_over_steps():
         counter("embedded", 40, "s5"),
         counter("embedded", 4, "s6"),
         counter("embedded", 44, "s5", tentative=True),
-        counter("failed", 4, "s4"),
+        counter("failed", "4", "s4"),  # int64 as a JSON string
         counter("rows_read", 9, "s1", namespace="someone_else"),
         {"name": {"origin": "dataflow/v1b3", "name": "ElementCount", "context": {}}, "scalar": 100},
         {
             "name": {"origin": "user", "name": "batch_size", "context": {"namespace": "extract_embeddings"}},
             "distribution": {"count": 2, "sum": 40, "min": 8, "max": 32},
         },
+        {
+            "name": {"origin": "user", "name": "batch_size", "context": {"namespace": "extract_embeddings"}},
+            "distribution": {"count": "1", "sum": "4", "min": "4", "max": "4"},
+        },
     ]
     assert job_metrics(metrics) == {
-        "batch_size": {"count": 2, "sum": 40.0, "min": 8, "max": 32, "mean": 20.0},
+        "batch_size": {"count": 3, "sum": 44, "min": 4, "max": 32, "mean": 14.667},
         "embedded": 44,
         "failed": 4,
     }

@@ -75,6 +75,15 @@ class CancellingJobStateCompleteTrigger(_CancelOnKill, DataflowJobStateCompleteT
         return f"{__name__}.CancellingJobStateCompleteTrigger", kwargs
 
 
+def _number(value: Any) -> int | float | None:
+    """Dataflow's JSON may carry int64 values as strings."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else number
+
+
 def job_metrics(metrics: list[dict[str, Any]], namespaces: Sequence[str] = JOB_NAMESPACES) -> dict[str, Any]:
     """Committed user counters of our jobs from Dataflow's ``MetricUpdate`` list, summed over steps.
 
@@ -90,21 +99,21 @@ def job_metrics(metrics: list[dict[str, Any]], namespaces: Sequence[str] = JOB_N
         if str(context.get("tentative", "")).lower() == "true":
             continue
         key = name.get("name")
-        if "scalar" in m and isinstance(m["scalar"], (int, float)):
-            out[key] = out.get(key, 0) + m["scalar"]
+        if (scalar := _number(m.get("scalar"))) is not None:
+            out[key] = out.get(key, 0) + scalar
         elif isinstance(m.get("distribution"), dict):
-            d = m["distribution"]
-            count, total = int(d.get("count", 0)), float(d.get("sum", 0))
-            if count:
-                prev = out.get(key) or {"count": 0, "sum": 0.0, "min": d.get("min"), "max": d.get("max")}
-                merged = {
-                    "count": prev["count"] + count,
-                    "sum": prev["sum"] + total,
-                    "min": min(prev["min"], d.get("min", prev["min"])),
-                    "max": max(prev["max"], d.get("max", prev["max"])),
-                }
-                merged["mean"] = round(merged["sum"] / merged["count"], 3)
-                out[key] = merged
+            d = {k: _number(m["distribution"].get(k)) for k in ("count", "sum", "min", "max")}
+            if not d["count"] or None in d.values():
+                continue
+            prev = out.get(key) or {"count": 0, "sum": 0, "min": d["min"], "max": d["max"]}
+            merged = {
+                "count": prev["count"] + d["count"],
+                "sum": prev["sum"] + d["sum"],
+                "min": min(prev["min"], d["min"]),
+                "max": max(prev["max"], d["max"]),
+            }
+            merged["mean"] = round(merged["sum"] / merged["count"], 3)
+            out[key] = merged
     return dict(sorted(out.items()))
 
 
