@@ -42,7 +42,7 @@ from beam_jobs.config import ExtractConfig, parse_extract_args
 from beam_jobs.images import ImageError, decode_and_resize
 from beam_jobs.inference import METRICS_NAMESPACE, KerasEmbeddingModelHandler
 from beam_jobs.models import ResolvedWeights, get_spec, model_id, resolve_weights
-from beam_jobs.runtime import attach_metrics, configure_logging, pipeline_options, refuse_local_detach, submitted
+from beam_jobs.runtime import attach_metrics, configure_logging, detached, pipeline_options, refuse_local_detach
 
 LOG = logging.getLogger(__name__)
 FAILURES_TAG = "failures"
@@ -457,9 +457,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     build_pipeline(pipeline, cfg, weights, staging, column)
     result = pipeline.run()
     if cfg.detach:
-        # Airflow's Dataflow sensor waits and reads the job's metrics; the job commits its own output.
-        LOG.info("submitted, not waiting (--detach): %s", submitted(result, cfg.output))
-        return submitted(result, cfg.output)
+        return detached(result, cfg.output)
     result.wait_until_finish()
     manifest, metrics = attach_metrics(result, cfg.output, METRICS_NAMESPACE)
     LOG.info(

@@ -40,7 +40,7 @@ from beam_jobs import storage
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
 from beam_jobs.maps import MapLabels, render_html, render_png, thumbnail_data_uri
 from beam_jobs.reduction import GramStats, PCAModel, Sample, UmapModel, fit_pca, fit_umap, row_priority, trustworthiness
-from beam_jobs.runtime import attach_metrics, configure_logging, pipeline_options, refuse_local_detach, submitted
+from beam_jobs.runtime import attach_metrics, configure_logging, detached, pipeline_options, refuse_local_detach
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "reduce_dim"
@@ -663,9 +663,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     build_pipeline(pipeline, cfg, summary, staging)
     result = pipeline.run()
     if cfg.detach:
-        # Airflow's Dataflow sensor waits and reads the job's metrics; the job commits its own output.
-        LOG.info("submitted, not waiting (--detach): %s", submitted(result, cfg.output))
-        return submitted(result, cfg.output)
+        return detached(result, cfg.output)
     result.wait_until_finish()
     manifest, metrics = attach_metrics(result, cfg.output, METRICS_NAMESPACE)
     LOG.info(

@@ -51,10 +51,15 @@ def refuse_local_detach(options: PipelineOptions, detach: bool) -> None:
         raise ConfigError(f"--detach needs a remote runner (e.g. DataflowRunner); {runner} runs in this process")
 
 
-def submitted(result, output: str) -> dict[str, Any]:
-    """What a detached launcher returns: the job id; the job itself commits ``output``."""
+def detached(result, output: str) -> dict[str, Any]:
+    """What a launcher run with --detach logs and returns: the job id; the job itself commits ``output``.
+
+    Airflow's Dataflow sensor waits and reads the job's metrics.
+    """
     job_id = result.job_id() if hasattr(result, "job_id") else None
-    return {"submitted": True, "job_id": job_id, "output": output, "state": str(result.state)}
+    info = {"submitted": True, "job_id": job_id, "output": output, "state": str(result.state)}
+    logging.getLogger(__name__).info("submitted, not waiting (--detach): %s", info)
+    return info
 
 
 def metrics_summary(result, namespace: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineRefere
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
-from image_embeddings_airflow.runs import MAX_BATCH_SIZE, METHODS, MODELS, RUNNERS
+from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, MAX_BATCH_SIZE, METHODS, MODELS, PUBLISH_TASK, RUNNERS
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
@@ -58,8 +58,7 @@ PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpre
 DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
-DAG_ID = "image_embeddings"
-MAPS = Asset(name="image_embeddings_maps", uri="image-embeddings://maps", group="image_embeddings")
+MAPS = Asset(name=MAPS_ASSET, uri="image-embeddings://maps", group="image_embeddings")
 
 
 def plan_value(key: str) -> str:
@@ -290,7 +289,7 @@ with DAG(
     ]
     reducers_done = [job_done(r.task_id) for r in reducers]
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
+    @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
     def publish(plan: dict, extraction: dict, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
         from image_embeddings_airflow.metrics import emit_projection

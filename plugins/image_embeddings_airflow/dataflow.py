@@ -27,6 +27,13 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCom
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 DATAFLOW = "dataflowrunner"
+
+
+def is_dataflow(runner: object) -> bool:
+    """The rendered ``runner`` template names Dataflow (any case)."""
+    return str(runner).lower() == DATAFLOW
+
+
 # Beam Metrics namespaces of the two jobs (beam_jobs.extract_embeddings / beam_jobs.reduce_dim).
 JOB_NAMESPACES = ("extract_embeddings", "reduce_dim")
 
@@ -139,12 +146,8 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
         self.runner = runner
         self.beam_task_id = beam_task_id
 
-    @property
-    def on_dataflow(self) -> bool:
-        return str(self.runner).lower() == DATAFLOW
-
     def execute(self, context: Any) -> dict[str, Any] | None:
-        if not self.on_dataflow:
+        if not is_dataflow(self.runner):
             self.log.info("runner %s: %s ran its job in-process; nothing to wait for", self.runner, self.beam_task_id)
             return {"runner": self.runner, "job_id": None, "state": None, "metrics": {}}
         if not self.job_id or self.job_id == "None":

@@ -12,7 +12,7 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCom
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from image_embeddings_airflow.dataflow import DATAFLOW, CancellingJobStateCompleteTrigger
+from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger, is_dataflow
 from image_embeddings_airflow.paths import count_matching
 
 
@@ -58,7 +58,7 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
 
     @property
     def on_dataflow(self) -> bool:
-        return str(self.runner).lower() == DATAFLOW
+        return is_dataflow(self.runner)
 
     def _cast_dataflow_config(self) -> None:
         if not self.on_dataflow:

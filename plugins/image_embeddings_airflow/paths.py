@@ -23,23 +23,27 @@ def is_gcs(uri: str) -> bool:
     return uri.startswith(GCS)
 
 
+def _gcs(uri: str, gcp_conn_id: str):
+    """(GCSHook, bucket, object name) for a gs:// URI; the Google provider is imported only here."""
+    from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+    bucket, name = split_gcs(uri)
+    return GCSHook(gcp_conn_id=gcp_conn_id), bucket, name
+
+
 def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limit: int = 1000) -> int:
     """How many files match ``pattern`` (up to ``limit``); directories and hidden staging files excluded."""
     if is_gcs(pattern):
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook
-
-        bucket, name = split_gcs(pattern)
-        objects = GCSHook(gcp_conn_id=gcp_conn_id).list(bucket, match_glob=name, max_results=limit)
+        hook, bucket, name = _gcs(pattern, gcp_conn_id)
+        objects = hook.list(bucket, match_glob=name, max_results=limit)
         return sum(1 for o in objects if not o.endswith("/"))
     return sum(1 for p in glob.iglob(pattern, recursive=True) if os.path.isfile(p))
 
 
 def read_bytes(uri: str, gcp_conn_id: str = "google_cloud_default") -> bytes:
     if is_gcs(uri):
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook
-
-        bucket, name = split_gcs(uri)
-        return GCSHook(gcp_conn_id=gcp_conn_id).download(bucket, name)
+        hook, bucket, name = _gcs(uri, gcp_conn_id)
+        return hook.download(bucket, name)
     with open(uri, "rb") as handle:
         return handle.read()
 
@@ -51,10 +55,8 @@ def read_json(uri: str, gcp_conn_id: str = "google_cloud_default") -> dict[str, 
 def write_json(uri: str, obj: dict[str, Any], gcp_conn_id: str = "google_cloud_default") -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     if is_gcs(uri):
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook
-
-        bucket, name = split_gcs(uri)
-        GCSHook(gcp_conn_id=gcp_conn_id).upload(bucket, name, data=text, mime_type="application/json")
+        hook, bucket, name = _gcs(uri, gcp_conn_id)
+        hook.upload(bucket, name, data=text, mime_type="application/json")
         return
     os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
     tmp = f"{uri}.tmp"
@@ -69,8 +71,6 @@ def join(base: str, *parts: str) -> str:
 
 def exists(uri: str, gcp_conn_id: str = "google_cloud_default") -> bool:
     if is_gcs(uri):
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook
-
-        bucket, name = split_gcs(uri)
-        return GCSHook(gcp_conn_id=gcp_conn_id).exists(bucket, name)
+        hook, bucket, name = _gcs(uri, gcp_conn_id)
+        return hook.exists(bucket, name)
     return os.path.exists(uri)

@@ -11,6 +11,10 @@ from typing import Any
 
 from image_embeddings_airflow.paths import is_gcs, join
 
+DAG_ID = "image_embeddings"
+# The Asset the publish task emits one event on per published run (the maps page reads them).
+MAPS_ASSET = "image_embeddings_maps"
+PUBLISH_TASK = "publish"
 METHODS = ("pca", "umap")
 RUNNERS = ("FnApiRunner", "DataflowRunner")
 # Mirrors beam_jobs.models.REGISTRY (a test keeps them equal); not imported, to keep DAG parsing light.

@@ -24,10 +24,8 @@ import html
 from typing import Any
 from urllib.parse import urlencode
 
-DAG_ID = "image_embeddings"
-ASSET_NAME = "image_embeddings_maps"
-PUBLISH_TASK = "publish"
-METHODS = ("pca", "umap")
+from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, METHODS, PUBLISH_TASK
+
 MAP_CSP = (
     "sandbox allow-scripts; default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 )
@@ -114,13 +112,13 @@ def render_index(runs: list[dict[str, Any]], method: str | None = None) -> str:
     parts = [
         "<h1>Image embedding maps</h1>",
         f"<p class='sub'>Latest published run per date of DAG <code>{DAG_ID}</code> "
-        f"(Asset <code>{ASSET_NAME}</code>); click a map for the interactive version.</p>",
+        f"(Asset <code>{MAPS_ASSET}</code>); click a map for the interactive version.</p>",
         f"<nav class='filters'>{filters}</nav>",
     ]
     if not runs:
         parts.append(
             "<p class='empty'>No published runs yet. Maps appear here once a run of "
-            f"<code>{DAG_ID}</code> reaches its <code>publish</code> task.</p>"
+            f"<code>{DAG_ID}</code> reaches its <code>{PUBLISH_TASK}</code> task.</p>"
         )
     for run in runs:
         e = run.get("embeddings") or {}
@@ -193,7 +191,7 @@ def create_app():
             select(AssetEvent.id, AssetEvent.timestamp, AssetEvent.extra)
             .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
             .where(
-                AssetModel.name == ASSET_NAME,
+                AssetModel.name == MAPS_ASSET,
                 AssetEvent.source_dag_id == DAG_ID,
                 AssetEvent.source_task_id == PUBLISH_TASK,
             )
