@@ -65,7 +65,9 @@ def write_embeddings(
             schema=embedding_schema(),
         )
         path = os.path.join(out_dir, f"embeddings-{i:05d}-of-{files:05d}.parquet")
-        pq.write_table(table, path, row_group_size=8192)
+        # As the extraction job writes them (Beam's WriteToParquet default codec is none):
+        # the benchmark reads files shaped like real output.
+        pq.write_table(table, path, row_group_size=8192, compression="none")
         paths.append(path)
     return paths
 

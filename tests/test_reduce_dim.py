@@ -91,6 +91,26 @@ def test_sample_does_not_depend_on_order_or_split():
     assert not np.array_equal(row_priority(uris, 3), row_priority(uris, 4))
 
 
+@pytest.mark.parametrize(("n", "dim", "noise"), [(600, 2048, 0.5), (200, 64, 3.0), (9, 4, 0.1), (3, 3, 0.0)])
+def test_trustworthiness_equals_scikit_learn(n, dim, noise):
+    from sklearn.manifold import trustworthiness as sklearn_trustworthiness
+
+    rng = np.random.default_rng(n)
+    if dim >= 64:
+        x = clustered_embeddings(n, dim, clusters=4, seed=n)[0]
+    else:
+        x = rng.normal(size=(n, dim)).astype(np.float32)
+    low = (x[:, :2] + rng.normal(scale=noise, size=(n, 2))).astype(np.float32)
+    ours = trustworthiness(x, low)
+    if n // 2 - 1 < 1:
+        assert ours is None  # too few rows for a neighbourhood
+        return
+    k = min(10, n // 2 - 1)
+    expected = sklearn_trustworthiness(x.astype(np.float64), low.astype(np.float64), n_neighbors=k)
+    assert ours == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < ours <= 1.0
+
+
 def test_umap_keeps_clusters_apart_and_neighbourhoods_trustworthy():
     x, labels = clustered_embeddings(2000, 2048, clusters=5, seed=2)
     stats = GramStats().add_block(x)
