@@ -10,13 +10,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from apache_beam import coders
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from sklearn.decomposition import PCA
 
 from beam_jobs import reduce_dim
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
-from beam_jobs.reduce_dim import FitPCA, InputError, ReadEmbeddings, file_pattern, inspect_inputs, partition_of
+from beam_jobs.reduce_dim import (
+    Block,
+    BlockCoder,
+    FitPCA,
+    InputError,
+    Projected,
+    ReadEmbeddings,
+    file_pattern,
+    inspect_inputs,
+    partition_of,
+)
 from beam_jobs.reduction import GramStats, Sample, fit_pca, fit_umap, row_priority, trustworthiness
 from beam_jobs.synthetic import clustered_embeddings, write_embeddings
 from tests.conftest import run_cli
@@ -226,6 +237,26 @@ def test_rows_of_different_length_inside_one_file_fail_the_job(tmp_path):
 # --------------------------------------------------------------------------- Beam transforms
 
 
+@pytest.mark.parametrize("kind", [Block, Projected])
+def test_block_coders_round_trip_and_size_without_encoding(kind, monkeypatch):
+    coder = coders.registry.get_coder(kind)
+    uris = np.array(["gs://b/a.jpg", "/x/é.png"], dtype=object)
+    x = np.arange(2 * 2048, dtype=np.float32).reshape(2, 2048)
+    value = Block(uris, x, "2026-11-20", "m1") if kind is Block else Projected(uris, x[:, :2].copy(), None, "m1", x)
+    back = coder.decode(coder.encode(value))
+    assert type(back) is kind
+    for got, want in zip(back, value, strict=True):
+        if isinstance(want, np.ndarray):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got == want
+    # Beam sizes sampled elements with estimate_size: it must not serialise the arrays.
+    monkeypatch.setattr(reduce_dim.pickle, "dumps", lambda *a, **k: pytest.fail("estimate_size encoded"))
+    arrays = sum(v.nbytes for v in value if isinstance(v, np.ndarray) and v.dtype != object)
+    assert arrays < coder.estimate_size(value) < arrays + 200
+
+
 def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
     root, x, _, _ = clustered
     summary = inspect_inputs(cfg_for([root + "/ds=*"]))
@@ -245,6 +276,9 @@ def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
 
     with TestPipeline(argv=RUNNER) as p:
         blocks = p | "Read" >> ReadEmbeddings(summary, block_rows=512)
+        # Typed, so Beam picks BlockCoder (not pickle) wherever blocks are encoded or sized.
+        assert blocks.element_type is Block
+        assert isinstance(coders.registry.get_coder(blocks.element_type), BlockCoder)
         assert_that(blocks, check_blocks, label="Blocks")
         assert_that(blocks | FitPCA(2), check, label="Model")
 
