@@ -39,10 +39,11 @@ def colours(n: int) -> list[str]:
 
 def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabels) -> bytes:
     """Scatter of every point, coloured by partition (``groups``: one label per point)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object API, not pyplot: no process-wide backend switch (this also runs inside
+    # callers' processes) and no global figure state shared between worker threads.
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
 
     n = len(x)
     names = sorted({str(g) for g in groups})
@@ -50,7 +51,8 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
     # Marker size and alpha fall with the number of points so dense regions stay readable.
     size = float(np.clip(6000 / max(n, 1), 1.5, 36))
     alpha = float(np.clip(3000 / max(n, 1), 0.25, 0.85))
-    fig, ax = plt.subplots(figsize=(10, 7.5), dpi=120, layout="constrained")
+    fig = Figure(figsize=(10, 7.5), dpi=120, layout="constrained")
+    ax = fig.subplots()
     groups = np.asarray([str(g) for g in groups])
     for name, colour in zip(names, palette, strict=True):
         mask = groups == name
@@ -76,13 +78,12 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
     if 1 < len(names) <= 20:
         ax.legend(title="partition", markerscale=max(1.0, 6 / np.sqrt(size)), fontsize=9, frameon=False, loc="best")
     elif len(names) > 20:
-        sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, len(names) - 1))
+        sm = ScalarMappable(cmap="viridis", norm=Normalize(0, len(names) - 1))
         bar = fig.colorbar(sm, ax=ax, shrink=0.8)
         bar.set_ticks([0, len(names) - 1], labels=[names[0], names[-1]])
         bar.set_label("partition")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
