@@ -115,17 +115,8 @@ class _ArrayTupleCoder(beam.coders.Coder):
                 size += len(part) + 5
         return size
 
-    def is_deterministic(self) -> bool:
-        return False
-
     def to_type_hint(self):
         return self.element_type
-
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(type(self))
 
 
 class BlockCoder(_ArrayTupleCoder):

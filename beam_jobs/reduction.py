@@ -237,10 +237,11 @@ def trustworthiness(high: np.ndarray, low: np.ndarray, n_neighbors: int = 10) ->
         return None
     ranks_high = _neighbour_order(np.asarray(high, np.float64))
     nearest_low = _neighbour_order(np.asarray(low, np.float64))[:, :k]
+    rows = np.arange(n)[:, None]
     # rank[i, j]: 1-based rank of j among i's neighbours in the original space.
     rank = np.zeros((n, n), np.int64)
-    rank[np.arange(n)[:, None], ranks_high] = np.arange(1, n)
-    excess = rank[np.arange(n)[:, None], nearest_low] - k
+    rank[rows, ranks_high] = np.arange(1, n)
+    excess = rank[rows, nearest_low] - k
     penalty = excess[excess > 0].sum()
     return float(1.0 - penalty * (2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0))))
 

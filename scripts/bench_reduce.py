@@ -44,13 +44,14 @@ print("SECONDS", time.perf_counter() - t)
 
 
 # The floor of any exact two-pass PCA over these files on this machine: one Parquet read of all
-# rows (no Beam) and float32 X^T X of them in 8192-row blocks (the job's own block size), each
-# timed alone in one process.
+# rows (no Beam) and the job's own statistics step (GramStats.add_block: float32 X^T X into
+# float64) on 8192-row blocks (the job's default block size), each timed alone in one process.
 FLOOR_SNIPPET = """
 import glob, sys, time
-import numpy as np, pyarrow.parquet as pq
+import pyarrow.parquet as pq
+from beam_jobs.reduction import GramStats
 read = gram = 0.0
-g = np.zeros((2048, 2048))
+stats = GramStats()
 for f in sorted(glob.glob(sys.argv[1] + "/embeddings-*.parquet")):
     it = pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["image_uri", "embedding", "model_id"])
     while True:
@@ -61,8 +62,7 @@ for f in sorted(glob.glob(sys.argv[1] + "/embeddings-*.parquet")):
         x = b.column("embedding").flatten().to_numpy().reshape(b.num_rows, -1)
         read += time.perf_counter() - t
         t = time.perf_counter()
-        y = x - np.float32(0.5)
-        g += y.T @ y
+        stats.add_block(x)
         gram += time.perf_counter() - t
 print("READ", read)
 print("GRAM", gram)
@@ -161,11 +161,10 @@ def main() -> int:
         (n0, r0), (n1, r1) = (sizes[0], results[sizes[0]]), (sizes[-1], results[sizes[-1]])
         marginal = (n1 - n0) / max(r1["pca"]["wall"] - r0["pca"]["wall"], 1e-9)
         print(f"\nPCA job marginal rate {n0:,} -> {n1:,} rows: {marginal:,.0f} rows/s (fixed cost excluded)")
-    if len(sizes) >= 2:
-        lo, hi = results[sizes[0]]["pca"]["rss"], results[sizes[-1]]["pca"]["rss"]
+        lo, hi = r0["pca"]["rss"], r1["pca"]["rss"]
         print(
-            f"\nPCA peak RSS {sizes[0]:,} -> {sizes[-1]:,} rows: {lo:.0f} -> {hi:.0f} MB ({hi / lo - 1:+.0%}); "
-            f"the data grew {sizes[-1] / sizes[0]:.0f}x ({sizes[-1] * 2048 * 4 / 2**20:,.0f} MB of float32)"
+            f"\nPCA peak RSS {n0:,} -> {n1:,} rows: {lo:.0f} -> {hi:.0f} MB ({hi / lo - 1:+.0%}); "
+            f"the data grew {n1 / n0:.0f}x ({n1 * 2048 * 4 / 2**20:,.0f} MB of float32)"
         )
     return 0
 
