@@ -1,0 +1,288 @@
+"""What the Beam jobs and the Airflow side both rely on, declared once: standard library only.
+
+The DAG, the Airflow plugin (maps page, metrics, run record) and the jobs import
+this module. It must stay importable at DAG-parse time without numpy, Pillow,
+TensorFlow or Beam (``tests/test_contract.py`` checks that in a fresh interpreter).
+
+It holds:
+
+* the output layout: partition folders, file names and globs;
+* the shared vocabulary: reduction methods, models, runners, weights keywords,
+  batch and pixel limits, Beam metric namespaces;
+* the records that cross the boundary, as ``TypedDict``s: the two job
+  manifests (``manifest.json``), a failure record, and the run record
+  (``run.json`` and the maps Asset event).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+# --------------------------------------------------------------------------- layout
+
+MANIFEST = "manifest.json"
+RUN_RECORD = "run.json"
+MAP_PNG = "map.png"
+MAP_HTML = "map.html"
+EMBEDDINGS_PREFIX = "embeddings"  # embeddings-00000-of-00004.parquet
+FAILURES_PREFIX = "failures"  # failures-00000-of-00001.jsonl
+PROJECTION_PREFIX = "projection"  # projection-00000-of-00001.parquet
+EMBEDDING_FILES = f"{EMBEDDINGS_PREFIX}-*.parquet"
+FAILURE_FILES = f"{FAILURES_PREFIX}-*.jsonl"
+PROJECTION_FILES = f"{PROJECTION_PREFIX}-*.parquet"
+NPY_DIR = "npy"
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def partition(ds: str) -> str:
+    """The folder name of one night: ``ds=YYYY-MM-DD``."""
+    return f"ds={ds}"
+
+
+def embeddings_dir(output_root: str, ds: str) -> str:
+    return _join(output_root, "embeddings", partition(ds))
+
+
+def projections_dir(output_root: str, method: str, ds: str) -> str:
+    return _join(output_root, "projections", f"method={method}", partition(ds))
+
+
+def run_record_path(output_root: str, ds: str) -> str:
+    return _join(output_root, "runs", partition(ds), RUN_RECORD)
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+JOB_EXTRACT = "extract_embeddings"
+JOB_REDUCE = "reduce_dim"
+# Beam Metrics namespaces: the job's own name (Airflow reads these back from Dataflow).
+METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE)
+
+METHODS = ("pca", "umap")
+RUNNERS = ("FnApiRunner", "DataflowRunner")
+OUTPUT_FORMATS = ("parquet", "npy")
+
+WEIGHTS_IMAGENET = "imagenet"
+WEIGHTS_RANDOM = "random"
+WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")
+
+DEFAULT_BATCH_SIZE = 32
+MAX_BATCH_SIZE = 1024
+# Pillow's own decompression-bomb limit (~89.5 MP); the extraction job refuses rather than warns.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ResizeMode(enum.StrEnum):
+    """How an image becomes the model's square input (see ``beam_jobs.images``)."""
+
+    CENTER_CROP = "center_crop"
+    SQUASH = "squash"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Keras application the extraction job can run, described without importing Keras.
+
+    Args:
+        name: the ``--model`` value.
+        input_size: (width, height) the model takes.
+        embedding_dim: length of the pooled vector.
+        pooling: Keras ``pooling=`` argument ("avg" or "max").
+        builder: dotted path of the Keras application constructor.
+        preprocess: dotted path of its ``preprocess_input``.
+        imagenet_file: what ``keras.utils.get_file`` caches for ``weights="imagenet"``.
+        imagenet_url: where Keras downloads that file from.
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    embedding_dim: int
+    pooling: str
+    builder: str
+    preprocess: str
+    imagenet_file: str
+    imagenet_url: str
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="resnet50",
+            input_size=(224, 224),
+            embedding_dim=2048,
+            pooling="avg",
+            builder="keras.applications.ResNet50",
+            preprocess="keras.applications.resnet50.preprocess_input",
+            imagenet_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            imagenet_url=(
+                "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+            ),
+        ),
+    )
+}
+MODELS = tuple(MODEL_SPECS)
+DEFAULT_MODEL = "resnet50"
+
+
+# --------------------------------------------------------------------------- records
+
+
+class FailureRecord(TypedDict):
+    """One line of ``failures-*.jsonl``: an input that did not become an embedding.
+
+    Args:
+        image_uri: the input as listed.
+        stage: where it failed: ``read``, ``decode`` or ``inference``.
+        error: a short stable reason (``not_found``, ``not_an_image``, ...), also a metric name suffix.
+        message: the detail, for a person.
+        run_id: the run that tried.
+    """
+
+    image_uri: str
+    stage: str
+    error: str
+    message: str
+    run_id: str
+
+
+class OutputFiles(TypedDict, total=False):
+    embeddings: list[str]
+    failures: list[str]
+    projections: list[str]
+    map_png: str
+    map_html: str
+
+
+class ExtractManifest(TypedDict):
+    """``manifest.json`` of an embeddings partition; ``inputs == embedded + failed`` always holds.
+
+    Args:
+        inputs: distinct input URIs; duplicate_inputs: listed more than once (counted once).
+        failures_by_reason: ``"<stage>/<error>" -> count``.
+        model_id: names architecture, pooling, input size and the exact weights.
+        metrics: the pipeline's Beam counters, added by the launcher once the job is done
+            (absent with ``--detach``: then the Airflow sensor reads them from Dataflow).
+    """
+
+    job: str
+    run_id: str
+    input: str
+    output: str
+    inputs: int
+    duplicate_inputs: int
+    embedded: int
+    failed: int
+    failures_by_reason: dict[str, int]
+    model: str
+    model_id: str
+    weights: str
+    embedding_dim: int
+    batch_size: int
+    resize_mode: str
+    output_format: str
+    npy_files: int
+    files: OutputFiles
+    started_at: str
+    finished_at: str
+    seconds: float
+    images_per_second: float
+    metrics: NotRequired[dict[str, Any]]
+
+
+class ReduceManifest(TypedDict):
+    """``manifest.json`` of a projections partition.
+
+    Args:
+        rows: rows projected (all rows of ``model_id`` in the inputs); rows_in_input: of any model.
+        parameters: the method's settings as run.
+        explained_variance_ratio / explained_variance: PCA only.
+        fit_rows: rows the reducer was fitted on (all for PCA, the seeded sample for UMAP).
+        trustworthiness: neighbourhood preservation on a seeded sample (None when skipped).
+    """
+
+    job: str
+    method: str
+    run_id: str
+    inputs: list[str]
+    input_files: int
+    partitions: list[str]
+    output: str
+    rows: int
+    rows_in_input: int
+    model_id: str
+    embedding_dim: int
+    parameters: dict[str, Any]
+    fit_rows: int
+    explained_variance_ratio: NotRequired[list[float]]
+    explained_variance: NotRequired[list[float]]
+    n_neighbors: NotRequired[int]
+    pca_dims: NotRequired[int]
+    pca_explained_variance_ratio_total: NotRequired[float]
+    trustworthiness: float | None
+    trustworthiness_rows: int
+    html_points: int
+    thumbnails: int
+    files: OutputFiles
+    started_at: str
+    finished_at: str
+    seconds: float
+    rows_per_second: float
+    metrics: NotRequired[dict[str, Any]]
+
+
+class ExtractionSummary(TypedDict):
+    """What the DAG's ``validate_extraction`` task keeps of an extraction manifest."""
+
+    inputs: int
+    embedded: int
+    failed: int
+    failure_rate: float
+    failures_by_reason: dict[str, int]
+    images_per_second: float | None
+    seconds: float | None
+    model_id: str | None
+    embeddings_dir: str
+
+
+class EmbeddingsEntry(TypedDict):
+    dir: str
+    inputs: int
+    embedded: int
+    failed: int
+    images_per_second: float | None
+    seconds: float | None
+
+
+class ProjectionEntry(TypedDict):
+    dir: str
+    rows: int
+    seconds: float
+    map_png: str
+    map_html: str
+    explained_variance_ratio: NotRequired[list[float]]
+    trustworthiness: NotRequired[float]
+
+
+class RunRecord(TypedDict):
+    """``runs/ds=YYYY-MM-DD/run.json``, also the ``extra`` of the maps Asset event.
+
+    Args:
+        projections: one entry per method run, with the paths of its maps.
+        dataflow_jobs: Beam task id -> Dataflow job id, state and metrics (Dataflow runs only).
+    """
+
+    ds: str
+    run_id: str
+    runner: str
+    input: str
+    model_id: str | None
+    embeddings: EmbeddingsEntry
+    projections: dict[str, ProjectionEntry]
+    dataflow_jobs: NotRequired[dict[str, dict[str, Any]]]
