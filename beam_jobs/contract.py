@@ -65,6 +65,8 @@ METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE)
 
 METHODS = ("pca", "umap")
 RUNNERS = ("FnApiRunner", "DataflowRunner")
+DEFAULT_RUNNER = "FnApiRunner"  # local, in-process (Beam's DirectRunner would first try to download Prism)
+DATAFLOW_RUNNER = "DataflowRunner"  # needs gs:// paths and a project, region and temp_location
 OUTPUT_FORMATS = ("parquet", "npy")
 
 WEIGHTS_IMAGENET = "imagenet"
