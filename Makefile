@@ -41,7 +41,7 @@ lint: $(STAMP) ## ruff lint (incl. Airflow AIR rules) and format check
 	$(VENV)/bin/ruff format --check .
 
 demo: $(STAMP) ## run the nightly DAG once for date DS on N bundled sample images, all local (SQLite, FnApiRunner)
-	$(PY) -m beam_jobs.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
+	$(PY) -m devtools.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
 	@$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	@echo "running DAG image_embeddings for ds=$(DS) (log: $(AIRFLOW_HOME)/demo.log) ..."
 	@$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test image_embeddings $(DS) -c '{"weights": "$(WEIGHTS)", "input_wait_minutes": 0}' \
@@ -49,7 +49,7 @@ demo: $(STAMP) ## run the nightly DAG once for date DS on N bundled sample image
 	@$(PY) scripts/demo_summary.py $(DATA_ABS)/out $(DS) || { grep -E "ERROR|Failed|failed" $(AIRFLOW_HOME)/demo.log | tail -20; exit 1; }
 
 airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://localhost:8080) with the DAG and sample images for DS
-	$(PY) -m beam_jobs.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
+	$(PY) -m devtools.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
 	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
 	@$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 

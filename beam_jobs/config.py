@@ -1,26 +1,43 @@
-"""Typed job configuration, parsed and validated before any work starts.
+"""Typed job configuration: each flag declared once, parsed and validated before any work starts.
 
-Each job splits its argv with ``argparse.parse_known_args``: the flags
-defined here are ours, everything else goes to Beam's ``PipelineOptions``.
-Validation only needs the standard library and Beam's FileSystems, so it
-also runs cheaply inside an Airflow task before a job is launched.
+A flag is a dataclass field declared with ``option()``: its default, help text
+and check live together, and the argparse parser is generated from the fields.
+Each job splits its argv with ``parse_known_args``: our flags become the
+config, everything else goes to Beam's ``PipelineOptions``. Validation lists
+every problem at once. Standard library only, so an Airflow task or a launcher
+can validate cheaply.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
 
-from beam_jobs.images import DEFAULT_MAX_PIXELS, ResizeMode
-from beam_jobs.models import REGISTRY
+from beam_jobs.contract import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    MAX_BATCH_SIZE,
+    METHODS,
+    MODELS,
+    OUTPUT_FORMATS,
+    WEIGHTS_IMAGENET,
+    ResizeMode,
+)
 
-OUTPUT_FORMATS = ("parquet", "npy")
-MAX_BATCH_SIZE = 1024
+Check = Callable[[Any], str | None]
 
 
-class ConfigError(ValueError):
+class UsageError(ValueError):
+    """What the user asked for cannot run: reported in one line, exit status 2, nothing started."""
+
+
+class ConfigError(UsageError):
     """A bad flag value; raised before the pipeline is built."""
 
 
@@ -34,237 +51,225 @@ def default_run_id() -> str:
     return time.strftime("manual__%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
-@dataclass(frozen=True)
-class ExtractConfig:
-    output: str
-    input: str | None = None
-    input_manifest: str | None = None
-    model: str = "resnet50"
-    weights: str = "imagenet"
-    seed: int = 0
-    batch_size: int = 32
-    resize_mode: ResizeMode = ResizeMode.CENTER_CROP
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    output_format: str = "parquet"
-    run_id: str = field(default_factory=default_run_id)
-    num_shards: int = 0
-    intra_op_threads: int = 0
-    detach: bool = False
-    started_at: float = field(default_factory=time.time)
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    check: Check | None = None,
+    choices: tuple[Any, ...] | None = None,
+    flag: str | None = None,
+    kind: type | None = None,
+    group: str | None = None,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A config field that is also a command-line flag ``--<name>`` (or ``flag``).
 
-    def validate(self) -> ExtractConfig:
-        problems = []
-        if bool(self.input) == bool(self.input_manifest):
-            problems.append("give exactly one of --input (a glob) or --input_manifest (a file of URIs)")
-        if not self.output:
-            problems.append("--output is required")
-        if self.model not in REGISTRY:
-            problems.append(f"--model {self.model!r} is unknown; known: {', '.join(sorted(REGISTRY))}")
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            problems.append(f"--batch_size must be between 1 and {MAX_BATCH_SIZE}, got {self.batch_size}")
-        if self.max_pixels < 1:
-            problems.append(f"--max_pixels must be positive, got {self.max_pixels}")
-        if self.output_format not in OUTPUT_FORMATS:
-            problems.append(f"--output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
-        if self.num_shards < 0:
-            problems.append(f"--num_shards must be >= 0 (0 = let the runner decide), got {self.num_shards}")
-        if self.intra_op_threads < 0:
-            problems.append(f"--intra_op_threads must be >= 0, got {self.intra_op_threads}")
-        if not self.weights:
-            problems.append("--weights must be 'imagenet', 'random' or a path to a weights file")
-        if self.output and names_a_root(self.output):
-            problems.append(f"--output {self.output!r} must name a directory below the root, it is replaced whole")
-        if problems:
-            raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))
-        return self
+    Args:
+        default: the one default; a field without one is a required flag.
+        help: the flag's help text.
+        check: value -> problem text or None; run by ``validate()``.
+        choices: allowed values (enum members or plain values), checked by argparse and ``validate()``.
+        flag: the flag's name when it differs from the field's (``--input`` fills ``inputs``).
+        kind: the value type when the default cannot tell (a default of None).
+        group: argparse group title.
+        default_factory: for a default computed per run (the run id).
+    """
+    meta = {"help": help, "check": check, "choices": choices, "flag": flag, "kind": kind, "group": group}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def extract_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m beam_jobs.extract_embeddings",
-        description="Embed images with a pretrained Keras model through Beam RunInference.",
-    )
-    src = parser.add_argument_group("input (exactly one)")
-    src.add_argument("--input", help="glob of image files, local or gs:// (e.g. 'gs://b/images/ds=2026-11-20/*.jpg')")
-    src.add_argument(
-        "--input_manifest",
-        help="text file with one URI per line, or a CSV whose header has an 'image_uri' or 'uri' column",
-    )
-    parser.add_argument("--output", required=True, help="output directory; replaced whole on every run")
-    parser.add_argument("--model", default="resnet50", choices=sorted(REGISTRY))
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (needs internet or the Keras cache), 'random' (seeded; for tests), "
-        "or a path (local or gs://) to a .weights.h5/.h5/.keras file",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    parser.add_argument("--batch_size", type=int, default=32, help="max images per model call")
-    parser.add_argument("--resize_mode", default=ResizeMode.CENTER_CROP.value, choices=[m.value for m in ResizeMode])
-    parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    parser.add_argument(
-        "--output_format",
-        default="parquet",
-        choices=OUTPUT_FORMATS,
-        help="'npy' also writes one .npy per image (Parquet is always written)",
-    )
-    parser.add_argument("--run_id", default=None, help="recorded in every row (Airflow passes its run id)")
-    parser.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
-    parser.add_argument(
-        "--intra_op_threads", type=int, default=0, help="TensorFlow threads per worker process; 0 = all cores"
-    )
-    add_detach_flag(parser)
-    return parser
+def between(low: float, high: float, what: str = "") -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}{what}, got {v}"
 
 
-def add_detach_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--detach",
-        action="store_true",
-        help="remote runners: return once the job is submitted (Airflow's sensor waits; the job still "
+def at_least(low: float, what: str = "") -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}{what}, got {v}"
+
+
+def _flag(f) -> str:
+    return "--" + (f.metadata.get("flag") or f.name)
+
+
+def _kind(f) -> type:
+    if f.metadata.get("kind"):
+        return f.metadata["kind"]
+    default = f.default if f.default is not MISSING else None
+    return type(default) if default is not None else str
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """Flags every job has. Subclasses add theirs with ``option()``."""
+
+    PROG: ClassVar[str] = ""
+    DESCRIPTION: ClassVar[str] = ""
+
+    output: str = option(help="output directory; replaced whole on every run")
+    run_id: str = option(
+        help="recorded in every row (Airflow passes its run id); default: manual__<UTC time>-<random>",
+        default_factory=default_run_id,
+    )
+    num_shards: int = option(0, "output shards; 0 lets the runner decide", check=at_least(0, " (0 = runner decides)"))
+    detach: bool = option(
+        False,
+        "remote runners: return once the job is submitted (Airflow's sensor waits; the job still "
         "writes its manifest, without the launcher's metrics)",
     )
-
-
-def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]]:
-    known, beam_args = extract_arg_parser().parse_known_args(argv)
-    cfg = ExtractConfig(
-        output=known.output,
-        input=known.input,
-        input_manifest=known.input_manifest,
-        model=known.model,
-        weights=known.weights,
-        seed=known.seed,
-        batch_size=known.batch_size,
-        resize_mode=ResizeMode(known.resize_mode),
-        max_pixels=known.max_pixels,
-        output_format=known.output_format,
-        run_id=known.run_id or default_run_id(),
-        num_shards=known.num_shards,
-        intra_op_threads=known.intra_op_threads,
-        detach=known.detach,
-    )
-    return cfg.validate(), beam_args
-
-
-# --------------------------------------------------------------------------- reduce_dim
-
-REDUCE_METHODS = ("pca", "umap")
-
-
-@dataclass(frozen=True)
-class ReduceConfig:
-    inputs: tuple[str, ...]
-    output: str
-    method: str
-    seed: int = 0
-    model_id: str | None = None
-    block_rows: int = 8192
-    pca_dims: int = 50
-    fit_sample_size: int = 20_000
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    html_points: int = 1000
-    thumbnail_size: int = 96
-    thumbnails: bool = True
-    trust_sample_size: int = 1000
-    run_id: str = field(default_factory=default_run_id)
-    num_shards: int = 0
-    detach: bool = False
     started_at: float = field(default_factory=time.time)
 
-    def validate(self) -> ReduceConfig:
+    def cross_field_problems(self) -> list[str]:
+        """Checks that involve several fields; the per-field ones come from ``option(check=...)``."""
+        return []
+
+    def validate(self):
         problems = []
-        if not self.inputs or not all(i.strip() for i in self.inputs):
-            problems.append("--input is required (a glob or a partition directory of extraction output)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                shown = ", ".join(str(c) for c in choices)
+                problems.append(f"{_flag(f)} must be one of {shown}, got {value!r}")
+            elif (check := f.metadata.get("check")) and value is not None and (problem := check(value)):
+                problems.append(f"{_flag(f)} {problem}")
         if not self.output:
             problems.append("--output is required")
         elif names_a_root(self.output):
             problems.append(f"--output {self.output!r} must name a directory below the root, it is replaced whole")
-        if self.method not in REDUCE_METHODS:
-            problems.append(f"--method must be one of {', '.join(REDUCE_METHODS)}, got {self.method!r}")
-        if self.block_rows < 1:
-            problems.append(f"--block_rows must be >= 1, got {self.block_rows}")
-        if self.pca_dims != 0 and self.pca_dims < 2:
-            problems.append(f"--pca_dims must be 0 (off) or >= 2, got {self.pca_dims}")
-        if self.fit_sample_size < 3:
-            problems.append(f"--fit_sample_size must be >= 3, got {self.fit_sample_size}")
-        if self.n_neighbors < 2:
-            problems.append(f"--n_neighbors must be >= 2, got {self.n_neighbors}")
-        if not 0.0 <= self.min_dist <= 1.0:
-            problems.append(f"--min_dist must be between 0 and 1, got {self.min_dist}")
-        if not 0 <= self.html_points <= 20_000:
-            problems.append(f"--html_points must be between 0 and 20000 (the HTML embeds them), got {self.html_points}")
-        if not 16 <= self.thumbnail_size <= 512:
-            problems.append(f"--thumbnail_size must be between 16 and 512, got {self.thumbnail_size}")
-        if self.trust_sample_size < 0:
-            problems.append(f"--trust_sample_size must be >= 0, got {self.trust_sample_size}")
-        if self.num_shards < 0:
-            problems.append(f"--num_shards must be >= 0 (0 = let the runner decide), got {self.num_shards}")
+        problems += self.cross_field_problems()
         if problems:
             raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))
         return self
 
+    @classmethod
+    def arg_parser(cls) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=cls.PROG, description=cls.DESCRIPTION)
+        groups: dict[str, Any] = {}
+        for f in fields(cls):
+            if "help" not in f.metadata:
+                continue  # not a flag (started_at)
+            group = f.metadata.get("group")
+            target = groups.setdefault(group, parser.add_argument_group(group)) if group else parser
+            kind = _kind(f)
+            required = f.default is MISSING and f.default_factory is MISSING
+            help_text = f.metadata["help"]
+            if f.default not in (MISSING, None, False) and not isinstance(f.default, tuple):
+                help_text += f" (default: {f.default})"
+            # SUPPRESS: an absent flag leaves the field's own default in charge (declared once, above).
+            kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS, "dest": f.name}
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction if f.default is True else "store_true"
+            elif kind is tuple:
+                kwargs["action"] = "append"
+            else:
+                kwargs["type"] = kind
+            if f.metadata.get("choices") is not None:
+                kwargs["choices"] = list(f.metadata["choices"])
+                if issubclass(kind, enum.Enum):
+                    kwargs["type"] = kind
+            target.add_argument(_flag(f), required=required, **kwargs)
+        return parser
 
-def reduce_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m beam_jobs.reduce_dim",
-        description="Reduce extraction output (embeddings Parquet) to 2D with exact PCA or sample-fit UMAP.",
+    @classmethod
+    def parse(cls, argv: list[str] | None):
+        """(validated config, the arguments left for Beam)."""
+        known, beam_args = cls.arg_parser().parse_known_args(argv)
+        values = vars(known)
+        for f in fields(cls):
+            if _kind(f) is tuple and f.name in values:
+                values[f.name] = tuple(values[f.name])
+        return cls(**values).validate(), beam_args
+
+
+# --------------------------------------------------------------------------- extract_embeddings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig(JobConfig):
+    PROG: ClassVar[str] = "python -m beam_jobs.extract_embeddings"
+    DESCRIPTION: ClassVar[str] = "Embed images with a pretrained Keras model through Beam RunInference."
+
+    input: str | None = option(
+        None,
+        "glob of image files, local or gs:// (e.g. 'gs://b/images/ds=2026-11-20/*.jpg')",
+        group="input (exactly one)",
     )
-    parser.add_argument(
-        "--input",
-        action="append",
-        required=True,
+    input_manifest: str | None = option(
+        None,
+        "text file with one URI per line, or a CSV whose header has an 'image_uri' or 'uri' column",
+        group="input (exactly one)",
+    )
+    model: str = option(DEFAULT_MODEL, "embedding model", choices=MODELS)
+    weights: str = option(
+        WEIGHTS_IMAGENET,
+        "'imagenet' (needs internet or the Keras cache), 'random' (seeded; for tests), "
+        "or a path (local or gs://) to a .weights.h5/.h5/.keras file",
+        check=lambda v: None if v else "must be 'imagenet', 'random' or a path to a weights file",
+    )
+    seed: int = option(0, "seed for --weights random")
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "max images per model call", check=between(1, MAX_BATCH_SIZE))
+    resize_mode: ResizeMode = option(ResizeMode.CENTER_CROP, "how images become squares", choices=tuple(ResizeMode))
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse larger images", check=at_least(1))
+    output_format: str = option(
+        "parquet", "'npy' also writes one .npy per image (Parquet is always written)", choices=OUTPUT_FORMATS
+    )
+    intra_op_threads: int = option(0, "TensorFlow threads per worker process; 0 = all cores", check=at_least(0))
+
+    def cross_field_problems(self) -> list[str]:
+        if bool(self.input) == bool(self.input_manifest):
+            return ["give exactly one of --input (a glob) or --input_manifest (a file of URIs)"]
+        return []
+
+
+# --------------------------------------------------------------------------- reduce_dim
+
+
+def _inputs_check(inputs: tuple[str, ...]) -> str | None:
+    if inputs and all(i.strip() for i in inputs):
+        return None
+    return "is required (a glob or a partition directory of extraction output)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReduceConfig(JobConfig):
+    PROG: ClassVar[str] = "python -m beam_jobs.reduce_dim"
+    DESCRIPTION: ClassVar[str] = (
+        "Reduce extraction output (embeddings Parquet) to 2D with exact PCA or sample-fit UMAP."
+    )
+
+    inputs: tuple[str, ...] = option(
         help="extraction output: a partition directory, a glob of them (e.g. '/out/embeddings/ds=2026-11-*') "
         "or a glob of embeddings-*.parquet files; repeat to combine several",
+        flag="input",
+        kind=tuple,
+        check=_inputs_check,
     )
-    parser.add_argument("--output", required=True, help="output directory; replaced whole on every run")
-    parser.add_argument("--method", required=True, choices=REDUCE_METHODS)
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling and UMAP")
-    parser.add_argument(
-        "--model_id", default=None, help="use only rows of this model_id (needed when the input mixes models)"
+    method: str = option(help="reduction method", choices=METHODS)
+    seed: int = option(0, "seeds sampling and UMAP")
+    model_id: str | None = option(None, "use only rows of this model_id (needed when the input mixes models)")
+    block_rows: int = option(8192, "rows per in-memory block (speed vs memory)", check=at_least(1))
+    pca_dims: int = option(
+        50,
+        "UMAP: PCA to this many dims first; 0 = off",
+        check=lambda v: None if v == 0 or v >= 2 else f"must be 0 (off) or >= 2, got {v}",
     )
-    parser.add_argument("--block_rows", type=int, default=8192, help="rows per in-memory block (speed vs memory)")
-    parser.add_argument("--pca_dims", type=int, default=50, help="UMAP: PCA to this many dims first; 0 = off")
-    parser.add_argument("--fit_sample_size", type=int, default=20_000, help="UMAP: rows in the seeded fit sample")
-    parser.add_argument("--n_neighbors", type=int, default=15, help="UMAP n_neighbors")
-    parser.add_argument("--min_dist", type=float, default=0.1, help="UMAP min_dist")
-    parser.add_argument("--html_points", type=int, default=1000, help="seeded sample plotted in map.html")
-    parser.add_argument("--thumbnail_size", type=int, default=96, help="thumbnail pixels in map.html")
-    parser.add_argument(
-        "--thumbnails",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="read the sampled images to embed thumbnails in map.html (--no-thumbnails: URIs only)",
+    fit_sample_size: int = option(20_000, "UMAP: rows in the seeded fit sample", check=at_least(3))
+    n_neighbors: int = option(15, "UMAP n_neighbors", check=at_least(2))
+    min_dist: float = option(0.1, "UMAP min_dist", check=between(0.0, 1.0))
+    html_points: int = option(
+        1000, "seeded sample plotted in map.html", check=between(0, 20_000, " (the HTML embeds them)")
     )
-    parser.add_argument(
-        "--trust_sample_size", type=int, default=1000, help="rows used to compute trustworthiness; 0 = skip"
+    thumbnail_size: int = option(96, "thumbnail pixels in map.html", check=between(16, 512))
+    thumbnails: bool = option(
+        True, "read the sampled images to embed thumbnails in map.html (--no-thumbnails: URIs only)"
     )
-    parser.add_argument("--run_id", default=None, help="recorded in every row (Airflow passes its run id)")
-    parser.add_argument("--num_shards", type=int, default=0, help="output shards; 0 lets the runner decide")
-    add_detach_flag(parser)
-    return parser
+    trust_sample_size: int = option(1000, "rows used to compute trustworthiness; 0 = skip", check=at_least(0))
+
+
+def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]]:
+    return ExtractConfig.parse(argv)
 
 
 def parse_reduce_args(argv: list[str] | None) -> tuple[ReduceConfig, list[str]]:
-    known, beam_args = reduce_arg_parser().parse_known_args(argv)
-    cfg = ReduceConfig(
-        inputs=tuple(known.input),
-        output=known.output,
-        method=known.method,
-        seed=known.seed,
-        model_id=known.model_id,
-        block_rows=known.block_rows,
-        pca_dims=known.pca_dims,
-        fit_sample_size=known.fit_sample_size,
-        n_neighbors=known.n_neighbors,
-        min_dist=known.min_dist,
-        html_points=known.html_points,
-        thumbnail_size=known.thumbnail_size,
-        thumbnails=known.thumbnails,
-        trust_sample_size=known.trust_sample_size,
-        run_id=known.run_id or default_run_id(),
-        num_shards=known.num_shards,
-        detach=known.detach,
-    )
-    return cfg.validate(), beam_args
+    return ReduceConfig.parse(argv)

@@ -34,6 +34,26 @@ FAILURE_FILES = f"{FAILURES_PREFIX}-*.jsonl"
 PROJECTION_FILES = f"{PROJECTION_PREFIX}-*.parquet"
 NPY_DIR = "npy"
 
+# Parquet columns as (name, Arrow type); ``storage.arrow_schema`` turns them into a pyarrow schema.
+EMBEDDING_COLUMNS = (
+    ("image_uri", "string"),
+    ("embedding", "list<float32>"),
+    ("model_id", "string"),  # architecture, pooling, input size and the exact weights
+    ("content_sha256", "string"),  # of the input file's bytes
+    ("width", "int32"),  # of the source image, after EXIF orientation
+    ("height", "int32"),
+    ("run_id", "string"),
+)
+PROJECTION_COLUMNS = (
+    ("image_uri", "string"),
+    ("x", "float32"),
+    ("y", "float32"),
+    ("method", "string"),
+    ("model_id", "string"),
+    ("ds", "string"),  # the partition the row came from
+    ("run_id", "string"),
+)
+
 
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])

@@ -1,15 +1,31 @@
-"""Runner defaults and metric read-out shared by the Beam jobs."""
+"""What both Beam jobs share around their graphs: one run skeleton and one commit step.
+
+A job module parses its config, does its I/O checks, then hands ``launch`` a
+function that wires the graph. The graph ends in ``Commit``: once every output
+file is final it checks the job's accounting, writes ``manifest.json`` into the
+staging directory and swaps that directory in for ``--output`` whole
+(``storage.replace_directory``). A job that fails anywhere before that leaves
+the previous output untouched.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_jobs import storage
+from beam_jobs.config import ConfigError, JobConfig, UsageError
+from beam_jobs.contract import MANIFEST
+
+LOG = logging.getLogger(__name__)
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
@@ -44,8 +60,6 @@ def configure_logging() -> None:
 
 def refuse_local_detach(options: PipelineOptions, detach: bool) -> None:
     """--detach leaves the job to finish on its own: only meaningful where it runs elsewhere."""
-    from beam_jobs.config import ConfigError
-
     runner = options.view_as(StandardOptions).runner
     if detach and runner in LOCAL_RUNNERS:
         raise ConfigError(f"--detach needs a remote runner (e.g. DataflowRunner); {runner} runs in this process")
@@ -85,10 +99,132 @@ def attach_metrics(result, output: str, namespace: str) -> tuple[dict[str, Any],
     Metrics are only final once the pipeline is done, after the commit step wrote the manifest,
     so the launcher adds them afterwards.
     """
-    path = storage.join(output, storage.MANIFEST)
+    path = storage.join(output, MANIFEST)
     manifest = storage.read_json(path)
     metrics = metrics_summary(result, namespace)
     if metrics:
         manifest["metrics"] = metrics
         storage.write_json(path, manifest)
     return manifest, metrics
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class InputError(UsageError):
+    """The input names nothing the job can process (no files, mixed models, ...)."""
+
+
+# --------------------------------------------------------------------------- commit
+
+
+class AccountingError(RuntimeError):
+    """The outputs do not account for every input; the run must not be published."""
+
+
+def utc_stamp(seconds_since_epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds_since_epoch))
+
+
+class _CommitFn(beam.DoFn):
+    def __init__(self, job: str, cfg: JobConfig, staging: str, finish: Callable[..., dict[str, Any]]):
+        self._job = job
+        self._run_id = cfg.run_id
+        self._output = cfg.output
+        self._started_at = cfg.started_at
+        self._staging = staging
+        self._finish = finish
+
+    def process(self, _, **side_values):
+        try:
+            body = self._finish(self._staging, seconds=self.seconds(), **side_values)
+        except AccountingError as exc:
+            raise AccountingError(f"{exc}; output left unpublished in {self._staging}") from None
+        manifest = {
+            "job": self._job,
+            "run_id": self._run_id,
+            "output": self._output,
+            **body,
+            "started_at": utc_stamp(self._started_at),
+            "finished_at": utc_stamp(time.time()),
+            "seconds": round(self.seconds(), 3),
+        }
+        storage.write_json(storage.join(self._staging, MANIFEST), manifest)
+        storage.replace_directory(self._staging, self._output)
+        yield manifest
+
+    def seconds(self) -> float:
+        return max(time.time() - self._started_at, 1e-9)
+
+
+class Commit(beam.PTransform):
+    """Publish the staged run once every side input is final: manifest.json, then the whole swap.
+
+    ``finish(staging, seconds=..., **side_values)`` runs once on one worker with the
+    side inputs' values; it may write more files into ``staging`` (maps), raises
+    ``AccountingError`` when the outputs do not add up, and returns the job's own
+    manifest fields. ``job``, ``run_id``, ``output`` and the timings are added here.
+    Applied to the pipeline root: ``p | "Commit" >> Commit(...)``.
+    """
+
+    def __init__(
+        self,
+        job: str,
+        cfg: JobConfig,
+        staging: str,
+        finish: Callable[..., dict[str, Any]],
+        **side_inputs: Any,
+    ):
+        super().__init__()
+        self._fn = _CommitFn(job, cfg, staging, finish)
+        self._side_inputs = side_inputs
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Trigger" >> beam.Create([None])
+            | "PublishManifestAndSwap" >> beam.ParDo(self._fn, **self._side_inputs)
+        )
+
+
+# --------------------------------------------------------------------------- run skeleton
+
+
+def launch(
+    job: str,
+    cfg: JobConfig,
+    options: PipelineOptions,
+    build: Callable[[beam.Pipeline, str], Any],
+) -> dict[str, Any]:
+    """Build the graph into a staging directory beside ``cfg.output``, run it and wait.
+
+    Returns the committed manifest with the pipeline's metrics added, or, with
+    ``--detach``, what was submitted. ``options`` come from ``job_options`` (called
+    before the job's own I/O checks, so a bad runner flag is refused first).
+    """
+    staging = storage.staging_dir_for(cfg.output)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, staging)
+    result = pipeline.run()
+    if cfg.detach:
+        return detached(result, cfg.output)
+    result.wait_until_finish()
+    manifest, metrics = attach_metrics(result, cfg.output, job)
+    LOG.info("metrics: %s", json.dumps(metrics, sort_keys=True))
+    return manifest
+
+
+def job_options(beam_args: list[str], detach: bool, running_mode: str = "multi_threading") -> PipelineOptions:
+    options = pipeline_options(beam_args, running_mode)
+    refuse_local_detach(options, detach)
+    return options
+
+
+def main(run: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """A job's command-line entry: exit 0, or 2 with one clear line for a usage problem (no trace)."""
+    try:
+        run(argv)
+    except UsageError as exc:
+        LOG.error("%s", exc)
+        return 2
+    return 0

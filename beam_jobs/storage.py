@@ -15,13 +15,26 @@ manifest (as the DAG does) never see a partial partition.
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import shutil
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-MANIFEST = "manifest.json"
+from beam_jobs.contract import MANIFEST
+
+
+def arrow_schema(columns: tuple[tuple[str, str], ...]):
+    """A pyarrow schema from ``contract``'s (name, type) columns: "string", "int32", "list<float32>"..."""
+    import pyarrow as pa
+
+    def arrow_type(name: str):
+        if name.startswith("list<"):
+            return pa.list_(arrow_type(name[5:-1]))
+        return pa.type_for_alias(name)
+
+    return pa.schema([(column, arrow_type(kind)) for column, kind in columns])
 
 
 def is_local(path: str) -> bool:
@@ -46,16 +59,26 @@ def list_files(directory: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
-def write_text(path: str, text: str) -> None:
+def mime_type_of(path: str) -> str:
+    """What an object store should serve the file as (map.html as text/html, not JSON)."""
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole small file; locally through a temp file and a rename, so readers never see half."""
     if is_local(path):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
         return
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write(text.encode("utf-8"))
+    with FileSystems.create(path, mime_type=mime_type_of(path)) as handle:
+        handle.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
 
 
 def read_text(path: str) -> str:

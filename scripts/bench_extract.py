@@ -29,8 +29,8 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from beam_jobs.images import decode_and_resize  # noqa: E402
-from beam_jobs.samples import SampleSpec, build_sample_images  # noqa: E402
+from beam_jobs.extract_embeddings.images import decode_and_resize  # noqa: E402
+from devtools.samples import SampleSpec, build_sample_images  # noqa: E402
 from scripts.benchutil import run_measured  # noqa: E402
 
 
@@ -43,8 +43,8 @@ def save_weights(path: str) -> None:
 
 
 def bench_model_only(weights: str, files: list[str], batch: int) -> float:
-    from beam_jobs.inference import load_embedding_model
-    from beam_jobs.models import get_spec, model_id, resolve_weights
+    from beam_jobs.extract_embeddings.inference import load_embedding_model
+    from beam_jobs.extract_embeddings.models import get_spec, model_id, resolve_weights
 
     spec = get_spec("resnet50")
     w = resolve_weights(spec, weights)

@@ -2,7 +2,7 @@
 
     python scripts/bench_reduce.py [--rows 20000 100000] [--skip_umap]
 
-Synthetic clustered 2048-d embeddings (beam_jobs.synthetic) written as extraction
+Synthetic clustered 2048-d embeddings (devtools.synthetic) written as extraction
 output, then, for each size, in one run:
 
   PCA job     `python -m beam_jobs.reduce_dim --method pca` as a subprocess, FnApiRunner:
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from beam_jobs.synthetic import SYNTHETIC_MODEL_ID, clustered_embeddings, write_embeddings  # noqa: E402
+from devtools.synthetic import SYNTHETIC_MODEL_ID, clustered_embeddings, write_embeddings  # noqa: E402
 from scripts.benchutil import run_measured  # noqa: E402
 
 SKLEARN_SNIPPET = """

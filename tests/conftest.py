@@ -45,7 +45,7 @@ def airflow_db() -> str:
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> str:
-    from beam_jobs.samples import SampleSpec, build_sample_images
+    from devtools.samples import SampleSpec, build_sample_images
 
     out = str(tmp_path_factory.mktemp("samples") / "images")
     # Sizes span small to multi-megapixel so JPEG draft decoding is exercised.
@@ -55,7 +55,7 @@ def sample_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def edge_dir(tmp_path_factory) -> tuple[str, dict[str, str]]:
-    from beam_jobs.samples import write_edge_cases
+    from devtools.samples import write_edge_cases
 
     out = str(tmp_path_factory.mktemp("edge"))
     return out, write_edge_cases(out)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs.extract_embeddings import npy_name
+from beam_jobs.extract_embeddings.outputs import npy_name
 from tests.conftest import run_cli
 
 MODULE = "beam_jobs.extract_embeddings"

@@ -13,18 +13,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
 from beam_jobs.config import ConfigError, ExtractConfig, parse_extract_args
-from beam_jobs.extract_embeddings import (
-    FAILURES_TAG,
-    DecodeImages,
-    EmbedImages,
-    ImageMeta,
-    ReadImageURIs,
-    npy_name,
-    parse_manifest_header,
-    parse_manifest_line,
-)
-from beam_jobs.images import decode_and_resize
-from beam_jobs.models import WeightsError, get_spec, model_id, resolve_weights
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, ImageMeta
+from beam_jobs.extract_embeddings.embed import EmbedImages
+from beam_jobs.extract_embeddings.images import decode_and_resize
+from beam_jobs.extract_embeddings.inputs import ReadImageURIs, parse_manifest_header, parse_manifest_line
+from beam_jobs.extract_embeddings.models import WeightsError, get_spec, model_id, resolve_weights
+from beam_jobs.extract_embeddings.outputs import npy_name
 
 RUNNER_ARGS = ["--runner=FnApiRunner"]
 
@@ -76,7 +70,7 @@ def test_weights_resolution(tmp_path):
 
 
 def test_imagenet_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
-    from beam_jobs import models
+    from beam_jobs.extract_embeddings import models
 
     if models._internet_reachable():
         pytest.skip("this machine can download the weights")
@@ -115,7 +109,7 @@ def test_read_image_uris_from_manifest_dedupes(tmp_path):
     manifest.write_text("id,image_uri\n1,/x/a.jpg\n2,/x/b.jpg\n3,/x/a.jpg\n\n")
     cfg = cfg_for(input=None, input_manifest=str(manifest))
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        out = p | ReadImageURIs(cfg, manifest_column=1)
+        out = p | ReadImageURIs(cfg.input, cfg.input_manifest, manifest_column=1)
         assert_that(out["uris"], equal_to(["/x/a.jpg", "/x/b.jpg"]), label="distinct")
         assert_that(out["listed"] | beam.combiners.Count.Globally(), equal_to([3]), label="listed")
 
@@ -125,7 +119,7 @@ def test_read_image_uris_from_glob(sample_dir):
     expected = sorted(glob.glob(os.path.join(sample_dir, "*.jpg")))
     assert expected
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        out = p | ReadImageURIs(cfg)
+        out = p | ReadImageURIs(cfg.input)
         assert_that(out["uris"], equal_to(expected))
 
 
@@ -140,7 +134,7 @@ def test_decode_images_splits_good_and_bad(edge_dir, sample_dir, tmp_path):
     want_ok = sorted([*good, *(p for p, o in expected.items() if o == "ok")])
     cfg = cfg_for()
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        out = p | beam.Create(uris) | DecodeImages(cfg, (224, 224))
+        out = p | beam.Create(uris) | DecodeImages((224, 224), cfg.resize_mode, cfg.max_pixels, cfg.run_id)
         ok = out.images | "OkUri" >> beam.Map(lambda kv: (kv[0].image_uri, kv[1].shape, kv[1].dtype.name))
         assert_that(ok, equal_to([(u, (224, 224, 3), "uint8") for u in want_ok]), label="ok")
         bad = out[FAILURES_TAG] | "BadKey" >> beam.Map(lambda r: (r["image_uri"], f"{r['stage']}/{r['error']}"))
@@ -178,7 +172,7 @@ def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
     items = [(ImageMeta(f, d.content_sha256, d.width, d.height), d.pixels) for f, d in zip(files, decoded, strict=True)]
     cfg = cfg_for(batch_size=2)  # 5 images in batches of 2: a partial last batch too
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        out = p | beam.Create(items) | EmbedImages(cfg, weights, mid)
+        out = p | beam.Create(items) | EmbedImages(cfg.model, weights, mid, cfg.batch_size, cfg.run_id)
         assert_that(out["rows"], check, label="rows")
         assert_that(out[FAILURES_TAG], equal_to([]), label="no failures")
         assert_that(out["rows"], is_not_empty(), label="some rows")
@@ -192,7 +186,11 @@ def test_a_failing_batch_becomes_failure_records(weights_file):
     items = [(ImageMeta(f"/img/{i}.jpg", "x", 100, 100), wrong) for i in range(3)]
     cfg = cfg_for(batch_size=2)
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        out = p | beam.Create(items) | EmbedImages(cfg, weights, model_id(spec, weights))
+        out = (
+            p
+            | beam.Create(items)
+            | EmbedImages(cfg.model, weights, model_id(spec, weights), cfg.batch_size, cfg.run_id)
+        )
         assert_that(out["rows"], equal_to([]), label="rows")
         stages = out[FAILURES_TAG] | beam.Map(lambda r: (r["image_uri"], r["stage"]))
         assert_that(stages, equal_to([(f"/img/{i}.jpg", "inference") for i in range(3)]), label="failures")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs.images import ImageError, ResizeMode, _crop_box, decode_and_resize
-from beam_jobs.samples import EDGE_CASES, bomb_png_bytes, load_sources
+from beam_jobs.extract_embeddings.images import ImageError, ResizeMode, _crop_box, decode_and_resize
+from devtools.samples import EDGE_CASES, bomb_png_bytes, load_sources
 
 
 def png_bytes(img: Image.Image) -> bytes:

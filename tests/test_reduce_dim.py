@@ -29,7 +29,7 @@ from beam_jobs.reduce_dim import (
     partition_of,
 )
 from beam_jobs.reduction import GramStats, Sample, fit_pca, fit_umap, row_priority, trustworthiness
-from beam_jobs.synthetic import clustered_embeddings, write_embeddings
+from devtools.synthetic import clustered_embeddings, write_embeddings
 from tests.conftest import run_cli
 
 MODULE = "beam_jobs.reduce_dim"
@@ -210,7 +210,7 @@ def test_refuses_no_rows_mixed_lengths_and_mixed_models(tmp_path, clustered):
 def test_rows_of_different_length_inside_one_file_fail_the_job(tmp_path):
     import pyarrow as pa
 
-    from beam_jobs.extract_embeddings import embedding_schema
+    from beam_jobs.extract_embeddings.outputs import embedding_schema
 
     folder = tmp_path / "ds=2026-11-20"
     folder.mkdir()

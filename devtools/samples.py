@@ -1,6 +1,6 @@
 """Deterministic sample images made from real photos shipped inside PyPI packages.
 
-    python -m beam_jobs.samples --out data/images/ds=2026-11-20 --n 40 [--seed 0] [--edge_cases]
+    python -m devtools.samples --out data/images/ds=2026-11-20 --n 40 [--seed 0] [--edge_cases]
 
 Sources are the photographs that scikit-learn (``load_sample_images``),
 scikit-image (``skimage.data``) and matplotlib (sample data) install with
@@ -208,7 +208,7 @@ def write_edge_cases(out_dir: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_jobs.samples", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.samples", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,6 @@ Both use Pillow's antialiased bilinear filter. Before that:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import io
 import warnings
@@ -39,14 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-# Pillow's own default bomb limit (~89.5 MP); we refuse rather than warn.
-DEFAULT_MAX_PIXELS = 89_478_485
+from beam_jobs.contract import DEFAULT_MAX_PIXELS, ResizeMode
+
 _EXIF_ORIENTATION = 0x0112
-
-
-class ResizeMode(enum.StrEnum):
-    CENTER_CROP = "center_crop"
-    SQUASH = "squash"
 
 
 class ImageError(Exception):
@@ -71,7 +65,6 @@ class DecodedImage:
     width: int  # of the source image, after EXIF orientation
     height: int
     content_sha256: str
-    source_format: str
     source_mode: str
 
 
@@ -184,6 +177,5 @@ def decode_and_resize(
         width=int(src_w),
         height=int(src_h),
         content_sha256=digest,
-        source_format=src_format,
         source_mode=src_mode,
     )

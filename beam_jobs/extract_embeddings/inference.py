@@ -18,17 +18,17 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_jobs.models import ResolvedWeights, build_keras_model, get_spec
+from beam_jobs.contract import JOB_EXTRACT
+from beam_jobs.extract_embeddings.models import ResolvedWeights, build_keras_model, get_spec, resolve_attr
 
 LOG = logging.getLogger(__name__)
-METRICS_NAMESPACE = "extract_embeddings"
+METRICS_NAMESPACE = JOB_EXTRACT
 
 
 class LoadedModel:
-    """The Keras model plus its compiled uint8 -> embedding function."""
+    """The compiled uint8 -> embedding function (it holds the Keras model) and its model_id."""
 
-    def __init__(self, keras_model: Any, fn: Any, model_id: str):
-        self.keras_model = keras_model
+    def __init__(self, fn: Any, model_id: str):
         self.fn = fn
         self.model_id = model_id
 
@@ -53,11 +53,11 @@ def compile_embedding_fn(keras_model: Any, preprocess: Any, input_size: tuple[in
 def load_embedding_model(model_name: str, weights: ResolvedWeights, model_id: str) -> LoadedModel:
     spec = get_spec(model_name)
     keras_model = build_keras_model(spec, weights)
-    fn = compile_embedding_fn(keras_model, spec.preprocess(), spec.input_size)
+    fn = compile_embedding_fn(keras_model, resolve_attr(spec.preprocess), spec.input_size)
     # Trace now so the first real batch is not charged for graph building.
     w, h = spec.input_size
     fn(np.zeros((1, h, w, 3), dtype=np.uint8))
-    return LoadedModel(keras_model, fn, model_id)
+    return LoadedModel(fn, model_id)
 
 
 class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedModel]):
@@ -110,3 +110,14 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Load
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+
+def count_through(name: str):
+    """A function that counts each element passing through it (for ``beam.Map``)."""
+    counter = Metrics.counter(METRICS_NAMESPACE, name)
+
+    def inc(x):
+        counter.inc()
+        return x
+
+    return inc

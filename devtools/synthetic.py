@@ -1,6 +1,6 @@
 """Synthetic embeddings in the extraction job's output format, for reduce_dim tests and benchmarks.
 
-    python -m beam_jobs.synthetic --out /tmp/emb/ds=2026-11-20 --rows 100000 [--dim 2048] [--clusters 12]
+    python -m devtools.synthetic --out /tmp/emb/ds=2026-11-20 --rows 100000 [--dim 2048] [--clusters 12]
 
 Shaped like pooled CNN features rather than white noise: each cluster is a
 small curved patch (a 2-parameter manifold) around its own centre in a
@@ -44,7 +44,8 @@ def write_embeddings(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from beam_jobs.extract_embeddings import embedding_schema
+    from beam_jobs.contract import EMBEDDING_COLUMNS
+    from beam_jobs.storage import arrow_schema
 
     os.makedirs(out_dir, exist_ok=True)
     n, dim = x.shape
@@ -62,7 +63,7 @@ def write_embeddings(
                 pa.array([224] * len(part), pa.int32()),
                 pa.array([run_id] * len(part), pa.string()),
             ],
-            schema=embedding_schema(),
+            schema=arrow_schema(EMBEDDING_COLUMNS),
         )
         path = os.path.join(out_dir, f"embeddings-{i:05d}-of-{files:05d}.parquet")
         # As the extraction job writes them (Beam's WriteToParquet default codec is none):
@@ -73,7 +74,7 @@ def write_embeddings(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beam_jobs.synthetic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=2048)

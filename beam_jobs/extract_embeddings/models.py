@@ -1,82 +1,47 @@
-"""Model registry: which Keras application, its input size, preprocessing and weights.
+"""Weights and model loading for the models declared in ``beam_jobs.contract.MODEL_SPECS``.
 
-Adding another Keras application is one ``ModelSpec`` entry in ``REGISTRY``.
+Adding another Keras application is one ``ModelSpec`` entry there (the
+trigger form's model list and the ``--model`` choices follow from it).
 
 TensorFlow and Keras are imported inside functions only, so importing this
-module (for validation in a launcher or an Airflow DAG) stays cheap.
+module (for validation in a launcher) stays cheap.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from beam_jobs.config import UsageError
+from beam_jobs.contract import MODEL_SPECS, WEIGHTS_IMAGENET, WEIGHTS_RANDOM, WEIGHTS_SUFFIXES, ModelSpec
+
 LOG = logging.getLogger(__name__)
 
-WEIGHTS_IMAGENET = "imagenet"
-WEIGHTS_RANDOM = "random"
 # Keras keeps downloaded application weights here.
 KERAS_CACHE_DIR = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
-WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")
 
 
-class WeightsError(ValueError):
+class WeightsError(UsageError):
     """The requested weights cannot be used; the message says how to fix it."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    input_size: tuple[int, int]  # (width, height)
-    embedding_dim: int
-    pooling: str
-    # Both resolved lazily so the registry imports without TensorFlow.
-    builder: Callable[[], Callable[..., Any]]
-    preprocess: Callable[[], Callable[[Any], Any]]
-    imagenet_file: str  # what keras.utils.get_file caches for weights="imagenet"
-    imagenet_url: str
-
-
-def _resnet50_builder():
-    import keras
-
-    return keras.applications.ResNet50
-
-
-def _resnet50_preprocess():
-    import keras
-
-    return keras.applications.resnet50.preprocess_input
-
-
-REGISTRY: dict[str, ModelSpec] = {
-    "resnet50": ModelSpec(
-        name="resnet50",
-        input_size=(224, 224),
-        embedding_dim=2048,
-        pooling="avg",
-        builder=_resnet50_builder,
-        preprocess=_resnet50_preprocess,
-        imagenet_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        imagenet_url=(
-            "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-        ),
-    ),
-}
+def resolve_attr(dotted: str) -> Any:
+    """``keras.applications.ResNet50`` -> the object (imports its module on first use)."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def get_spec(name: str) -> ModelSpec:
     try:
-        return REGISTRY[name]
+        return MODEL_SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown --model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
+        raise ValueError(f"unknown --model {name!r}; known models: {', '.join(sorted(MODEL_SPECS))}") from None
 
 
 def _internet_reachable(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
@@ -163,7 +128,7 @@ def build_keras_model(spec: ModelSpec, weights: ResolvedWeights):
     """Build the pooled feature extractor with the resolved weights loaded."""
     import keras
 
-    builder = spec.builder()
+    builder = resolve_attr(spec.builder)
     w, h = spec.input_size
     shape = (h, w, 3)
     if weights.kind == "imagenet":

@@ -1,0 +1,160 @@
+"""Stage WriteOutputs: staged Parquet shards, failures JSONL, optional .npy; and the commit step's manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs import storage
+from beam_jobs.config import ExtractConfig
+from beam_jobs.contract import (
+    EMBEDDING_COLUMNS,
+    EMBEDDINGS_PREFIX,
+    FAILURES_PREFIX,
+    NPY_DIR,
+    ExtractManifest,
+    FailureRecord,
+)
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG
+from beam_jobs.runtime import AccountingError
+
+
+def embedding_schema():
+    return storage.arrow_schema(EMBEDDING_COLUMNS)
+
+
+def npy_name(uri: str) -> str:
+    """Readable and collision-free: same file name in two folders still differs."""
+    stem = os.path.splitext(uri.rstrip("/").rsplit("/", 1)[-1])[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:80] or "image"
+    return f"{stem}-{hashlib.sha1(uri.encode('utf-8')).hexdigest()[:12]}.npy"
+
+
+def write_npy(row: dict[str, Any], directory: str) -> str:
+    buf = io.BytesIO()
+    np.save(buf, row["embedding"], allow_pickle=False)
+    path = storage.join(directory, npy_name(row["image_uri"]))
+    with FileSystems.create(path, mime_type="application/octet-stream") as handle:
+        handle.write(buf.getvalue())
+    return path
+
+
+def summarise_failures(records: list[FailureRecord]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rec in records:
+        key = f"{rec['stage']}/{rec['error']}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def run_settings(cfg: ExtractConfig, embedding_model_id: str, embedding_dim: int) -> dict[str, Any]:
+    """The manifest fields fixed before the run starts (what was asked and which model ran)."""
+    return {
+        "input": cfg.input or cfg.input_manifest,
+        "model": cfg.model,
+        "model_id": embedding_model_id,
+        "weights": cfg.weights,
+        "embedding_dim": embedding_dim,
+        "batch_size": cfg.batch_size,
+        "resize_mode": cfg.resize_mode.value,
+        "output_format": cfg.output_format,
+    }
+
+
+def finish_extraction(
+    staging: str,
+    *,
+    seconds: float,
+    settings: dict[str, Any],
+    counts: dict[str, int],
+    failure_keys: dict[str, int],
+    embedding_files: list[str],
+    failure_files: list[str],
+    npy_count: int,
+) -> ExtractManifest:
+    """The commit step's check and manifest: every distinct input is embedded or failed, once."""
+    inputs, embedded, failed = counts["inputs"], counts["embedded"], counts["failed"]
+    if inputs != embedded + failed:
+        raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
+    return {
+        **settings,
+        "inputs": inputs,
+        "duplicate_inputs": counts["listed"] - inputs,
+        "embedded": embedded,
+        "failed": failed,
+        "failures_by_reason": failure_keys,
+        "npy_files": npy_count,
+        "files": {
+            "embeddings": sorted(os.path.basename(f) for f in embedding_files),
+            "failures": sorted(os.path.basename(f) for f in failure_files),
+        },
+        "images_per_second": round(embedded / seconds, 3),
+    }  # type: ignore[typeddict-item]  # job, run_id, output and timings come from runtime.Commit
+
+
+class WriteOutputs(beam.PTransform):
+    """Rows and failures -> staged Parquet shards, failures JSONL and optional .npy files.
+
+    Returns the side inputs the commit step needs (file lists and counts).
+    """
+
+    def __init__(self, staging: str, num_shards: int, write_npy_files: bool):
+        super().__init__()
+        self._staging = staging
+        self._num_shards = num_shards
+        self._npy = write_npy_files
+
+    def expand(self, pcolls):
+        staging = self._staging
+        rows, failures, uris, listed = pcolls["rows"], pcolls[FAILURES_TAG], pcolls["uris"], pcolls["listed"]
+        emb_files = rows | "WriteParquet" >> beam.io.WriteToParquet(
+            storage.join(staging, EMBEDDINGS_PREFIX),
+            embedding_schema(),
+            file_name_suffix=".parquet",
+            num_shards=self._num_shards,
+            # Bounded buffer: memory must not grow with the number of images.
+            row_group_buffer_size=16 * 1024 * 1024,
+            record_batch_size=256,
+        )
+        fail_files = (
+            failures
+            | "FailureToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+            | "WriteFailures"
+            >> beam.io.WriteToText(
+                storage.join(staging, FAILURES_PREFIX), file_name_suffix=".jsonl", num_shards=self._num_shards
+            )
+        )
+        if self._npy:
+            npy_dir = storage.join(staging, NPY_DIR)
+            npy_count = (
+                rows | "WriteNpy" >> beam.Map(write_npy, npy_dir) | "CountNpy" >> beam.combiners.Count.Globally()
+            )
+        else:
+            npy_count = rows.pipeline | "NoNpy" >> beam.Create([0])
+        counted = {
+            name: pc | f"Count_{name}" >> beam.combiners.Count.Globally()
+            for name, pc in (("inputs", uris), ("listed", listed), ("embedded", rows), ("failed", failures))
+        }
+        counts = (
+            [pc | f"Key_{name}" >> beam.Map(lambda v, name=name: (name, v)) for name, pc in counted.items()]
+            | "FlattenCounts" >> beam.Flatten()
+            | "CountsToDict" >> beam.combiners.ToDict()
+        )
+        failure_keys = (
+            failures | "FailuresToList" >> beam.combiners.ToList() | "SummariseFailures" >> beam.Map(summarise_failures)
+        )
+        return {
+            "counts": beam.pvalue.AsSingleton(counts),
+            "failure_keys": beam.pvalue.AsSingleton(failure_keys),
+            "embedding_files": beam.pvalue.AsList(emb_files),
+            "failure_files": beam.pvalue.AsList(fail_files),
+            "npy_count": beam.pvalue.AsSingleton(npy_count),
+        }

@@ -1,0 +1,92 @@
+"""The extraction job: wiring of its stages, and ``run(argv)``.
+
+    python -m beam_jobs.extract_embeddings \\
+        --input '/data/images/ds=2026-11-20/*.jpg' --output /data/out/embeddings/ds=2026-11-20 \\
+        --weights random --runner FnApiRunner
+
+Stages (each a composite PTransform, in its own module):
+
+  ReadImageURIs   inputs.py   glob or manifest -> distinct URIs (the shuffle also spreads work over workers)
+  DecodeImages    decode.py   read bytes + decode + resize in one step; bad files -> failure records
+  EmbedImages     embed.py    batched RunInference with our Keras handler; a failed batch -> failure records
+  WriteOutputs    outputs.py  Parquet shards, failures JSONL, optional .npy
+  Commit          runtime.py  manifest.json, then the staged directory replaces --output whole
+
+Every input URI ends up in exactly one of the embeddings or the failures;
+the commit step checks ``inputs == embedded + failed`` and fails the job
+otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import apache_beam as beam
+
+from beam_jobs import runtime
+from beam_jobs.config import ExtractConfig
+from beam_jobs.contract import JOB_EXTRACT
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages
+from beam_jobs.extract_embeddings.embed import EmbedImages
+from beam_jobs.extract_embeddings.inputs import ReadImageURIs, preflight
+from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec, model_id, resolve_weights
+from beam_jobs.extract_embeddings.outputs import WriteOutputs, finish_extraction, run_settings
+from beam_jobs.runtime import Commit
+
+LOG = logging.getLogger(__name__)
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    cfg: ExtractConfig,
+    weights: ResolvedWeights,
+    staging: str,
+    manifest_column: int | None = None,
+):
+    """Wire the graph; returns the PCollection holding the committed manifest."""
+    spec = get_spec(cfg.model)
+    embedding_model_id = model_id(spec, weights)
+    read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, manifest_column)
+    decoded = read["uris"] | "DecodeImages" >> DecodeImages(
+        spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.run_id
+    )
+    embedded = decoded.images | "EmbedImages" >> EmbedImages(
+        cfg.model, weights, embedding_model_id, cfg.batch_size, cfg.run_id, cfg.intra_op_threads
+    )
+    failures = (decoded[FAILURES_TAG], embedded[FAILURES_TAG]) | "AllFailures" >> beam.Flatten()
+    outputs = {"rows": embedded["rows"], FAILURES_TAG: failures, "uris": read["uris"], "listed": read["listed"]}
+    written = outputs | "WriteOutputs" >> WriteOutputs(staging, cfg.num_shards, cfg.output_format == "npy")
+    finish = functools.partial(finish_extraction, settings=run_settings(cfg, embedding_model_id, spec.embedding_dim))
+    return p | "Commit" >> Commit(JOB_EXTRACT, cfg, staging, finish, **written)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, check, run and wait; returns the manifest. Raises on bad input before any work."""
+    cfg, beam_args = ExtractConfig.parse(argv)
+    spec = get_spec(cfg.model)
+    weights = resolve_weights(spec, cfg.weights, cfg.seed)
+    options = runtime.job_options(beam_args, cfg.detach)
+    column = preflight(cfg)
+    LOG.info(
+        "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
+        cfg.run_id,
+        model_id(spec, weights),
+        cfg.input or cfg.input_manifest,
+        cfg.output,
+    )
+    manifest = runtime.launch(
+        JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, weights, staging, column)
+    )
+    if not cfg.detach:
+        LOG.info(
+            "extract_embeddings done: inputs=%d embedded=%d failed=%d in %.1fs (%.1f images/s); failures=%s",
+            manifest["inputs"],
+            manifest["embedded"],
+            manifest["failed"],
+            manifest["seconds"],
+            manifest["images_per_second"],
+            manifest["failures_by_reason"],
+        )
+    return manifest
