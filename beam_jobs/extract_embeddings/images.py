@@ -72,7 +72,8 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, as described above (also used for the map thumbnails)."""
     mode = img.mode
     if mode == "RGB":
         return img
@@ -153,7 +154,7 @@ def decode_and_resize(
             src_w, src_h = (h0, w0) if orientation in (5, 6, 7, 8) else (w0, h0)
             img.load()
             img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
+            img = to_rgb(img)
             if mode == ResizeMode.CENTER_CROP:
                 box = _crop_box(img.size[0], img.size[1], target_w, target_h)
                 img = img.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box)
