@@ -8,16 +8,15 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
-from beam_jobs.config import ConfigError, ExtractConfig, parse_extract_args
+from beam_jobs.config import ExtractConfig
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, ImageMeta
 from beam_jobs.extract_embeddings.embed import EmbedImages
 from beam_jobs.extract_embeddings.images import decode_and_resize
 from beam_jobs.extract_embeddings.inputs import ReadImageURIs, parse_manifest_header, parse_manifest_line
-from beam_jobs.extract_embeddings.models import WeightsError, get_spec, model_id, resolve_weights
+from beam_jobs.extract_embeddings.models import get_spec, model_id, resolve_weights
 from beam_jobs.extract_embeddings.outputs import npy_name
 
 RUNNER_ARGS = ["--runner=FnApiRunner"]
@@ -27,59 +26,6 @@ def cfg_for(**kw) -> ExtractConfig:
     base = {"output": "/unused", "input": "/unused/*", "run_id": "test-run"}
     base.update(kw)
     return ExtractConfig(**base).validate()
-
-
-# --------------------------------------------------------------------------- config
-
-
-@pytest.mark.parametrize(
-    ("argv", "needle"),
-    [
-        (["--output", "/o"], "exactly one of --input"),
-        (["--output", "/o", "--input", "a", "--input_manifest", "b"], "exactly one of --input"),
-        (["--output", "/o", "--input", "a", "--batch_size", "0"], "--batch_size"),
-        (["--output", "/o", "--input", "a", "--num_shards", "-1"], "--num_shards"),
-        (["--output", "gs://", "--input", "a"], "--output"),
-    ],
-)
-def test_bad_flags_are_refused_before_anything_runs(argv, needle):
-    with pytest.raises(ConfigError, match=needle):
-        parse_extract_args(argv)
-
-
-def test_unknown_flags_go_to_beam():
-    cfg, beam_args = parse_extract_args(["--output", "/o", "--input", "x/*", "--runner", "FnApiRunner", "--foo=1"])
-    assert cfg.input == "x/*"
-    assert beam_args == ["--runner", "FnApiRunner", "--foo=1"]
-
-
-def test_weights_resolution(tmp_path):
-    spec = get_spec("resnet50")
-    rnd = resolve_weights(spec, "random", seed=5)
-    assert model_id(spec, rnd) == "resnet50/pool=avg/in=224x224/weights=random-seed5"
-    with pytest.raises(WeightsError, match="does not exist"):
-        resolve_weights(spec, str(tmp_path / "missing.weights.h5"))
-    with pytest.raises(WeightsError, match="not 'imagenet', 'random'"):
-        resolve_weights(spec, str(tmp_path / "model.bin"))
-    f = tmp_path / "w.weights.h5"
-    f.write_bytes(b"abc")
-    resolved = resolve_weights(spec, str(f))
-    assert resolved.kind == "file"
-    # sha256("abc"): the id pins the exact file, so two weight files never mix.
-    assert model_id(spec, resolved).endswith("weights=file-sha256:ba7816bf8f01cfea")
-
-
-def test_imagenet_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
-    from beam_jobs.extract_embeddings import models
-
-    if models._internet_reachable():
-        pytest.skip("this machine can download the weights")
-    monkeypatch.setattr(models, "KERAS_CACHE_DIR", str(tmp_path))
-    with pytest.raises(WeightsError) as err:
-        resolve_weights(get_spec("resnet50"), "imagenet")
-    msg = str(err.value)
-    assert "no internet" in msg
-    assert "--weights /path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,197 @@
+"""storage.py and the commit step: whole-directory replacement, locally and on an object store.
+
+The object-store branch (what gs:// outputs take in production) runs against
+``tests.support.objectstore``: an in-memory file system Beam selects by its
+``memgs://`` scheme, with gs://'s semantics (no directories, per-object renames).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import apache_beam as beam
+import pytest
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from beam_jobs import storage
+from beam_jobs.config import JobConfig
+from beam_jobs.contract import MANIFEST
+from beam_jobs.runtime import AccountingError, Commit
+from tests.support.objectstore import MemObjectStore
+
+OUT = "memgs://bucket/out/embeddings/ds=2026-11-20"
+
+
+@pytest.fixture
+def store():
+    MemObjectStore.reset()
+    yield MemObjectStore
+    MemObjectStore.reset()
+
+
+def test_object_store_swap_leaves_exactly_the_new_run_with_the_manifest_moved_last(store):
+    for name in ("embeddings-00000-of-00002.parquet", "embeddings-00001-of-00002.parquet", MANIFEST):
+        store.put(f"{OUT}/{name}", b"old")
+    staging = storage.staging_dir_for(OUT)
+    assert staging.startswith("memgs://bucket/out/embeddings/.ds=2026-11-20.staging-")
+    store.put(f"{staging}/{MANIFEST}", b"{}")
+    store.put(f"{staging}/embeddings-00000-of-00001.parquet", b"new")
+    store.put(f"{staging}/npy/a-0123.npy", b"new")
+    store.log.clear()
+
+    storage.replace_directory(staging, OUT)
+
+    assert store.names("memgs://bucket/out/") == [
+        f"{OUT}/embeddings-00000-of-00001.parquet",
+        f"{OUT}/{MANIFEST}",
+        f"{OUT}/npy/a-0123.npy",
+    ]
+    assert all(store.objects[p][0] != b"old" for p in store.names(OUT))
+    # Old files go first, the manifest comes last: a reader waiting for it never sees a partial partition.
+    kinds = [kind for kind, _ in store.log]
+    assert kinds == ["delete"] * 3 + ["rename"] * 3
+    assert store.log[-1] == ("rename", f"{OUT}/{MANIFEST}")
+
+
+def test_object_store_swap_into_a_new_partition(store):
+    staging = storage.staging_dir_for(OUT, token="t")
+    store.put(f"{staging}/{MANIFEST}", b"{}")
+    storage.replace_directory(staging, OUT)
+    assert store.names("memgs://") == [f"{OUT}/{MANIFEST}"]
+
+
+def test_local_swap_replaces_the_directory_whole(tmp_path):
+    out = tmp_path / "ds=2026-11-20"
+    out.mkdir()
+    (out / "stale.parquet").write_bytes(b"old")
+    staging = storage.staging_dir_for(str(out))
+    storage.write_text(storage.join(staging, MANIFEST), "{}")
+    storage.replace_directory(staging, str(out))
+    assert sorted(os.listdir(out)) == [MANIFEST]
+    assert os.listdir(tmp_path) == ["ds=2026-11-20"]
+
+
+@pytest.mark.parametrize(
+    ("name", "mime"),
+    [("map.html", "text/html"), (MANIFEST, "application/json"), ("map.png", "image/png")],
+)
+def test_object_store_files_keep_their_real_mime_type(store, name, mime):
+    # Browsers opening map.html straight from the bucket need text/html, not JSON.
+    path = f"memgs://bucket/maps/{name}"
+    storage.write_bytes(path, b"x")
+    assert store.mime_type(path) == mime
+
+
+def test_json_round_trip_on_the_object_store(store):
+    storage.write_json(f"{OUT}/{MANIFEST}", {"b": 1, "a": [1, 2]})
+    assert storage.read_json(f"{OUT}/{MANIFEST}") == {"a": [1, 2], "b": 1}
+    assert storage.list_files(OUT) == [f"{OUT}/{MANIFEST}"]
+    assert storage.list_files("memgs://bucket/nothing-here") == []
+
+
+def test_arrow_schema_from_contract_columns():
+    from beam_jobs.contract import EMBEDDING_COLUMNS, PROJECTION_COLUMNS
+
+    emb = storage.arrow_schema(EMBEDDING_COLUMNS)
+    assert str(emb.field("embedding").type) == "list<item: float>"
+    assert emb.names == [name for name, _ in EMBEDDING_COLUMNS]
+    assert str(storage.arrow_schema(PROJECTION_COLUMNS).field("x").type) == "float"
+
+
+# --------------------------------------------------------------------------- the commit step
+
+
+def _finish_counting(staging, *, seconds, inputs, done):
+    if inputs != done:
+        raise AccountingError(f"accounting mismatch: {inputs} inputs but {done} done")
+    storage.write_text(storage.join(staging, "extra.txt"), "written by finish")
+    return {"inputs": inputs, "rate": round(done / seconds, 3)}
+
+
+def _commit(output: str, inputs: list[int], done: list[int]):
+    cfg = JobConfig(output=output, run_id="run-1")
+    staging = storage.staging_dir_for(output, token="tok")
+
+    def stage(count: int) -> int:
+        storage.write_text(f"{staging}/part-0.txt", "rows")
+        return count
+
+    with TestPipeline(argv=["--runner=FnApiRunner"]) as p:
+        # The commit waits for its side inputs, so the staged file exists before it runs.
+        sides = {
+            "inputs": beam.pvalue.AsSingleton(p | "Inputs" >> beam.Create(inputs)),
+            "done": beam.pvalue.AsSingleton(p | "Done" >> beam.Create(done) | "Stage" >> beam.Map(stage)),
+        }
+        _ = p | "Commit" >> Commit("test_job", cfg, staging, _finish_counting, **sides)
+    return staging
+
+
+def test_commit_publishes_the_manifest_with_the_shared_fields(store):
+    staging = _commit(OUT, [3], [3])
+    manifest = json.loads(store.objects[f"{OUT}/{MANIFEST}"][0])
+    assert manifest["job"] == "test_job"
+    assert manifest["run_id"] == "run-1"
+    assert manifest["output"] == OUT
+    assert manifest["inputs"] == 3
+    assert {"started_at", "finished_at", "seconds", "rate"} <= set(manifest)
+    assert store.names(f"{OUT}/") == [f"{OUT}/extra.txt", f"{OUT}/{MANIFEST}", f"{OUT}/part-0.txt"]
+    assert store.names(staging) == []
+
+
+def test_commit_refuses_to_publish_when_the_accounting_fails(store):
+    store.put(f"{OUT}/{MANIFEST}", b'{"run_id": "previous"}')
+    with pytest.raises(Exception, match=r"accounting mismatch: 3 inputs but 2 done; output left unpublished in memgs"):
+        _commit(OUT, [3], [2])
+    # The previous run is untouched; what this run staged is left for inspection.
+    assert store.names(f"{OUT}/") == [f"{OUT}/{MANIFEST}"]
+    assert store.objects[f"{OUT}/{MANIFEST}"][0] == b'{"run_id": "previous"}'
+    assert FileSystems.exists(storage.staging_dir_for(OUT, token="tok") + "/part-0.txt")
+
+
+@pytest.mark.slow
+def test_extraction_job_publishes_to_an_object_store_and_a_rerun_replaces_it(store, sample_dir, tmp_path):
+    """The whole job in this process (FnApiRunner), writing to memgs:// as it writes to gs:// on Dataflow."""
+    import glob
+    import io
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from beam_jobs.extract_embeddings.pipeline import run
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(glob.glob(os.path.join(sample_dir, "*.jpg")))[:4]:
+        shutil.copy(path, folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    common = ["--input", str(folder / "*"), "--output", OUT, "--weights", "random", "--batch_size", "4"]
+    store.put(f"{OUT}/embeddings-00000-of-00009.parquet", b"a previous run's shard")
+
+    manifest = run([*common, "--run_id", "first", "--num_shards", "2", "--runner", "FnApiRunner"])
+
+    assert (manifest["inputs"], manifest["embedded"], manifest["failed"]) == (5, 4, 1)
+    names = [p.rsplit("/", 1)[-1] for p in store.names(f"{OUT}/")]
+    assert sorted(names) == sorted([*manifest["files"]["embeddings"], *manifest["files"]["failures"], MANIFEST])
+    assert len(manifest["files"]["embeddings"]) == 2
+    # The manifest is moved in last; afterwards the launcher only adds the job's metrics to it.
+    assert [path for kind, path in store.log if kind == "rename"][-1] == f"{OUT}/{MANIFEST}"
+    assert store.log[-1] == ("put", f"{OUT}/{MANIFEST}")
+    assert store.mime_type(f"{OUT}/{MANIFEST}") == "application/json"
+    rows = [
+        row
+        for name in manifest["files"]["embeddings"]
+        for row in pq.read_table(io.BytesIO(store.objects[f"{OUT}/{name}"][0])).to_pylist()
+    ]
+    assert len(rows) == 4
+    assert {len(r["embedding"]) for r in rows} == {2048}
+    # Nothing left beside the partition: no staging folder, no Beam temp files.
+    assert {p.rsplit("/", 1)[0] for p in store.names("memgs://")} == {OUT}
+
+    again = run([*common, "--run_id", "second", "--runner", "FnApiRunner"])
+    assert again["run_id"] == "second"
+    published = json.loads(store.objects[f"{OUT}/{MANIFEST}"][0])
+    assert published["run_id"] == "second"
+    assert "metrics" in published
+    assert {p.rsplit("/", 1)[0] for p in store.names("memgs://")} == {OUT}
