@@ -19,10 +19,10 @@ AIRFLOW_ENV = mkdir -p $(AIRFLOW_HOME) && AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__
 	IMAGE_EMBEDDINGS_DATA=$(DATA_ABS) IMAGE_EMBEDDINGS_WEIGHTS=$(WEIGHTS) TF_CPP_MIN_LOG_LEVEL=2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo airflow bench lock clean
+.PHONY: help install test test-fast lint demo airflow bench lock clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP) ## create .venv/ with the pinned requirements and this package
 
-test: $(STAMP) ## run the test suite (unit, Beam TestPipeline, end-to-end)
+test: $(STAMP) ## run every test: unit, Beam TestPipeline, end-to-end jobs, dag.test(), the live scheduler (~15 min)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest
+
+test-fast: $(STAMP) ## the fast tier: everything not marked slow (< 3 min; run it while you work)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m "not slow"
 
 lint: $(STAMP) ## ruff lint (incl. Airflow AIR rules) and format check
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,6 @@ from beam_jobs.extract_embeddings.outputs import npy_name
 from tests.conftest import run_cli
 
 MODULE = "beam_jobs.extract_embeddings"
-pytestmark = pytest.mark.slow
 
 
 def read_outputs(out: str) -> tuple[dict, list[dict], list[dict]]:
@@ -73,6 +72,7 @@ def manifest_run(mixed_inputs, weights_file, tmp_path_factory):
     return out, expected, proc
 
 
+@pytest.mark.slow
 def test_every_input_is_accounted_exactly_once(manifest_run):
     out, expected, _ = manifest_run
     manifest, rows, failures = read_outputs(out)
@@ -88,6 +88,7 @@ def test_every_input_is_accounted_exactly_once(manifest_run):
     assert manifest["duplicate_inputs"] == 1
 
 
+@pytest.mark.slow
 def test_rows_follow_the_contract(manifest_run, weights_file):
     out, _, _ = manifest_run
     manifest, rows, failures = read_outputs(out)
@@ -110,6 +111,7 @@ def test_rows_follow_the_contract(manifest_run, weights_file):
         assert rec["message"]
 
 
+@pytest.mark.slow
 def test_metrics_are_counted(manifest_run):
     out, expected, proc = manifest_run
     metrics = read_outputs(out)[0]["metrics"]
@@ -124,6 +126,7 @@ def test_metrics_are_counted(manifest_run):
     assert "extract_embeddings done" in proc.stderr
 
 
+@pytest.mark.slow
 def test_npy_output_one_file_per_image(manifest_run):
     out, _, _ = manifest_run
     _, rows, _ = read_outputs(out)
@@ -134,6 +137,7 @@ def test_npy_output_one_file_per_image(manifest_run):
     np.testing.assert_array_equal(vec, np.asarray(first["embedding"], dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_rerun_replaces_the_output_whole(mixed_inputs, weights_file, tmp_path):
     folder, _, _ = mixed_inputs
     out = str(tmp_path / "ds=2026-11-20")
@@ -155,6 +159,7 @@ def test_rerun_replaces_the_output_whole(mixed_inputs, weights_file, tmp_path):
     assert os.listdir(tmp_path) == ["ds=2026-11-20"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -170,4 +175,23 @@ def test_bad_runs_fail_fast_with_a_clear_message(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "/nonexistent/ds=2026-11-20/*.jpg"], "matches no files"),
+        (["--input", "/x/*", "--batch_size", "0"], "--batch_size must be between"),
+        (["--input", "/x/*", "--runner", "FnApiRunner", "--detach"], "--detach needs a remote runner"),
+    ],
+)
+def test_usage_problems_exit_2_in_process(args, message, tmp_path, caplog):
+    """The fast twin of the CLI test above: runtime.main turns a usage problem into one line and exit 2."""
+    from beam_jobs import runtime
+    from beam_jobs.extract_embeddings.pipeline import run
+
+    out = str(tmp_path / "out")
+    assert runtime.main(run, ["--output", out, "--weights", "random", *args]) == 2
+    assert message in caplog.text
     assert not os.path.exists(out)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
@@ -89,6 +90,7 @@ def test_decode_images_splits_good_and_bad(edge_dir, sample_dir, tmp_path):
         assert_that(runs | beam.Distinct(), equal_to([("test-run", True)]), label="run_id")
 
 
+@pytest.mark.slow
 def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
     """RunInference output equals a plain Keras call on the same pixels (1e-4 relative)."""
     import keras
@@ -124,6 +126,7 @@ def test_embed_images_matches_direct_model_call(sample_dir, weights_file):
         assert_that(out["rows"], is_not_empty(), label="some rows")
 
 
+@pytest.mark.slow
 def test_a_failing_batch_becomes_failure_records(weights_file):
     """Pixels the compiled model refuses fail their batch; every image still gets a record."""
     spec = get_spec("resnet50")

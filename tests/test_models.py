@@ -42,6 +42,7 @@ def test_unknown_model_names_the_known_ones():
         get_spec("vgg99")
 
 
+@pytest.mark.slow
 def test_specs_name_real_keras_callables():
     for spec in MODEL_SPECS.values():
         assert callable(resolve_attr(spec.builder))
