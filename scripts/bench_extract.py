@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 from beam_jobs.extract_embeddings.images import decode_and_resize  # noqa: E402
 from devtools.samples import SampleSpec, build_sample_images  # noqa: E402
-from scripts.benchutil import run_measured  # noqa: E402
+from scripts.benchutil import cpu_flags, run_measured  # noqa: E402
 
 
 def save_weights(path: str) -> None:
@@ -105,6 +105,7 @@ def main() -> int:
     weights = os.path.join(args.workdir, "resnet50-seed0.weights.h5")
     if not os.path.exists(weights):
         save_weights(weights)
+    print(f"CPU: {cpu_flags()}", flush=True)
     t = time.perf_counter()
     img_n = os.path.join(args.workdir, f"images_n{args.n}")
     files = build_sample_images(img_n, SampleSpec(args.n, seed=1))
