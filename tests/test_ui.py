@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -84,6 +86,35 @@ def test_plugin_registers_the_view_and_skips_the_helper_package():
     views = {v["url_route"]: v for v in ImageEmbeddingsPlugin.external_views}
     assert views["embedding-maps"]["href"] == "image-embeddings/"
     assert views["embedding-maps"]["destination"] == "nav"
+
+
+@pytest.mark.slow  # ~4 s: building the app imports the API server's auth modules
+def test_plugin_serves_the_router_behind_airflows_access_check():
+    """The module-level router's routes, mounted by create_app behind requires_access_dag: no token, no page."""
+    from fastapi.testclient import TestClient
+    from image_embeddings_plugin import ImageEmbeddingsPlugin
+
+    from image_embeddings_airflow.ui import router
+
     (app,) = ImageEmbeddingsPlugin().fastapi_apps
     assert app["url_prefix"] == "/image-embeddings"
     assert {r.path for r in app["app"].routes} >= {"/", "/api/latest", "/map.png", "/map.html"}
+    assert [route.path for route in router.routes] == ["/", "/api/latest", "/map.png", "/map.html"]
+    client = TestClient(app["app"])
+    for path in (
+        "/",
+        "/?ds=2026-11-20&method=pca",
+        "/api/latest",
+        "/map.png?event=1&method=pca",
+        "/map.html?event=1&method=pca",
+    ):
+        response = client.get(path)
+        assert response.status_code == 401, path
+        assert "map" not in response.text.lower(), path
+
+
+def test_pages_are_templates_and_autoescaped():
+    from image_embeddings_airflow.ui import PAGES
+
+    assert PAGES.autoescape is True
+    assert {"index.html", "map_page.html"} <= set(PAGES.list_templates())
