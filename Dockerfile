@@ -10,5 +10,8 @@ COPY --chown=airflow:root pyproject.toml setup.py /opt/image-embeddings/
 COPY --chown=airflow:root beam_jobs /opt/image-embeddings/beam_jobs
 RUN pip install --no-cache-dir --no-deps /opt/image-embeddings
 
+# The install above puts beam_jobs in site-packages, where no setup.py exists: Dataflow workers
+# install the jobs from this one (Beam's --setup_file; the DAG's default for DataflowRunner).
 ENV TF_CPP_MIN_LOG_LEVEL=2 \
-    IMAGE_EMBEDDINGS_DATA=/opt/airflow/data
+    IMAGE_EMBEDDINGS_DATA=/opt/airflow/data \
+    IMAGE_EMBEDDINGS_SETUP_FILE=/opt/image-embeddings/setup.py

@@ -14,8 +14,8 @@ plan -> wait_for_input -> extract_embeddings -> extract_embeddings_done -> valid
 ```
 
 On `DataflowRunner` each Beam task submits its job and the `*_done` task
-waits for it in the triggerer (`DataflowJobStatusSensor` on the
-`dataflow_job_id` XCom), then reads the job's metrics. Marking a waiting task
+waits for it in the triggerer (`DataflowJobDoneSensor`, a `DataflowJobStatusSensor`
+on the Beam task's `dataflow_job_id` XCom), then reads the job's metrics. Marking a waiting task
 failed cancels its Dataflow job. With a local runner the jobs run inside the
 Beam tasks and the `*_done` tasks return at once.
 
@@ -29,8 +29,10 @@ re-runs and `airflow backfill create` never leave two copies):
 **Trigger form**: `input` may use `{{ ds }}` (the run's date); `methods` picks
 the reductions; `runner` is `FnApiRunner` (this machine) or `DataflowRunner`
 (needs gs:// paths and the Airflow Variables `image_embeddings_project`,
-`image_embeddings_region`, `image_embeddings_temp_location`, or the same params).
-Bad values are refused before any job starts.
+`image_embeddings_region`, `image_embeddings_temp_location`, or the same params;
+workers install the jobs from the setup.py named by `IMAGE_EMBEDDINGS_SETUP_FILE`,
+which the Docker image sets). Bad values are refused before any job starts: the
+trigger form checks each field, the `plan` task the fields together.
 
 Owner: ml-platform. Runbook: README.md, "Operating the DAG".
 """
@@ -43,14 +45,27 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, TriggerRule, task
 
+from beam_jobs.contract import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_RUNNER,
+    JOB_EXTRACT,
+    JOB_REDUCE,
+    MAX_BATCH_SIZE,
+    METHODS,
+    MODELS,
+    RUNNERS,
+    WEIGHTS_IMAGENET,
+    WEIGHTS_RANDOM,
+)
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, MAX_BATCH_SIZE, METHODS, MODELS, PUBLISH_TASK, RUNNERS
+from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK, projections_key
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
-DEFAULT_WEIGHTS = os.environ.get("IMAGE_EMBEDDINGS_WEIGHTS", "imagenet")
+DEFAULT_WEIGHTS = os.environ.get("IMAGE_EMBEDDINGS_WEIGHTS", WEIGHTS_IMAGENET)
 PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpreter running Airflow
 # A nightly run still going this long after it was queued raises a deadline alert (webhook + log).
 # Opt-in: Airflow 3.3's dag.test() fails on DAGs with a deadline (DagRun.update_state looks the
@@ -59,11 +74,6 @@ DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
 MAPS = Asset(name=MAPS_ASSET, uri="image-embeddings://maps", group="image_embeddings")
-
-
-def plan_value(key: str) -> str:
-    return "{{ ti.xcom_pull(task_ids='plan')['" + key + "'] }}"
-
 
 default_args = {
     "owner": "ml-platform",
@@ -97,6 +107,7 @@ with DAG(
     if DEADLINE_MINUTES
     else None,
     tags=["ml", "embeddings", "beam", "nightly"],
+    # Each field's schema is checked when a run is created (trigger form, REST API, backfill, dag.test).
     params={
         "input": Param(
             f"{DATA}/images/ds={{{{ ds }}}}/*",
@@ -115,15 +126,18 @@ with DAG(
             title="Output root",
             description="Embeddings, projections and run records are written under this folder (local or gs://).",
         ),
-        "model": Param("resnet50", type="string", enum=list(MODELS), description="Embedding model."),
+        "model": Param(DEFAULT_MODEL, type="string", enum=list(MODELS), description="Embedding model."),
         "weights": Param(
             DEFAULT_WEIGHTS,
             type="string",
             minLength=1,
-            description="'imagenet', 'random' (seeded, for smoke runs) or a path (local or gs://) to a weights file.",
+            description=(
+                f"'{WEIGHTS_IMAGENET}', '{WEIGHTS_RANDOM}' (seeded, for smoke runs) "
+                "or a path (local or gs://) to a weights file."
+            ),
         ),
         "methods": Param(
-            ["pca", "umap"],
+            list(METHODS),
             type="array",
             items={"type": "string", "enum": list(METHODS)},
             minItems=1,
@@ -131,9 +145,13 @@ with DAG(
             title="Reduction methods",
             description="One reduce_dim task runs per selected method.",
         ),
-        "runner": Param("FnApiRunner", type="string", enum=list(RUNNERS), description="Beam runner for both jobs."),
+        "runner": Param(DEFAULT_RUNNER, type="string", enum=list(RUNNERS), description="Beam runner for both jobs."),
         "batch_size": Param(
-            32, type="integer", minimum=1, maximum=MAX_BATCH_SIZE, description="Images per model call."
+            DEFAULT_BATCH_SIZE,
+            type="integer",
+            minimum=1,
+            maximum=MAX_BATCH_SIZE,
+            description="Images per model call.",
         ),
         "max_failure_rate": Param(
             0.1,
@@ -155,13 +173,13 @@ with DAG(
     },
 ) as dag:
 
-    @task(retries=0)
+    @task(retries=0, multiple_outputs=True)
     def plan(params: dict | None = None, **context) -> dict:
-        """Validate the run's parameters together and resolve its paths; fails at once, without retries."""
+        """Check the run's parameters together and resolve its paths; fails at once, without retries."""
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowFailException
 
-        from image_embeddings_airflow.runs import PlanError, build_plan
+        from image_embeddings_airflow.runs import DATAFLOW_SETTINGS, PlanError, build_plan
 
         run = context["dag_run"]
         when = run.logical_date or run.run_after  # manual runs may have no logical date in Airflow 3
@@ -170,13 +188,8 @@ with DAG(
         rendered = context["task"].render_template(params["input"], local)
         dataflow = {
             name: params.get(name) or Variable.get(f"image_embeddings_{name}", default=None)
-            for name in ("project", "region", "temp_location", "staging_location", "setup_file")
+            for name in DATAFLOW_SETTINGS
         }
-        if params.get("runner") == "DataflowRunner" and not dataflow["setup_file"]:
-            import beam_jobs
-
-            # Workers install the package from the project's setup.py (Beam's --setup_file).
-            dataflow["setup_file"] = os.path.join(os.path.dirname(os.path.dirname(beam_jobs.__file__)), "setup.py")
         try:
             resolved = build_plan(dict(params), ds, run.run_id, rendered, dataflow)
         except PlanError as exc:
@@ -186,42 +199,37 @@ with DAG(
         LOG.info("plan for ds=%s: %s", ds, resolved)
         return resolved
 
+    # Each key of the plan is its own XCom: tasks below take planned["<key>"] (an XComArg, resolved
+    # when the task's templates are rendered), which also makes them downstream of plan.
     planned = plan()
 
     wait_for_input = InputFilesSensor(
         task_id="wait_for_input",
-        pattern=plan_value("input"),
+        pattern=planned["input"],
         wait_minutes="{{ params.input_wait_minutes }}",
         poke_interval=300,
         retries=0,
     )
 
-    dataflow_config = {
-        "job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ds_nodash }}",
-        "project_id": "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('project') }}",
-        "location": "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('region') }}",
-    }
-    # Rendered per key; the operator drops empty ones and only uses them with DataflowRunner.
-    dataflow_options = {
-        key: "{{ (ti.xcom_pull(task_ids='plan')['dataflow'] or {}).get('" + key + "', '') }}"
-        for key in ("temp_location", "staging_location", "setup_file")
-    }
+    # Project and region come from the plan's Dataflow settings; the operator ignores all of it
+    # with a local runner.
+    dataflow_config = {"job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ds_nodash }}"}
 
     extract = NightlyBeamOperator(
         task_id="extract_embeddings",
-        job="extract_embeddings",
+        job=JOB_EXTRACT,
         runner="{{ params.runner }}",
         py_interpreter=PYTHON,
         pipeline_options={
-            "input": plan_value("input"),
-            "output": plan_value("embeddings_dir"),
-            "model": plan_value("model"),
-            "weights": plan_value("weights"),
-            "batch_size": plan_value("batch_size"),
+            "input": planned["input"],
+            "output": planned["embeddings_dir"],
+            "model": planned["model"],
+            "weights": planned["weights"],
+            "batch_size": planned["batch_size"],
             "run_id": "{{ run_id }}",
         },
         dataflow_config=dataflow_config,
-        dataflow_options=dataflow_options,
+        dataflow_options=planned["dataflow"],
         execution_timeout=timedelta(hours=4),
     )
 
@@ -230,32 +238,31 @@ with DAG(
             task_id=f"{beam_task_id}_done",
             beam_task_id=beam_task_id,
             runner="{{ params.runner }}",
-            project_id=dataflow_config["project_id"],
-            location=dataflow_config["location"],
+            dataflow=planned["dataflow"],
             # Waiting is cheap (deferred); a job that ends FAILED fails the task without retries.
             execution_timeout=timedelta(hours=6),
         )
 
-    extract_done = job_done("extract_embeddings")
+    extract_done = job_done(extract.task_id)
 
     @task(retries=0)
     def validate_extraction(plan: dict) -> dict:
         """Read the job's manifest: fail when nothing was embedded or too many inputs failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
+        from beam_jobs.contract import MANIFEST
+        from image_embeddings_airflow.metrics import emit_extraction
         from image_embeddings_airflow.paths import join, read_json
         from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
 
-        manifest = read_json(join(plan["embeddings_dir"], "manifest.json"))
-        from image_embeddings_airflow.metrics import emit_extraction
-
+        manifest = read_json(join(plan["embeddings_dir"], MANIFEST))
         try:
             summary = check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
         except ExtractionRejected as exc:
             raise AirflowFailException(str(exc)) from exc
         finally:
             # Emitted for rejected runs too: a failure-rate spike is what the dashboards are for.
-            emit_extraction({**manifest, "failure_rate": manifest["failed"] / max(manifest["inputs"], 1)})
+            emit_extraction(manifest)
         LOG.info(
             "extraction ok: %s embedded, %s failed of %s inputs (%s images/s)",
             summary["embedded"],
@@ -266,58 +273,60 @@ with DAG(
         return summary
 
     @task.branch(retries=0)
-    def choose_methods(plan: dict) -> list[str]:
-        return [f"reduce_{m}" for m in plan["methods"]]
+    def choose_methods(methods: list[str]) -> list[str]:
+        return [f"reduce_{method}" for method in methods]
 
     reducers = [
         NightlyBeamOperator(
             task_id=f"reduce_{method}",
-            job="reduce_dim",
+            job=JOB_REDUCE,
             runner="{{ params.runner }}",
             py_interpreter=PYTHON,
             pipeline_options={
-                "input": plan_value("embeddings_dir"),
-                "output": "{{ ti.xcom_pull(task_ids='plan')['projections']['" + method + "'] }}",
+                "input": planned["embeddings_dir"],
+                "output": planned[projections_key(method)],
                 "method": method,
                 "run_id": "{{ run_id }}",
             },
             dataflow_config=dataflow_config,
-            dataflow_options=dataflow_options,
+            dataflow_options=planned["dataflow"],
             execution_timeout=timedelta(hours=2),
         )
         for method in METHODS
     ]
-    reducers_done = [job_done(r.task_id) for r in reducers]
+    reducers_done = [job_done(reducer.task_id) for reducer in reducers]
 
     @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
     def publish(plan: dict, extraction: dict, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
+        from beam_jobs.contract import MANIFEST, run_record_path
         from image_embeddings_airflow.metrics import emit_projection
         from image_embeddings_airflow.paths import join, read_json, write_json
         from image_embeddings_airflow.runs import run_record
 
-        projections = {m: read_json(join(plan["projections"][m], "manifest.json")) for m in plan["methods"]}
+        projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
         for method, manifest in projections.items():
             emit_projection(method, manifest)
-        beam_tasks = ["extract_embeddings", *(f"reduce_{m}" for m in plan["methods"])]
-        jobs = {t: context["ti"].xcom_pull(task_ids=f"{t}_done") for t in beam_tasks}
+        # The *_done results of the Beam tasks that ran (pulled here: the set depends on the methods).
+        beam_tasks = [extract.task_id, *(f"reduce_{method}" for method in plan["methods"])]
+        jobs = {beam_task: context["ti"].xcom_pull(task_ids=f"{beam_task}_done") for beam_task in beam_tasks}
         record = run_record(plan, extraction, projections, jobs)
-        write_json(join(plan["output_root"], "runs", f"ds={plan['ds']}", "run.json"), record)
+        write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
-        e = record["embeddings"]
+        embeddings = record["embeddings"]
         LOG.info(
             "published ds=%s: %s embedded of %s inputs, %s images/s",
             plan["ds"],
-            e["embedded"],
-            e["inputs"],
-            e["images_per_second"],
+            embeddings["embedded"],
+            embeddings["inputs"],
+            embeddings["images_per_second"],
         )
-        for method, p in record["projections"].items():
-            LOG.info("  %s: %s rows; map %s and %s", method, p["rows"], p["map_png"], p["map_html"])
+        for method, entry in record["projections"].items():
+            LOG.info("  %s: %s rows; map %s and %s", method, entry["rows"], entry["map_png"], entry["map_html"])
         return record
 
     validated = validate_extraction(planned)
-    branch = choose_methods(planned)
+    branch = choose_methods(planned["methods"])
     planned >> wait_for_input >> extract >> extract_done >> validated >> branch >> reducers
     for reducer, done in zip(reducers, reducers_done, strict=True):
         reducer >> done

@@ -9,22 +9,27 @@ import json
 import sys
 from pathlib import Path
 
+from beam_jobs.contract import FAILURE_FILES, PROJECTION_FILES, RunRecord, run_record_path
+
 
 def main(output_root: str, ds: str) -> int:
-    record_path = Path(output_root, "runs", f"ds={ds}", "run.json")
+    record_path = Path(run_record_path(output_root, ds))
     if not record_path.exists():
         print(f"no run record at {record_path}: the DAG run did not publish", file=sys.stderr)
         return 1
-    record = json.loads(record_path.read_text())
-    e = record["embeddings"]
+    record: RunRecord = json.loads(record_path.read_text())
+    embeddings = record["embeddings"]
     print(f"\nNightly run for ds={ds} published ({record['run_id']}, runner {record['runner']})")
     print(f"  input:       {record['input']}")
-    print(f"  embeddings:  {e['dir']}  ({e['embedded']} embedded, {e['failed']} failed of {e['inputs']})")
-    print(f"  failures:    {e['dir']}/failures-*.jsonl")
-    for method, p in record["projections"].items():
-        print(f"  {method:<5} map:   {p['map_png']}")
-        print(f"  {method:<5} html:  {p['map_html']}")
-        print(f"  {method:<5} rows:  {p['dir']}/projection-*.parquet ({p['rows']} rows)")
+    print(
+        f"  embeddings:  {embeddings['dir']}  ({embeddings['embedded']} embedded, "
+        f"{embeddings['failed']} failed of {embeddings['inputs']})"
+    )
+    print(f"  failures:    {embeddings['dir']}/{FAILURE_FILES}")
+    for method, projection in record["projections"].items():
+        print(f"  {method:<5} map:   {projection['map_png']}")
+        print(f"  {method:<5} html:  {projection['map_html']}")
+        print(f"  {method:<5} rows:  {projection['dir']}/{PROJECTION_FILES} ({projection['rows']} rows)")
     print(f"  run record:  {record_path}")
     return 0
 

@@ -1,35 +1,42 @@
-"""The nightly DAG: integrity, parameter checks, and real dag.test() runs on sample images (SQLite, FnApiRunner)."""
+"""The nightly DAG: integrity, structure, parameters, and real dag.test() runs on sample images (SQLite, FnApiRunner).
+
+Its modules have their own tests: test_runs.py (plan, checks, run record), test_alerts.py,
+test_metrics.py, test_operators.py, test_paths.py, test_dataflow.py (Dataflow wiring) and test_ui.py.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import ROOT
+from tests.airflow_support import DAG_FILE, conf_for, load_dagbag, run_dag, stage_images, task_states
 
-DAG_FILE = os.path.join(ROOT, "dags", "image_embeddings.py")
 BEAM_TASKS = {"extract_embeddings", "reduce_pca", "reduce_umap"}
 
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=os.path.join(ROOT, "dags"))
+    return load_dagbag()
 
 
 @pytest.fixture(scope="module")
 def dag(dagbag):
     return dagbag.dags["image_embeddings"]
+
+
+@pytest.fixture(scope="module")
+def serialized(dag):
+    """The DAG as the scheduler and API server see it (what the dag-processor stores)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return DagSerialization.from_dict(DagSerialization.to_dict(dag))
 
 
 # --------------------------------------------------------------------------- integrity
@@ -38,6 +45,22 @@ def dag(dagbag):
 def test_dagbag_has_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
     assert list(dagbag.dags) == ["image_embeddings"]
+
+
+def test_dagbag_policy(dagbag):
+    """What every DAG of this project carries: docs, tags, an owner, retries and alerts on every task."""
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, dag_id
+        assert dag.description, dag_id
+        assert len(dag.doc_md or "") > 200, dag_id
+        assert dag.dagrun_timeout is not None, dag_id
+        assert dag.on_failure_callback, dag_id
+        assert {"owner", "retries"} <= set(dag.default_args), dag_id
+        for task in dag.tasks:
+            where = f"{dag_id}.{task.task_id}"
+            assert task.owner == dag.default_args["owner"], where  # inherited, never Airflow's "airflow"
+            assert isinstance(task.retries, int), where  # explicit or inherited from default_args
+            assert task.on_failure_callback, where
 
 
 def test_dag_file_imports_no_tensorflow_beam_or_numpy():
@@ -51,12 +74,23 @@ def test_dag_file_imports_no_tensorflow_beam_or_numpy():
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_dag_serializes_with_its_xcom_args(dag, serialized):
+    """What the dag-processor stores: the plan's XComArgs in the Beam tasks' options survive a round trip."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    data = DagSerialization.to_dict(dag)
+    assert set(serialized.task_dict) == set(dag.task_dict)
+    (umap,) = (t["__var"] for t in data["dag"]["tasks"] if t["__var"]["task_id"] == "reduce_umap")
+    assert "key='projections_dir_umap'" in umap["pipeline_options"]["output"]
+
+
 def test_schedule_and_defaults(dag):
     assert dag.schedule == "0 3 * * *"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.start_date == datetime(2026, 11, 1, tzinfo=UTC)
     assert "Nightly image embeddings" in (dag.doc_md or "")
+    assert "DataflowJobDoneSensor" in (dag.doc_md or "")
     assert {"ml", "embeddings", "beam", "nightly"} <= set(dag.tags)
     assert dag.owner == "ml-platform"
 
@@ -65,7 +99,12 @@ def test_structure(dag):
     def down(task_id):
         return set(dag.get_task(task_id).downstream_task_ids)
 
-    assert down("plan") == {"wait_for_input", "validate_extraction", "choose_methods", "publish"}
+    # The Beam tasks and *_done sensors take plan's values as XComArgs, which makes them its
+    # direct downstream too (besides the chain plan -> wait_for_input -> ...).
+    assert down("plan") == {"wait_for_input", "validate_extraction", "choose_methods", "publish"} | {
+        *BEAM_TASKS,
+        *(f"{t}_done" for t in BEAM_TASKS),
+    }
     assert down("wait_for_input") == {"extract_embeddings"}
     assert down("extract_embeddings") == {"extract_embeddings_done"}
     assert down("extract_embeddings_done") == {"validate_extraction"}
@@ -107,10 +146,8 @@ def test_beam_tasks_launch_the_job_modules(dag):
     assert dag.get_task("reduce_umap").pipeline_options["method"] == "umap"
 
 
-def test_params_defaults_are_valid_and_match_the_jobs(dag):
-    from beam_jobs.config import MAX_BATCH_SIZE as JOB_MAX_BATCH_SIZE
-    from beam_jobs.models import REGISTRY
-    from image_embeddings_airflow.runs import MAX_BATCH_SIZE, MODELS
+def test_params_defaults_are_valid_and_come_from_the_contract(dag):
+    from beam_jobs import contract
 
     dag.params.validate()
     assert set(dag.params) >= {
@@ -124,8 +161,18 @@ def test_params_defaults_are_valid_and_match_the_jobs(dag):
         "max_failure_rate",
     }
     assert "{{ ds }}" in dag.params["input"]
-    assert set(MODELS) == set(REGISTRY)
-    assert MAX_BATCH_SIZE == JOB_MAX_BATCH_SIZE  # copied, not imported, to keep DAG parsing light
+
+    def schema(name):
+        return dag.params.get_param(name).schema
+
+    # The form offers exactly what the jobs accept (beam_jobs.contract, imported: no copies to keep equal).
+    assert schema("model")["enum"] == list(contract.MODELS)
+    assert dag.params["model"] == contract.DEFAULT_MODEL
+    assert schema("batch_size")["maximum"] == contract.MAX_BATCH_SIZE
+    assert dag.params["batch_size"] == contract.DEFAULT_BATCH_SIZE
+    assert schema("methods")["items"]["enum"] == list(contract.METHODS)
+    assert schema("runner")["enum"] == list(contract.RUNNERS)
+    assert dag.params["runner"] == contract.DEFAULT_RUNNER
     for name in dag.params:
         assert dag.params.get_param(name).description, name
 
@@ -138,101 +185,36 @@ def test_params_defaults_are_valid_and_match_the_jobs(dag):
         {"methods": ["pca", "pca"]},
         {"runner": "SparkRunner"},
         {"batch_size": 0},
+        {"batch_size": 1025},
         {"batch_size": "32"},
         {"max_failure_rate": 1.5},
         {"model": "vgg16"},
+        {"weights": ""},
+        {"output_root": ""},
     ],
 )
-def test_trigger_form_refuses_bad_values(dag, bad):
+def test_trigger_form_refuses_bad_values(dag, serialized, bad):
+    """Refused by the Param schemas, so the plan task never sees them (it no longer re-checks them)."""
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
 
     params = ParamsDict({k: dag.params.get_param(k) for k in dag.params})
     with pytest.raises(ParamValidationError):  # update() checks each value against its schema
         params.update(bad)
-
-
-def test_plan_refuses_combinations_the_form_cannot_check(tmp_path):
-    from image_embeddings_airflow.runs import PlanError, build_plan
-
-    ok = {
-        "methods": ["pca"],
-        "runner": "FnApiRunner",
-        "model": "resnet50",
-        "batch_size": 32,
-        "max_failure_rate": 0.1,
-        "output_root": str(tmp_path / "out"),
-        "weights": "random",
-    }
-    plan = build_plan(ok, "2026-11-20", "r", str(tmp_path / "images/ds=2026-11-20/*"))
-    assert plan["embeddings_dir"] == str(tmp_path / "out/embeddings/ds=2026-11-20")
-    assert plan["projections"] == {"pca": str(tmp_path / "out/projections/method=pca/ds=2026-11-20")}
-    assert plan["input_varies_by_date"] is True
-    folder = build_plan(ok, "2026-11-20", "r", str(tmp_path / "images/ds=2026-11-20") + "/")
-    assert folder["input"] == str(tmp_path / "images/ds=2026-11-20/*")
-    prefix = build_plan({**ok, "output_root": "gs://b/out"}, "2026-11-20", "r", "gs://b/images/ds=2026-11-20/")
-    assert prefix["input"] == "gs://b/images/ds=2026-11-20/*"
-    with pytest.raises(PlanError, match=r"weights file .* does not exist"):
-        build_plan({**ok, "weights": str(tmp_path / "missing.h5")}, "2026-11-20", "r", "/x/*")
-    with pytest.raises(PlanError, match="must be a gs:// path with DataflowRunner") as err:
-        build_plan({**ok, "runner": "DataflowRunner"}, "2026-11-20", "r", "/x/*", {"project": "p", "region": "r"})
-    assert "needs temp_location" in str(err.value)
-    df = build_plan(
-        {**ok, "runner": "DataflowRunner", "output_root": "gs://b/out"},
-        "2026-11-20",
-        "r",
-        "gs://b/images/ds=2026-11-20/*",
-        {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp", "setup_file": "/app/setup.py"},
-    )
-    assert df["dataflow"] == {
-        "project": "p",
-        "region": "europe-west4",
-        "temp_location": "gs://b/tmp",
-        "staging_location": "gs://b/tmp",
-        "setup_file": "/app/setup.py",
-    }
-    assert df["embeddings_dir"] == "gs://b/out/embeddings/ds=2026-11-20"
+    # What Airflow does with a run's conf when it creates the run (trigger form, REST API, backfill).
+    with pytest.raises(ParamValidationError):
+        serialized.params.deep_merge(bad).validate()
+    serialized.params.deep_merge({}).validate()  # the defaults pass
 
 
 # --------------------------------------------------------------------------- real runs
 
 
-def stage_images(sample_dir: str, root: Path, ds: str, count: int, broken: bool = False) -> list[str]:
-    folder = root / "images" / f"ds={ds}"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = sorted(glob.glob(os.path.join(sample_dir, "*")))[:count]
-    for f in files:
-        shutil.copy(f, folder)
-    if broken:
-        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return sorted(str(folder / os.path.basename(f)) for f in files)
-
-
-def conf_for(root: Path, **kw) -> dict:
-    return {
-        "input": str(root / "images" / "ds={{ ds }}" / "*"),
-        "output_root": str(root / "out"),
-        "weights": "random",
-        "methods": ["pca"],
-        "max_failure_rate": 0.5,
-        "input_wait_minutes": 0,
-        **kw,
-    }
-
-
-def run_dag(dag, ds: str, conf: dict):
-    return dag.test(logical_date=datetime.fromisoformat(ds).replace(tzinfo=UTC), run_conf=conf)
-
-
 def parquet_rows(folder: str, prefix: str) -> list[dict]:
     rows = []
-    for f in sorted(glob.glob(os.path.join(folder, f"{prefix}-*.parquet"))):
-        rows += pq.read_table(f).to_pylist()
+    for path in sorted(glob.glob(os.path.join(folder, f"{prefix}-*.parquet"))):
+        rows += pq.read_table(path).to_pylist()
     return rows
-
-
-def task_states(dagrun) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
 
 
 @pytest.mark.slow
@@ -282,7 +264,7 @@ def test_nightly_run_end_to_end(dag, airflow_db, sample_dir, tmp_path):
 @pytest.mark.slow
 def test_backfill_three_dates_and_rerun_leaves_one_copy(dag, airflow_db, sample_dir, tmp_path):
     dates = {"2026-11-17": 3, "2026-11-18": 4, "2026-11-19": 5}
-    expected = {ds: stage_images(sample_dir, tmp_path, ds, n) for ds, n in dates.items()}
+    expected = {ds: stage_images(sample_dir, tmp_path, ds, count) for ds, count in dates.items()}
     for ds in dates:
         dr = run_dag(dag, ds, conf_for(tmp_path))
         assert str(dr.state) == "success", (ds, task_states(dr))
@@ -323,111 +305,3 @@ def test_missing_input_fails_clearly_without_running_jobs(dag, airflow_db, tmp_p
     assert states["wait_for_input"] == "failed"
     assert states["extract_embeddings"] == "upstream_failed"
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture
-def webhook(monkeypatch):
-    """A real HTTP server on loopback standing in for the team's chat webhook."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_EMBEDDINGS_ALERTS", f"http://127.0.0.1:{server.server_port}/hooks/team")
-    yield received
-    server.shutdown()
-
-
-@pytest.mark.slow
-def test_task_failure_is_alerted_on_the_webhook(dag, airflow_db, sample_dir, tmp_path, webhook):
-    ds = "2026-11-23"
-    stage_images(sample_dir, tmp_path, ds, 1)
-    dr = run_dag(dag, ds, conf_for(tmp_path, weights=str(tmp_path / "missing.weights.h5")))
-    assert str(dr.state) == "failed"
-    task_alerts = [a for a in webhook if a["what"] == "task"]
-    assert len(task_alerts) == 1
-    alert = task_alerts[0]
-    assert alert["task_id"] == "plan"
-    assert alert["dag_id"] == "image_embeddings"
-    assert "does not exist" in alert["error"]
-    assert "plan" in alert["text"]
-
-
-def test_alert_without_connection_is_logged_only(caplog):
-    from image_embeddings_airflow.alerts import FailureAlert
-
-    with caplog.at_level("INFO"):
-        FailureAlert("dag", conn_id="no_such_alerts_conn").notify({"reason": "task_failure", "dag_run": None})
-    assert any("ALERT" in r.getMessage() for r in caplog.records)
-    assert any("alert logged only" in r.getMessage() for r in caplog.records)
-
-
-def test_manifest_figures_reach_statsd_when_metrics_are_on():
-    """A real UDP socket on loopback as the StatsD server; a fresh process with [metrics] statsd_on."""
-    import socket
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(20)
-    env = {
-        **os.environ,
-        "AIRFLOW__METRICS__STATSD_ON": "True",
-        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-        "AIRFLOW__METRICS__STATSD_PORT": str(sock.getsockname()[1]),
-        "PYTHONPATH": os.path.join(ROOT, "plugins"),
-    }
-    code = (
-        # What Airflow's task runner does at start-up: build the metrics backend from [metrics].
-        "from airflow.sdk._shared.observability.metrics import stats;"
-        "from airflow.sdk.observability.metrics import stats_utils;"
-        "stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True);"
-        "from image_embeddings_airflow.metrics import emit_extraction;"
-        "print(emit_extraction({'inputs': 13, 'embedded': 12, 'failed': 1, 'images_per_second': 4.5,"
-        " 'seconds': 3.0, 'failure_rate': 0.077, 'model_id': 'not a number'}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    packets = []
-    try:
-        while len(packets) < 6:
-            packets.append(sock.recv(4096).decode())
-    finally:
-        sock.close()
-    lines = {line for p in packets for line in p.splitlines()}
-    assert "airflow.image_embeddings.extract.embedded:12|g" in lines
-    assert "airflow.image_embeddings.extract.failed:1|g" in lines
-    assert "airflow.image_embeddings.extract.images_per_second:4.5|g" in lines
-    assert not any("model_id" in line for line in lines)
-
-
-def test_deadline_alert_is_configured_and_its_callback_posts(webhook):
-    import asyncio
-
-    from image_embeddings_airflow.alerts import deadline_missed
-
-    code = (
-        "import importlib.util;"
-        f"spec = importlib.util.spec_from_file_location('d', {DAG_FILE!r});"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
-        "d = m.dag.deadline; d = d if isinstance(d, list) else [d];"
-        "print(len(d), d[0].interval.total_seconds(), d[0].callback.path)"
-    )
-    env = {**os.environ, "IMAGE_EMBEDDINGS_DEADLINE_MINUTES": "90"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert proc.stdout.split()[-3:] == ["1", "5400.0", "image_embeddings_airflow.alerts.deadline_missed"]
-    asyncio.run(deadline_missed(context={"dag_run": {"dag_id": "image_embeddings", "run_id": "r1"}}, limit_minutes=90))
-    assert webhook[-1]["what"] == "deadline"
-    assert webhook[-1]["run_id"] == "r1"
-    assert "90 min" in webhook[-1]["text"]

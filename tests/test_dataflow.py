@@ -100,6 +100,11 @@ def dataflow_plan(dag):
     return params, plan
 
 
+def plan_xcoms(plan: dict) -> dict[tuple[str, str], Any]:
+    """The plan task's XComs: the whole plan, and each key on its own (``multiple_outputs``)."""
+    return {("plan", "return_value"): plan, **{("plan", key): value for key, value in plan.items()}}
+
+
 def render(dag, task_id: str, params: dict, xcoms: dict) -> tuple[Any, dict]:
     task = dag.get_task(task_id).prepare_for_execution()
     ti = RecordingTI(xcoms)
@@ -160,7 +165,7 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger
 
     params, plan = dataflow_plan
-    task, context = render(dag, task_id, params, {("plan", "return_value"): plan})
+    task, context = render(dag, task_id, params, plan_xcoms(plan))
     interpreter, record_file = launcher
     task.py_interpreter = interpreter
     with pytest.raises(TaskDeferred) as deferred:
@@ -198,7 +203,7 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
 
     params, plan = dataflow_plan
     for beam_task in ("extract_embeddings", "reduce_pca", "reduce_umap"):
-        xcoms = {("plan", "return_value"): plan, (beam_task, "dataflow_job_id"): f"{JOB_ID}-{beam_task}"}
+        xcoms = {**plan_xcoms(plan), (beam_task, "dataflow_job_id"): f"{JOB_ID}-{beam_task}"}
         sensor, context = render(dag, f"{beam_task}_done", params, xcoms)
         with pytest.raises(TaskDeferred) as deferred:
             sensor.execute(context)
@@ -223,8 +228,7 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
         sensor.execute_complete(context, {"status": "error", "message": "503 Service Unavailable"})
     assert not isinstance(polled.value, AirflowFailException)
     # No job id (the launcher never logged one) is a clear failure, not a wait on "None".
-    xcoms = {("plan", "return_value"): plan}
-    sensor, context = render(dag, "extract_embeddings_done", params, xcoms)
+    sensor, context = render(dag, "extract_embeddings_done", params, plan_xcoms(plan))
     with pytest.raises(AirflowFailException, match="left no dataflow_job_id"):
         sensor.execute(context)
 
@@ -232,7 +236,7 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
 def test_done_sensor_passes_through_on_a_local_runner(dag, dataflow_plan):
     params, plan = dataflow_plan
     params = {**params, "runner": "FnApiRunner"}
-    sensor, context = render(dag, "reduce_pca_done", params, {("plan", "return_value"): plan})
+    sensor, context = render(dag, "reduce_pca_done", params, plan_xcoms(plan))
     assert sensor.execute(context) == {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}}
 
 

@@ -59,3 +59,15 @@ def test_image_versions_match_requirements():
     assert compose["services"]["airflow-scheduler"]["image"].endswith(":" + locked["apache-airflow"])
     for package in ("apache-beam", "apache-airflow-providers-apache-beam", "apache-airflow-providers-google"):
         assert package in locked
+
+
+def test_image_names_the_setup_file_dataflow_workers_install_from():
+    """The image installs the project into site-packages (no setup.py there): the DAG's default comes from here."""
+    from image_embeddings_airflow.runs import SETUP_FILE_ENV
+
+    dockerfile = Path(ROOT, "Dockerfile").read_text()
+    setting = re.search(rf"{SETUP_FILE_ENV}=(\S+)", dockerfile)
+    assert setting, f"Dockerfile must set {SETUP_FILE_ENV}"
+    copied = re.search(r"^COPY .*\bsetup\.py (\S+)$", dockerfile, re.M)
+    assert copied, "Dockerfile must copy setup.py into the image"
+    assert setting.group(1) == copied.group(1).rstrip("/") + "/setup.py"

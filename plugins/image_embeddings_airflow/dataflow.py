@@ -26,16 +26,12 @@ from airflow.providers.google.cloud.sensors.dataflow import DataflowJobStatusSen
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCompleteTrigger, DataflowJobStatusTrigger
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-DATAFLOW = "dataflowrunner"
+from beam_jobs.contract import DATAFLOW_RUNNER, METRIC_NAMESPACES
 
 
 def is_dataflow(runner: object) -> bool:
     """The rendered ``runner`` template names Dataflow (any case)."""
-    return str(runner).lower() == DATAFLOW
-
-
-# Beam Metrics namespaces of the two jobs (beam_jobs.extract_embeddings / beam_jobs.reduce_dim).
-JOB_NAMESPACES = ("extract_embeddings", "reduce_dim")
+    return str(runner).lower() == DATAFLOW_RUNNER.lower()
 
 
 def cancel_dataflow_job(
@@ -91,43 +87,44 @@ def _number(value: Any) -> int | float | None:
     return int(number) if number.is_integer() else number
 
 
-def job_metrics(metrics: list[dict[str, Any]], namespaces: Sequence[str] = JOB_NAMESPACES) -> dict[str, Any]:
+def job_metrics(metrics: list[dict[str, Any]], namespaces: Sequence[str] = METRIC_NAMESPACES) -> dict[str, Any]:
     """Committed user counters of our jobs from Dataflow's ``MetricUpdate`` list, summed over steps.
 
     Dataflow reports each user counter per step, twice (committed, and with
     ``context.tentative == "true"``); distributions come as ``distribution``.
     """
     out: dict[str, Any] = {}
-    for m in metrics:
-        name = m.get("name") or {}
+    for update in metrics:
+        name = update.get("name") or {}
         context = name.get("context") or {}
         if name.get("origin") != "user" or context.get("namespace") not in namespaces:
             continue
         if str(context.get("tentative", "")).lower() == "true":
             continue
-        key = name.get("name")
-        if (scalar := _number(m.get("scalar"))) is not None:
-            out[key] = out.get(key, 0) + scalar
-        elif isinstance(m.get("distribution"), dict):
-            d = {k: _number(m["distribution"].get(k)) for k in ("count", "sum", "min", "max")}
-            if not d["count"] or None in d.values():
+        counter = name.get("name")
+        if (scalar := _number(update.get("scalar"))) is not None:
+            out[counter] = out.get(counter, 0) + scalar
+        elif isinstance(update.get("distribution"), dict):
+            dist = {field: _number(update["distribution"].get(field)) for field in ("count", "sum", "min", "max")}
+            if not dist["count"] or None in dist.values():
                 continue
-            prev = out.get(key) or {"count": 0, "sum": 0, "min": d["min"], "max": d["max"]}
+            prev = out.get(counter) or {"count": 0, "sum": 0, "min": dist["min"], "max": dist["max"]}
             merged = {
-                "count": prev["count"] + d["count"],
-                "sum": prev["sum"] + d["sum"],
-                "min": min(prev["min"], d["min"]),
-                "max": max(prev["max"], d["max"]),
+                "count": prev["count"] + dist["count"],
+                "sum": prev["sum"] + dist["sum"],
+                "min": min(prev["min"], dist["min"]),
+                "max": max(prev["max"], dist["max"]),
             }
             merged["mean"] = round(merged["sum"] / merged["count"], 3)
-            out[key] = merged
+            out[counter] = merged
     return dict(sorted(out.items()))
 
 
 class DataflowJobDoneSensor(DataflowJobStatusSensor):
     """After a Beam task: on Dataflow, wait (deferred) for its job to be DONE, then read the job's metrics.
 
-    ``job_id`` is the Beam task's ``dataflow_job_id`` XCom. With a local runner
+    ``job_id`` is the Beam task's ``dataflow_job_id`` XCom; ``dataflow`` is the plan's
+    Dataflow settings (its project and region are where the job runs). With a local runner
     the job already ran inside the Beam task, so this returns at once (the graph
     stays the same for both runners). A job that ends FAILED or CANCELLED fails
     this task without retries (clear the Beam task to submit it again); an error
@@ -135,21 +132,35 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
     Returns ``{"runner", "job_id", "state", "metrics"}`` (pushed to XCom).
     """
 
-    template_fields: Sequence[str] = (*DataflowJobStatusSensor.template_fields, "runner", "project_id", "location")
+    template_fields: Sequence[str] = (
+        *DataflowJobStatusSensor.template_fields,
+        "runner",
+        "project_id",
+        "location",
+        "dataflow",
+    )
 
-    def __init__(self, *, runner: str, beam_task_id: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, runner: str, beam_task_id: str, dataflow: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("expected_statuses", {DataflowJobStatus.JOB_STATE_DONE})
         kwargs.setdefault("deferrable", True)
         kwargs.setdefault("poll_interval", 60)
+        # Not the XComArg beam_task.output["dataflow_job_id"]: with a local runner nothing pushes that
+        # key, and an XComArg of a missing key fails the rendering instead of yielding None.
         kwargs.setdefault("job_id", "{{ ti.xcom_pull(task_ids='" + beam_task_id + "', key='dataflow_job_id') }}")
         super().__init__(**kwargs)
         self.runner = runner
         self.beam_task_id = beam_task_id
+        self.dataflow = dataflow
 
     def execute(self, context: Any) -> dict[str, Any] | None:
         if not is_dataflow(self.runner):
             self.log.info("runner %s: %s ran its job in-process; nothing to wait for", self.runner, self.beam_task_id)
             return {"runner": self.runner, "job_id": None, "state": None, "metrics": {}}
+        settings = self.dataflow or {}
+        self.project_id = settings.get("project") or self.project_id
+        self.location = settings.get("region") or self.location
         if not self.job_id or self.job_id == "None":
             raise AirflowFailException(
                 f"{self.beam_task_id} left no dataflow_job_id in XCom: did the launcher log 'Created job with id'?"

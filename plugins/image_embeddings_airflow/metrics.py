@@ -6,14 +6,18 @@ same figures are always in the task's XCom and the Asset event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from beam_jobs.contract import ExtractManifest, ReduceManifest
+
 PREFIX = "image_embeddings"
+# Keys of ExtractManifest (plus the failure rate derived from it) and of ReduceManifest.
 EXTRACTION_FIGURES = ("inputs", "embedded", "failed", "images_per_second", "seconds", "failure_rate")
 PROJECTION_FIGURES = ("rows", "seconds", "rows_per_second")
 
 
-def emit(stage: str, figures: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
+def emit(stage: str, figures: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, float]:
     """Gauge each numeric figure as ``image_embeddings.<stage>.<name>``; returns what was sent."""
     from airflow.sdk.observability.stats import Stats
 
@@ -27,9 +31,11 @@ def emit(stage: str, figures: dict[str, Any], names: tuple[str, ...]) -> dict[st
     return sent
 
 
-def emit_extraction(summary: dict[str, Any]) -> dict[str, float]:
-    return emit("extract", summary, EXTRACTION_FIGURES)
+def emit_extraction(manifest: ExtractManifest) -> dict[str, float]:
+    """The extraction's counts, speed and failure rate (``failed / inputs``; 0 without inputs)."""
+    failure_rate = manifest["failed"] / max(manifest["inputs"], 1)
+    return emit("extract", {**manifest, "failure_rate": failure_rate}, EXTRACTION_FIGURES)
 
 
-def emit_projection(method: str, manifest: dict[str, Any]) -> dict[str, float]:
+def emit_projection(method: str, manifest: ReduceManifest) -> dict[str, float]:
     return emit(f"reduce_{method}", manifest, PROJECTION_FIGURES)

@@ -23,8 +23,9 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
     depend on it are made in ``execute``:
 
     * DataflowRunner: submit only. The launcher gets ``--detach`` and the
-      ``dataflow_options`` (project, region, temp/staging locations,
-      setup_file); ``dataflow_config`` (job name, project, region) applies with
+      ``dataflow_options`` (the plan's temp/staging locations and setup_file);
+      ``dataflow_config`` (job name; project and region from
+      ``dataflow_options`` unless it names them) applies with
       ``wait_until_finished=False``. The provider reads the job id from the
       launcher's INFO log ("Created job with id: [...]"), pushes it to XCom as
       ``dataflow_job_id`` and defers until Dataflow has accepted the job. A
@@ -65,6 +66,10 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
             # No Dataflow settings (and no "dataflow_config is defined" warning) for local runs.
             self.dataflow_config = DataflowConfiguration(job_name=self.task_id)
             return
+        if isinstance(self.dataflow_config, dict):
+            settings = self.dataflow_options or {}
+            where = {"project_id": settings.get("project"), "location": settings.get("region")}
+            self.dataflow_config = {**{key: value for key, value in where.items() if value}, **self.dataflow_config}
         super()._cast_dataflow_config()
         # Submit only: DataflowJobDoneSensor waits, so a retry there never submits a second job.
         self.dataflow_config.wait_until_finished = False
@@ -78,7 +83,12 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
     def execute(self, context: Any):
         self.deferrable = self.on_dataflow
         if self.on_dataflow:
-            extra = {k: v for k, v in (self.dataflow_options or {}).items() if v not in (None, "", "None")}
+            # Project and region reach the launcher through dataflow_config (the provider sets both flags).
+            extra = {
+                option: value
+                for option, value in (self.dataflow_options or {}).items()
+                if option not in ("project", "region") and value not in (None, "", "None")
+            }
             self.pipeline_options = {**extra, **self.pipeline_options, "detach": True}
         self.log.info(
             "launching %s %s %s with runner %s (deferrable=%s)",

@@ -32,7 +32,12 @@ def _gcs(uri: str, gcp_conn_id: str):
 
 
 def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limit: int = 1000) -> int:
-    """How many files match ``pattern`` (up to ``limit``); directories and hidden staging files excluded."""
+    """How many files match ``pattern`` (up to ``limit``), folders not counted.
+
+    Wildcards follow each store's rules: locally those of Python's ``glob`` (as
+    in the shell, ``*`` and ``?`` skip names starting with '.'), on gs:// those
+    of GCS ``matchGlob``, which match such names too.
+    """
     if is_gcs(pattern):
         hook, bucket, name = _gcs(pattern, gcp_conn_id)
         objects = hook.list(bucket, match_glob=name, max_results=limit)
@@ -67,10 +72,3 @@ def write_json(uri: str, obj: dict[str, Any], gcp_conn_id: str = "google_cloud_d
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
-
-
-def exists(uri: str, gcp_conn_id: str = "google_cloud_default") -> bool:
-    if is_gcs(uri):
-        hook, bucket, name = _gcs(uri, gcp_conn_id)
-        return hook.exists(bucket, name)
-    return os.path.exists(uri)

@@ -1,0 +1,63 @@
+"""image_embeddings_airflow.alerts: failure and deadline alerts, logged and POSTed to a real loopback webhook."""
+
+from __future__ import annotations
+
+import pytest
+
+# Imported at collection: importing Airflow configures its logging (replacing the root logger's
+# handlers), which must happen before caplog installs its own for a test.
+from image_embeddings_airflow.alerts import FailureAlert, deadline_missed
+from tests.airflow_support import DAG_FILE, Webhook, conf_for, load_dagbag, run_dag, stage_images
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    """A real HTTP server on loopback standing in for the team's chat webhook, as the alerts connection."""
+    server = Webhook()
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_EMBEDDINGS_ALERTS", server.url)
+    yield server.received
+    server.close()
+
+
+def test_alert_without_connection_is_logged_only(caplog):
+    with caplog.at_level("INFO"):
+        FailureAlert("dag", conn_id="no_such_alerts_conn").notify({"reason": "task_failure", "dag_run": None})
+    assert any("ALERT" in r.getMessage() for r in caplog.records)
+    assert any("alert logged only" in r.getMessage() for r in caplog.records)
+
+
+def test_deadline_alert_is_configured_and_its_callback_posts(webhook, monkeypatch):
+    import asyncio
+    import importlib.util
+
+    # The DAG file as a deployment with the deadline on parses it (the setting is read at parse time).
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_DEADLINE_MINUTES", "90")
+    spec = importlib.util.spec_from_file_location("image_embeddings_with_deadline", DAG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    deadline = module.dag.deadline
+    deadlines = deadline if isinstance(deadline, list) else [deadline]
+    assert [(d.interval.total_seconds(), d.callback.path) for d in deadlines] == [
+        (5400.0, "image_embeddings_airflow.alerts.deadline_missed")
+    ]
+    asyncio.run(deadline_missed(context={"dag_run": {"dag_id": "image_embeddings", "run_id": "r1"}}, limit_minutes=90))
+    assert webhook[-1]["what"] == "deadline"
+    assert webhook[-1]["run_id"] == "r1"
+    assert "90 min" in webhook[-1]["text"]
+
+
+@pytest.mark.slow
+def test_task_failure_is_alerted_on_the_webhook(airflow_db, sample_dir, tmp_path, webhook):
+    """A real dag.test() run whose plan fails: the task's failure callback posts one alert."""
+    dag = load_dagbag().dags["image_embeddings"]
+    ds = "2026-11-23"
+    stage_images(sample_dir, tmp_path, ds, 1)
+    dr = run_dag(dag, ds, conf_for(tmp_path, weights=str(tmp_path / "missing.weights.h5")))
+    assert str(dr.state) == "failed"
+    task_alerts = [a for a in webhook if a["what"] == "task"]
+    assert len(task_alerts) == 1
+    alert = task_alerts[0]
+    assert alert["task_id"] == "plan"
+    assert alert["dag_id"] == "image_embeddings"
+    assert "does not exist" in alert["error"]
+    assert "plan" in alert["text"]

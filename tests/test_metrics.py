@@ -1,0 +1,56 @@
+"""image_embeddings_airflow.metrics: the manifests' figures as Airflow gauges, through a real StatsD socket."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_figures_are_fields_of_the_manifests():
+    from beam_jobs.contract import ExtractManifest, ReduceManifest
+    from image_embeddings_airflow.metrics import EXTRACTION_FIGURES, PROJECTION_FIGURES
+
+    assert set(EXTRACTION_FIGURES) - {"failure_rate"} <= set(ExtractManifest.__annotations__)
+    assert set(PROJECTION_FIGURES) <= set(ReduceManifest.__annotations__)
+
+
+def test_manifest_figures_reach_statsd_when_metrics_are_on():
+    """A real UDP socket on loopback as the StatsD server; a fresh process with [metrics] statsd_on."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(20)
+    env = {
+        **os.environ,
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(sock.getsockname()[1]),
+        "PYTHONPATH": os.path.join(ROOT, "plugins"),
+    }
+    code = (
+        # What Airflow's task runner does at start-up: build the metrics backend from [metrics].
+        "from airflow.sdk._shared.observability.metrics import stats;"
+        "from airflow.sdk.observability.metrics import stats_utils;"
+        "stats.initialize(factory=stats_utils.get_stats_factory(), export_legacy_names=True);"
+        "from image_embeddings_airflow.metrics import emit_extraction;"
+        "print(emit_extraction({'inputs': 13, 'embedded': 12, 'failed': 1, 'images_per_second': 4.5,"
+        " 'seconds': 3.0, 'model_id': 'not a number'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines: set[str] = set()
+    try:
+        # Six gauges, in any order, with Airflow's own metrics in between.
+        while sum(".image_embeddings.extract." in line for line in lines) < 6:
+            lines.update(sock.recv(4096).decode().splitlines())
+    finally:
+        sock.close()
+    assert "airflow.image_embeddings.extract.embedded:12|g" in lines
+    assert "airflow.image_embeddings.extract.failed:1|g" in lines
+    assert "airflow.image_embeddings.extract.images_per_second:4.5|g" in lines
+    assert any(line.startswith("airflow.image_embeddings.extract.failure_rate:0.0769") for line in lines), lines
+    assert not any("model_id" in line for line in lines)

@@ -1,0 +1,237 @@
+"""image_embeddings_airflow.runs: the plan's cross-field checks and paths, the extraction check, the run record."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+OK = {
+    "methods": ["pca"],
+    "runner": "FnApiRunner",
+    "model": "resnet50",
+    "batch_size": 32,
+    "max_failure_rate": 0.1,
+    "weights": "random",
+}
+DATAFLOW = {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp"}
+
+
+def test_plan_refuses_combinations_the_form_cannot_check(tmp_path):
+    from image_embeddings_airflow.runs import PlanError, build_plan
+
+    ok = {**OK, "output_root": str(tmp_path / "out")}
+    plan = build_plan(ok, "2026-11-20", "r", str(tmp_path / "images/ds=2026-11-20/*"))
+    assert plan["embeddings_dir"] == str(tmp_path / "out/embeddings/ds=2026-11-20")
+    assert plan["projections"] == {"pca": str(tmp_path / "out/projections/method=pca/ds=2026-11-20")}
+    assert plan["input_varies_by_date"] is True
+    folder = build_plan(ok, "2026-11-20", "r", str(tmp_path / "images/ds=2026-11-20") + "/")
+    assert folder["input"] == str(tmp_path / "images/ds=2026-11-20/*")
+    prefix = build_plan({**ok, "output_root": "gs://b/out"}, "2026-11-20", "r", "gs://b/images/ds=2026-11-20/")
+    assert prefix["input"] == "gs://b/images/ds=2026-11-20/*"
+    with pytest.raises(PlanError, match=r"weights file .* does not exist"):
+        build_plan({**ok, "weights": str(tmp_path / "missing.h5")}, "2026-11-20", "r", "/x/*")
+    with pytest.raises(PlanError, match="must be a gs:// path with DataflowRunner") as err:
+        build_plan({**ok, "runner": "DataflowRunner"}, "2026-11-20", "r", "/x/*", {"project": "p", "region": "r"})
+    assert "needs temp_location" in str(err.value)
+    on_dataflow = build_plan(
+        {**ok, "runner": "DataflowRunner", "output_root": "gs://b/out"},
+        "2026-11-20",
+        "r",
+        "gs://b/images/ds=2026-11-20/*",
+        {**DATAFLOW, "setup_file": "/app/setup.py"},
+    )
+    assert on_dataflow["dataflow"] == {
+        "project": "p",
+        "region": "europe-west4",
+        "temp_location": "gs://b/tmp",
+        "staging_location": "gs://b/tmp",
+        "setup_file": "/app/setup.py",
+    }
+    assert on_dataflow["embeddings_dir"] == "gs://b/out/embeddings/ds=2026-11-20"
+
+
+def test_plan_refuses_what_rendering_or_stripping_leaves_empty(tmp_path):
+    from image_embeddings_airflow.runs import PlanError, build_plan
+
+    ok = {**OK, "output_root": str(tmp_path / "out")}
+    with pytest.raises(PlanError, match="output_root is required"):
+        build_plan({**ok, "output_root": "/"}, "2026-11-20", "r", "/x/*")
+    with pytest.raises(PlanError, match="input is required"):
+        build_plan(ok, "2026-11-20", "r", "  ")
+    with pytest.raises(PlanError, match="still holds template syntax"):
+        build_plan(ok, "2026-11-20", "r", "/x/ds={{ ds_typo }}/*")
+    with pytest.raises(PlanError, match="Dataflow workers need a gs:// path to the weights"):
+        build_plan(
+            {**ok, "weights": "/w.h5", "runner": "DataflowRunner", "output_root": "gs://b/o"},
+            "d",
+            "r",
+            "gs://b/i/*",
+            DATAFLOW,
+        )
+
+
+def test_plan_gives_each_reduce_task_its_partition_as_a_top_level_key(tmp_path):
+    """The reduce tasks take plan[projections_key(method)] as an XComArg (one XCom per key)."""
+    from image_embeddings_airflow.runs import build_plan, projections_key
+
+    plan = build_plan({**OK, "methods": ["umap", "pca"], "output_root": str(tmp_path)}, "2026-11-20", "r", "/x/*")
+    for method in ("pca", "umap"):
+        assert plan[projections_key(method)] == plan["projections"][method]
+    assert plan["methods"] == ["umap", "pca"]
+    json.dumps(plan)  # an XCom: plain JSON
+
+
+def test_check_extraction_summarises_or_rejects():
+    from beam_jobs.contract import ExtractionSummary
+    from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
+
+    manifest = {
+        "inputs": 13,
+        "embedded": 12,
+        "failed": 1,
+        "failures_by_reason": {"decode/not_an_image": 1},
+        "images_per_second": 4.5,
+        "seconds": 3.0,
+        "model_id": "resnet50-avg-224-random",
+    }
+    summary = check_extraction(manifest, 0.1, "/o/embeddings/ds=2026-11-20")
+    assert set(summary) == set(ExtractionSummary.__annotations__)
+    assert (summary["failure_rate"], summary["embeddings_dir"]) == (0.0769, "/o/embeddings/ds=2026-11-20")
+    with pytest.raises(ExtractionRejected, match=r"1 of 13 inputs failed \(7.7%\).*failures-\*\.jsonl"):
+        check_extraction(manifest, 0.05, "/o/embeddings/ds=2026-11-20")
+    with pytest.raises(ExtractionRejected, match="nothing was embedded"):
+        check_extraction({**manifest, "embedded": 0, "failed": 13}, 1.0, "/o")
+
+
+def test_run_record_has_the_contract_shape():
+    from beam_jobs.contract import EmbeddingsEntry, RunRecord
+    from image_embeddings_airflow.runs import build_plan, check_extraction, run_record
+
+    plan = build_plan({**OK, "methods": ["pca", "umap"], "output_root": "/o"}, "2026-11-20", "r1", "/i/*")
+    extraction = check_extraction({"inputs": 2, "embedded": 2, "failed": 0}, 0.1, plan["embeddings_dir"])
+    projections = {
+        "pca": {"rows": 2, "seconds": 1.0, "explained_variance_ratio": [0.5, 0.25], "trustworthiness": None},
+        "umap": {"rows": 2, "seconds": 2.0, "trustworthiness": 0.97},
+    }
+    jobs = {"extract_embeddings": {"job_id": "j1", "state": "JOB_STATE_DONE"}, "reduce_pca": {"job_id": None}}
+    record = run_record(plan, extraction, projections, jobs)
+    assert set(record) == set(RunRecord.__annotations__)
+    assert set(record["embeddings"]) == set(EmbeddingsEntry.__annotations__)
+    assert record["projections"]["pca"] == {
+        "dir": "/o/projections/method=pca/ds=2026-11-20",
+        "rows": 2,
+        "seconds": 1.0,
+        "map_png": "/o/projections/method=pca/ds=2026-11-20/map.png",
+        "map_html": "/o/projections/method=pca/ds=2026-11-20/map.html",
+        "explained_variance_ratio": [0.5, 0.25],
+    }
+    assert record["projections"]["umap"]["trustworthiness"] == 0.97
+    assert record["dataflow_jobs"] == {"extract_embeddings": {"job_id": "j1", "state": "JOB_STATE_DONE"}}
+    assert "dataflow_jobs" not in run_record(plan, extraction, projections)
+
+
+# --------------------------------------------------------------------------- Dataflow's setup_file default
+
+
+def test_setup_file_defaults_to_the_checkout_and_follows_the_environment(tmp_path, monkeypatch):
+    from image_embeddings_airflow.runs import SETUP_FILE_ENV, PlanError, build_plan, default_setup_file
+
+    monkeypatch.delenv(SETUP_FILE_ENV, raising=False)
+    assert default_setup_file() == os.path.join(ROOT, "setup.py")  # this venv: an editable install
+    setup = tmp_path / "setup.py"
+    setup.write_text("from setuptools import setup\nsetup()\n")
+    monkeypatch.setenv(SETUP_FILE_ENV, str(setup))
+    params = {**OK, "runner": "DataflowRunner", "output_root": "gs://b/out"}
+    plan = build_plan(params, "2026-11-20", "r", "gs://b/i/*", DATAFLOW)
+    assert plan["dataflow"]["setup_file"] == str(setup)
+    # A param or Airflow Variable still wins over the deployment's default.
+    plan = build_plan(params, "2026-11-20", "r", "gs://b/i/*", {**DATAFLOW, "setup_file": "/app/setup.py"})
+    assert plan["dataflow"]["setup_file"] == "/app/setup.py"
+    monkeypatch.setenv(SETUP_FILE_ENV, str(tmp_path / "gone.py"))
+    with pytest.raises(PlanError, match=r"IMAGE_EMBEDDINGS_SETUP_FILE='.*gone\.py': no such file"):
+        build_plan(params, "2026-11-20", "r", "gs://b/i/*", DATAFLOW)
+
+
+@pytest.fixture(scope="module")
+def installed_copy(tmp_path_factory) -> str:
+    """The project installed the way the Docker image does it: `pip install` (not editable), into a folder."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source)
+    shutil.copytree(os.path.join(ROOT, "beam_jobs"), source / "beam_jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    target = str(tmp_path_factory.mktemp("site-packages"))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            target,
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return target
+
+
+PLAN_ON_DATAFLOW = """
+import json, os, sys
+import beam_jobs
+from image_embeddings_airflow.runs import PlanError, build_plan
+params = {"methods": ["pca"], "runner": "DataflowRunner", "model": "resnet50", "batch_size": 32,
+          "max_failure_rate": 0.1, "weights": "random", "output_root": "gs://b/out"}
+dataflow = {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp"}
+# What the DAG used before: a setup.py beside the package's parent folder.
+derived = os.path.join(os.path.dirname(os.path.dirname(beam_jobs.__file__)), "setup.py")
+try:
+    result = {"setup_file": build_plan(params, "2026-11-20", "r", "gs://b/i/*", dataflow)["dataflow"]["setup_file"]}
+except PlanError as exc:
+    result = {"error": str(exc)}
+print(json.dumps({**result, "package": beam_jobs.__file__, "derived_exists": os.path.exists(derived)}))
+"""
+
+
+@pytest.mark.slow
+def test_setup_file_default_in_a_non_editable_install(installed_copy, tmp_path):
+    """The Docker image installs the project into site-packages: no setup.py there, so the default must not be one."""
+    from image_embeddings_airflow.runs import SETUP_FILE_ENV
+
+    def plan_in(env_extra: dict[str, str]) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != SETUP_FILE_ENV}
+        # The installed copy first, then the plugins folder (as Airflow puts it on sys.path).
+        env["PYTHONPATH"] = os.pathsep.join([installed_copy, os.path.join(ROOT, "plugins")])
+        env.update(env_extra)
+        proc = subprocess.run(
+            [sys.executable, "-c", PLAN_ON_DATAFLOW], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    unset = plan_in({})
+    assert unset["package"].startswith(installed_copy), unset  # the installed copy, not this checkout
+    assert unset["derived_exists"] is False  # the old default named a file that is not there
+    assert "setup_file" not in unset, unset
+    assert SETUP_FILE_ENV in unset["error"]
+    assert "image_embeddings_setup_file" in unset["error"]
+
+    # The Docker image sets the variable to the setup.py it copies next to the sources.
+    setup = tmp_path / "setup.py"
+    shutil.copy(os.path.join(ROOT, "setup.py"), setup)
+    assert plan_in({SETUP_FILE_ENV: str(setup)}) == {
+        "setup_file": str(setup),
+        "package": unset["package"],
+        "derived_exists": False,
+    }
