@@ -20,8 +20,10 @@ from typing import Any, ClassVar
 
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL,
+    DEFAULT_READ_TIMEOUT_S,
     MAX_BATCH_SIZE,
     METHODS,
     MODELS,
@@ -211,6 +213,15 @@ class ExtractConfig(JobConfig):
     batch_size: int = option(DEFAULT_BATCH_SIZE, "max images per model call", check=between(1, MAX_BATCH_SIZE))
     resize_mode: ResizeMode = option(ResizeMode.CENTER_CROP, "how images become squares", choices=tuple(ResizeMode))
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse larger images", check=at_least(1))
+    max_bytes: int = option(
+        DEFAULT_MAX_BYTES,
+        "refuse larger files before reading them (default 512 MiB: an uncompressed 16-bit RGB TIFF of "
+        "--max_pixels still fits)",
+        check=at_least(1),
+    )
+    read_timeout_s: float = option(
+        DEFAULT_READ_TIMEOUT_S, "object stores: an input not read within this many seconds fails", check=at_least(1)
+    )
     output_format: str = option(
         "parquet", "'npy' also writes one .npy per image (Parquet is always written)", choices=OUTPUT_FORMATS
     )

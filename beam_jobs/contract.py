@@ -97,6 +97,11 @@ DEFAULT_BATCH_SIZE = 32
 MAX_BATCH_SIZE = 1024
 # Pillow's own decompression-bomb limit (~89.5 MP); the extraction job refuses rather than warns.
 DEFAULT_MAX_PIXELS = 89_478_485
+# 512 MiB: the largest image --max_pixels admits, stored as an uncompressed 16-bit RGB TIFF
+# (89.5 MP x 6 bytes), still fits. Larger files are refused before they are read.
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+# An object-store read that has not completed by then fails that input (read/timeout).
+DEFAULT_READ_TIMEOUT_S = 300.0
 
 
 class ResizeMode(enum.StrEnum):

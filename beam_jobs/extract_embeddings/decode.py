@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -10,7 +13,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_jobs.contract import FailureRecord, ResizeMode
+from beam_jobs import storage
+from beam_jobs.contract import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FailureRecord, ResizeMode
 from beam_jobs.extract_embeddings.images import ImageError, decode_and_resize
 from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
 
@@ -30,14 +34,96 @@ def failure_record(uri: str, stage: str, error: str, message: str, run_id: str) 
     return {"image_uri": uri, "stage": stage, "error": error, "message": message, "run_id": run_id}
 
 
+def _check_local(path: str, max_bytes: int) -> None:
+    """Refuse what must not be opened, from the file's metadata alone.
+
+    Opening a FIFO blocks until a writer appears (forever, in a folder of uploads);
+    a multi-GB file would be read whole into memory. Both are decided by stat()
+    before any open().
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(
+                "read", "dangling_symlink", f"{path} is a symlink to {os.readlink(path)!r}, which does not exist"
+            ) from None
+        raise ImageError(
+            "read", "not_found", f"{path} does not exist (it may have been removed after listing)"
+        ) from None
+    except PermissionError as exc:
+        raise ImageError("read", "permission_denied", f"PermissionError: {exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(info.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "not a regular file"
+        )
+        raise ImageError("read", "not_a_regular_file", f"{path} is {kind}; only regular files are read")
+    if info.st_size > max_bytes:
+        raise ImageError("read", "too_large", f"{path} has {info.st_size:,} bytes, over --max_bytes {max_bytes:,}")
+
+
+def _read_at_most(uri: str, max_bytes: int) -> bytes:
+    with FileSystems.open(uri, compression_type="uncompressed") as handle:
+        # One byte over the limit tells "too large" without holding more than the limit.
+        return handle.read(max_bytes + 1)
+
+
+def read_input(uri: str, max_bytes: int, timeout_s: float) -> bytes:
+    """The bytes of one input, or ImageError(stage="read", reason=...) saying why not.
+
+    Local files are checked before they are opened (regular file, size). On object
+    stores the read is bounded in bytes (``max_bytes`` + 1) and in time (``timeout_s``):
+    a stalled read becomes ``read/timeout`` instead of holding the worker.
+    """
+    local = storage.is_local(uri)
+    if local:
+        _check_local(uri, max_bytes)
+    try:
+        if local:
+            data = _read_at_most(uri, max_bytes)
+        else:
+            pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
+            try:
+                data = pool.submit(_read_at_most, uri, max_bytes).result(timeout=timeout_s)
+            except concurrent.futures.TimeoutError:
+                raise ImageError("read", "timeout", f"no complete read of {uri} within {timeout_s:g} s") from None
+            finally:
+                pool.shutdown(wait=False)
+    except ImageError:
+        raise
+    except PermissionError as exc:
+        raise ImageError("read", "permission_denied", f"PermissionError: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - every read error becomes a record
+        missing = isinstance(exc, FileNotFoundError) or not _exists(uri)
+        reason = "not_found" if missing else "io_error"
+        raise ImageError("read", reason, f"{type(exc).__name__}: {exc}") from None
+    if len(data) > max_bytes:
+        raise ImageError("read", "too_large", f"{uri} has more than --max_bytes {max_bytes:,} bytes")
+    return data
+
+
 class DecodeImageFn(beam.DoFn):
     """URI -> (ImageMeta, pixels); anything wrong -> a failure record on FAILURES_TAG."""
 
-    def __init__(self, input_size: tuple[int, int], resize_mode: ResizeMode, max_pixels: int, run_id: str):
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        resize_mode: ResizeMode,
+        max_pixels: int,
+        run_id: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ):
         self._size = input_size
         self._resize_mode = resize_mode
         self._max_pixels = max_pixels
         self._run_id = run_id
+        self._max_bytes = max_bytes
+        self._read_timeout_s = read_timeout_s
 
     def setup(self):
         ns = METRICS_NAMESPACE
@@ -54,12 +140,9 @@ class DecodeImageFn(beam.DoFn):
 
     def process(self, uri: str) -> Iterator[Any]:
         try:
-            with FileSystems.open(uri, compression_type="uncompressed") as handle:
-                data = handle.read()
-        except Exception as exc:  # noqa: BLE001 - every read error becomes a record
-            missing = isinstance(exc, FileNotFoundError) or not _exists(uri)
-            reason = "not_found" if missing else "io_error"
-            yield self._fail(uri, "read", reason, f"{type(exc).__name__}: {exc}")
+            data = read_input(uri, self._max_bytes, self._read_timeout_s)
+        except ImageError as exc:
+            yield self._fail(uri, exc.stage, exc.reason, exc.message)
             return
         self._read.inc()
         self._bytes.update(len(data))
@@ -87,9 +170,17 @@ def _exists(uri: str) -> bool:
 class DecodeImages(beam.PTransform):
     """URIs -> ``images`` (ImageMeta, pixels) and ``failures`` records."""
 
-    def __init__(self, input_size: tuple[int, int], resize_mode: ResizeMode, max_pixels: int, run_id: str):
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        resize_mode: ResizeMode,
+        max_pixels: int,
+        run_id: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    ):
         super().__init__()
-        self._fn = DecodeImageFn(input_size, resize_mode, max_pixels, run_id)
+        self._fn = DecodeImageFn(input_size, resize_mode, max_pixels, run_id, max_bytes, read_timeout_s)
 
     def expand(self, uris):
         return uris | "ReadDecodeResize" >> beam.ParDo(self._fn).with_outputs(FAILURES_TAG, main="images")

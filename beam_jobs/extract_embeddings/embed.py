@@ -15,10 +15,24 @@ from beam_jobs.extract_embeddings.models import ResolvedWeights
 
 
 def to_row(item: tuple[ImageMeta, PredictionResult], run_id: str) -> dict[str, Any]:
+    """An embedding row, or (on the failures output) a record when the vector has NaN or inf.
+
+    A non-finite vector must never be written: one would poison every mean, PCA and
+    distance computed downstream, night after night.
+    """
     meta, result = item
+    vector = np.asarray(result.inference, dtype=np.float32)
+    if not np.isfinite(vector).all():
+        bad = int((~np.isfinite(vector)).sum())
+        Metrics.counter(METRICS_NAMESPACE, "failed").inc()
+        Metrics.counter(METRICS_NAMESPACE, "failed_inference_non_finite").inc()
+        message = f"the model returned {bad} non-finite value(s) (NaN or inf) of {vector.size}"
+        return beam.pvalue.TaggedOutput(
+            FAILURES_TAG, failure_record(meta.image_uri, "inference", "non_finite", message, run_id)
+        )
     return {
         "image_uri": meta.image_uri,
-        "embedding": np.asarray(result.inference, dtype=np.float32),
+        "embedding": vector,
         "model_id": result.model_id,
         "content_sha256": meta.content_sha256,
         "width": meta.width,
@@ -66,7 +80,8 @@ class EmbedImages(beam.PTransform):
     def expand(self, images):
         run_id = self._run_id
         main, other = images | "RunInference" >> RunInference(self._handler).with_exception_handling()
-        embedded = count_through("embedded")
-        rows = main | "ToRow" >> beam.Map(lambda item: embedded(to_row(item, run_id)))
-        failures = other.failed_inferences | "FailedBatchToRecords" >> beam.FlatMap(failed_batch_records, run_id)
+        checked = main | "ToRow" >> beam.Map(to_row, run_id).with_outputs(FAILURES_TAG, main="rows")
+        rows = checked.rows | "CountEmbedded" >> beam.Map(count_through("embedded"))
+        failed_batches = other.failed_inferences | "FailedBatchToRecords" >> beam.FlatMap(failed_batch_records, run_id)
+        failures = (checked[FAILURES_TAG], failed_batches) | "InferenceFailures" >> beam.Flatten()
         return {"rows": rows, FAILURES_TAG: failures}

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import re
+from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
+from beam_jobs import storage
 from beam_jobs.config import ExtractConfig
 from beam_jobs.extract_embeddings.inference import count_through
 from beam_jobs.runtime import InputError
@@ -32,6 +37,33 @@ def parse_manifest_line(line: str, column: int | None) -> str | None:
     return cells[column].strip() if column < len(cells) and cells[column].strip() else None
 
 
+def list_local(pattern: str) -> Iterator[str]:
+    """Every entry a local glob matches, read the way Beam reads globs, dropping nothing.
+
+    Beam's local listing silently skips dangling symlinks (their size cannot be read)
+    and never returns directories. Here every matching name is listed (files,
+    symlinks dangling or not, FIFOs, sockets, folders), so each becomes an input and
+    the decode step records why it could not be read instead of it vanishing from
+    the count. Symlinked folders are not descended into, as in Beam. With ``**`` the
+    folders walked through are not inputs themselves, only what is in them.
+    """
+    if pattern.endswith("/"):
+        pattern += "*"  # as Beam's match does
+    if not re.search(r"[*?[]", pattern):
+        if os.path.lexists(pattern):
+            yield pattern
+        return
+    matcher = re.compile(FileSystem.translate_pattern(pattern))
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    root = prefix if prefix.endswith("/") else os.path.dirname(prefix) or "."
+    recursive = "**" in pattern
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames if recursive else (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            if matcher.match(path):
+                yield path
+
+
 class ReadImageURIs(beam.PTransform):
     """A glob or a manifest of URIs -> {"listed": every URI read, "uris": distinct URIs}."""
 
@@ -42,7 +74,9 @@ class ReadImageURIs(beam.PTransform):
         self._column = manifest_column
 
     def expand(self, pbegin):
-        if self._glob:
+        if self._glob and storage.is_local(self._glob):
+            raw = pbegin | "Pattern" >> beam.Create([self._glob]) | "ListLocal" >> beam.FlatMap(list_local)
+        elif self._glob:
             raw = pbegin | "MatchGlob" >> fileio.MatchFiles(self._glob) | "MetadataToPath" >> beam.Map(lambda m: m.path)
         else:
             column = self._column
@@ -61,7 +95,10 @@ class ReadImageURIs(beam.PTransform):
 def preflight(cfg: ExtractConfig) -> int | None:
     """Checks that need I/O, done before the pipeline starts. Returns the manifest's URI column."""
     if cfg.input:
-        found = FileSystems.match([cfg.input])[0].metadata_list
+        if storage.is_local(cfg.input):
+            found = next(list_local(cfg.input), None)
+        else:
+            found = FileSystems.match([cfg.input], limits=[1])[0].metadata_list
         if not found:
             raise InputError(f"--input {cfg.input!r} matches no files; nothing to embed")
         return None

@@ -47,12 +47,9 @@ def write_npy(row: dict[str, Any], directory: str) -> str:
     return path
 
 
-def summarise_failures(records: list[FailureRecord]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for rec in records:
-        key = f"{rec['stage']}/{rec['error']}"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items()))
+def failure_key(record: FailureRecord) -> str:
+    """``<stage>/<error>``: how the manifest counts failures by reason."""
+    return f"{record['stage']}/{record['error']}"
 
 
 def run_settings(cfg: ExtractConfig, embedding_model_id: str, embedding_dim: int) -> dict[str, Any]:
@@ -148,8 +145,13 @@ class WriteOutputs(beam.PTransform):
             | "FlattenCounts" >> beam.Flatten()
             | "CountsToDict" >> beam.combiners.ToDict()
         )
+        # Counted per reason by a combiner: memory holds one number per reason, not the records.
         failure_keys = (
-            failures | "FailuresToList" >> beam.combiners.ToList() | "SummariseFailures" >> beam.Map(summarise_failures)
+            failures
+            | "FailureReason" >> beam.Map(failure_key)
+            | "CountPerReason" >> beam.combiners.Count.PerElement()
+            | "ReasonsToDict" >> beam.combiners.ToDict()
+            | "SortReasons" >> beam.Map(lambda counts: dict(sorted(counts.items())))
         )
         return {
             "counts": beam.pvalue.AsSingleton(counts),

@@ -50,7 +50,7 @@ def build_pipeline(
     embedding_model_id = model_id(spec, weights)
     read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, manifest_column)
     decoded = read["uris"] | "DecodeImages" >> DecodeImages(
-        spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.run_id
+        spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.run_id, cfg.max_bytes, cfg.read_timeout_s
     )
     embedded = decoded.images | "EmbedImages" >> EmbedImages(
         cfg.model, weights, embedding_model_id, cfg.batch_size, cfg.run_id, cfg.intra_op_threads

@@ -40,6 +40,8 @@ class _Object(io.BytesIO):
 class MemObjectStore(FileSystem):
     objects: dict[str, tuple[bytes, str, float]] = {}
     log: list[tuple[str, str]] = []
+    # Objects whose reads stall (a hung connection): open() blocks this many seconds first.
+    stalls: dict[str, float] = {}
     _lock = threading.Lock()
 
     @classmethod
@@ -52,6 +54,7 @@ class MemObjectStore(FileSystem):
         with cls._lock:
             cls.objects.clear()
             cls.log.clear()
+            cls.stalls.clear()
 
     @classmethod
     def put(cls, path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
@@ -92,6 +95,8 @@ class MemObjectStore(FileSystem):
         return _Object(type(self), path, mime_type)
 
     def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+        if path in self.stalls:
+            time.sleep(self.stalls[path])
         with self._lock:
             if path not in self.objects:
                 raise BeamIOError("open failed", {path: FileNotFoundError(path)})

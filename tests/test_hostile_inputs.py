@@ -1,0 +1,174 @@
+"""What real folders and buckets hold: FIFOs, huge uploads, dangling symlinks, folders, stalled reads.
+
+Each becomes a failure record with its own reason, counted in the inputs; none is opened
+when it must not be, none is read whole into memory, none hangs the job.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_jobs.contract import DEFAULT_MAX_BYTES, ResizeMode
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, ImageMeta, read_input
+from beam_jobs.extract_embeddings.embed import to_row
+from beam_jobs.extract_embeddings.images import ImageError
+from beam_jobs.extract_embeddings.inputs import ReadImageURIs, list_local
+from tests.conftest import ROOT
+from tests.support.objectstore import MemObjectStore
+
+RUNNER_ARGS = ["--runner=FnApiRunner"]
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if a read blocks: the FIFO case did, for 300 s and more."""
+
+    def alarm(*_):
+        raise TimeoutError("the read blocked")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def hostile_dir(tmp_path, sample_dir):
+    """Two real photos beside a FIFO, a 3 GB sparse file, a dangling symlink, a folder and a good symlink."""
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    photos = sorted(f for f in os.listdir(sample_dir) if f.endswith(".jpg"))[:2]
+    for name in photos:
+        shutil.copy(os.path.join(sample_dir, name), folder / name)
+    os.mkfifo(folder / "pipe.jpg")
+    with open(folder / "huge.jpg", "wb") as handle:
+        handle.truncate(3 * 1024**3)  # sparse: 3 GB long, nothing on disk
+    os.symlink(tmp_path / "gone.jpg", folder / "dangling.jpg")
+    os.symlink(folder / photos[0], folder / "linked.jpg")
+    (folder / "folder.jpg").mkdir()
+    expected = {
+        **{str(folder / p): None for p in photos},
+        str(folder / "linked.jpg"): None,
+        str(folder / "pipe.jpg"): ("read", "not_a_regular_file"),
+        str(folder / "huge.jpg"): ("read", "too_large"),
+        str(folder / "dangling.jpg"): ("read", "dangling_symlink"),
+        str(folder / "folder.jpg"): ("read", "not_a_regular_file"),
+    }
+    return str(folder), expected
+
+
+def _reason(uri: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = 300) -> tuple[str, str] | None:
+    try:
+        read_input(uri, max_bytes, timeout_s)
+    except ImageError as exc:
+        return exc.stage, exc.reason
+    return None
+
+
+def test_each_hostile_entry_gets_its_own_reason_without_being_opened(hostile_dir, no_hang):
+    _, expected = hostile_dir
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert {uri: _reason(uri) for uri in expected} == expected
+    # The 3 GB file was refused from its size, not read: peak memory did not move by gigabytes.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024
+
+
+def test_a_vanished_file_is_not_found(tmp_path):
+    assert _reason(str(tmp_path / "removed-after-listing.jpg")) == ("read", "not_found")
+
+
+def test_an_unreadable_file_is_permission_denied(tmp_path):
+    path = tmp_path / "secret.jpg"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    if os.geteuid() != 0:
+        assert _reason(str(path)) == ("read", "permission_denied")
+        return
+    # Root reads any file: a child process imports everything, then drops to user nobody and reads.
+    tmp_path.chmod(0o755)
+    code = (
+        "import os, sys\n"
+        "from beam_jobs.extract_embeddings.decode import read_input\n"
+        "from beam_jobs.extract_embeddings.images import ImageError\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n    read_input(sys.argv[1], 100, 5)\n"
+        "except ImageError as exc:\n    print(exc.stage, exc.reason)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.stdout.split() == ["read", "permission_denied"], proc.stderr[-2000:]
+
+
+def test_max_bytes_is_checked_before_reading_and_is_inclusive(tmp_path):
+    path = tmp_path / "ten.jpg"
+    path.write_bytes(b"0123456789")
+    assert _reason(str(path), max_bytes=9) == ("read", "too_large")
+    assert _reason(str(path), max_bytes=10) is None
+
+
+def test_object_store_reads_are_bounded_in_bytes_and_time():
+    MemObjectStore.reset()
+    MemObjectStore.put("memgs://b/big.jpg", b"x" * 100)
+    MemObjectStore.put("memgs://b/stalled.jpg", b"x")
+    MemObjectStore.stalls["memgs://b/stalled.jpg"] = 3.0
+    try:
+        assert _reason("memgs://b/big.jpg", max_bytes=99) == ("read", "too_large")
+        assert _reason("memgs://b/big.jpg", max_bytes=100) is None
+        assert _reason("memgs://b/stalled.jpg", timeout_s=0.2) == ("read", "timeout")
+        assert _reason("memgs://b/absent.jpg") == ("read", "not_found")
+    finally:
+        MemObjectStore.reset()
+
+
+def test_local_listing_keeps_what_beams_listing_drops(hostile_dir):
+    folder, expected = hostile_dir
+    assert sorted(list_local(os.path.join(folder, "*"))) == sorted(expected)
+    assert sorted(list_local(folder + "/")) == sorted(expected)
+    assert list(list_local(os.path.join(folder, "pipe.jpg"))) == [os.path.join(folder, "pipe.jpg")]
+    assert list(list_local(os.path.join(folder, "nothing-*.png"))) == []
+
+
+def test_the_pipeline_counts_every_hostile_entry_once(hostile_dir, no_hang):
+    folder, expected = hostile_dir
+    failures = sorted((uri, *reason) for uri, reason in expected.items() if reason)
+    good = sorted(uri for uri, reason in expected.items() if reason is None)
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        read = p | ReadImageURIs(os.path.join(folder, "*"))
+        decoded = read["uris"] | DecodeImages((224, 224), ResizeMode.CENTER_CROP, 10_000_000, "run")
+        assert_that(read["uris"], equal_to(sorted(expected)), label="inputs")
+        assert_that(decoded.images | beam.Map(lambda item: item[0].image_uri), equal_to(good), label="decoded")
+        assert_that(
+            decoded[FAILURES_TAG] | beam.Map(lambda r: (r["image_uri"], r["stage"], r["error"])),
+            equal_to(failures),
+            label="failed",
+        )
+
+
+def test_a_non_finite_vector_becomes_a_failure_not_a_row():
+    meta = ImageMeta("/i/a.jpg", "00", 10, 10)
+    good = (ImageMeta("/i/b.jpg", "01", 10, 10), PredictionResult(None, np.ones(4, np.float32), "m"))
+    nan = (meta, PredictionResult(None, np.array([1, np.nan, np.inf, 0], np.float32), "m"))
+    with TestPipeline(argv=RUNNER_ARGS) as p:
+        out = p | beam.Create([good, nan]) | beam.Map(to_row, "run").with_outputs(FAILURES_TAG, main="rows")
+        assert_that(out.rows | beam.Map(lambda r: r["image_uri"]), equal_to(["/i/b.jpg"]), label="rows")
+        assert_that(
+            out[FAILURES_TAG] | beam.Map(lambda r: (r["image_uri"], r["stage"], r["error"], r["message"])),
+            equal_to(
+                [("/i/a.jpg", "inference", "non_finite", "the model returned 2 non-finite value(s) (NaN or inf) of 4")]
+            ),
+            label="failures",
+        )
