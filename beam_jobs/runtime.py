@@ -139,7 +139,7 @@ class _CommitFn(beam.DoFn):
         try:
             body = self._finish(self._staging, seconds=self.seconds(), **side_values)
         except AccountingError as exc:
-            raise AccountingError(f"{exc}; output left unpublished in {self._staging}") from None
+            raise AccountingError(f"{exc}; nothing was published, {self._output} is as it was") from None
         manifest = {
             "job": self._job,
             "run_id": self._run_id,
@@ -202,13 +202,22 @@ def launch(
     ``--detach``, what was submitted. ``options`` come from ``job_options`` (called
     before the job's own I/O checks, so a bad runner flag is refused first).
     """
-    staging = storage.staging_dir_for(cfg.output)
+    token = storage.run_token(cfg.run_id)
+    for step in storage.sweep_leftovers(cfg.output, token):
+        LOG.warning("leftovers of an earlier run: %s", step)
+    staging = storage.staging_dir_for(cfg.output, token)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, staging)
-    result = pipeline.run()
-    if cfg.detach:
-        return detached(result, cfg.output)
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        if cfg.detach:
+            # The job commits (or fails) on its own; the next run sweeps what a failure leaves.
+            return detached(result, cfg.output)
+        result.wait_until_finish()
+    except BaseException:
+        # A failed local run removes what it staged; the previous output was never touched.
+        storage.remove_tree(staging)
+        raise
     manifest, metrics = attach_metrics(result, cfg.output, job)
     LOG.info("metrics: %s", json.dumps(metrics, sort_keys=True))
     return manifest

@@ -14,10 +14,12 @@ manifest (as the DAG does) never see a partial partition.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mimetypes
 import os
 import shutil
+import time
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -45,9 +47,78 @@ def join(base: str, *parts: str) -> str:
     return FileSystems.join(base.rstrip("/"), *parts)
 
 
+def run_token(run_id: str) -> str:
+    """The staging folder's suffix for a run: a retry of the same run reuses (and replaces) its own."""
+    return hashlib.sha1(run_id.encode("utf-8")).hexdigest()[:12]
+
+
 def staging_dir_for(output: str, token: str | None = None) -> str:
     parent, name = FileSystems.split(output.rstrip("/"))
     return FileSystems.join(parent, f".{name}.staging-{token or uuid.uuid4().hex[:12]}")
+
+
+def _siblings(output: str) -> dict[str, float]:
+    """Hidden ``.<name>.staging-*`` / ``.<name>.old-*`` folders beside ``output`` -> newest mtime."""
+    parent, name = FileSystems.split(output.rstrip("/"))
+    marks = (f".{name}.staging-", f".{name}.old-")
+    found: dict[str, float] = {}
+    if is_local(output):
+        try:
+            entries = os.listdir(parent)
+        except FileNotFoundError:
+            return {}
+        for entry in entries:
+            if entry.startswith(marks):
+                path = os.path.join(parent, entry)
+                found[path] = os.lstat(path).st_mtime
+        return found
+    for mark in marks:
+        try:
+            matched = FileSystems.match([FileSystems.join(parent, mark) + "**"])[0].metadata_list
+        except Exception:  # noqa: BLE001 - nothing there
+            continue
+        for meta in matched:
+            folder = meta.path[: meta.path.index("/", len(parent) + len(mark) + 1)]
+            found[folder] = max(found.get(folder, 0.0), meta.last_updated_in_seconds or 0.0)
+    return found
+
+
+def remove_tree(path: str) -> None:
+    """Best effort: a folder (local) or every object under a prefix (object stores)."""
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        leftovers = list_files(path)
+        if leftovers:
+            FileSystems.delete(leftovers)
+    except Exception:  # noqa: BLE001 - cleaning up must never fail a run
+        pass
+
+
+def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600) -> list[str]:
+    """Before a run: clear what failed or killed runs left beside ``output``; returns what was done.
+
+    * no ``output`` but a ``.old-`` folder (a local swap killed between its two renames):
+      the newest ``.old-`` folder is put back, so the previous run is restored;
+    * this run's own staging folder (a retry of the same run) is removed;
+    * other staging and ``.old-`` folders are removed once older than ``max_age_s``
+      (younger ones may belong to a run that is still going).
+    """
+    done = []
+    siblings = _siblings(output)
+    olds = sorted((p for p in siblings if ".old-" in p), key=siblings.get)
+    if is_local(output) and not os.path.lexists(output) and olds:
+        os.rename(olds[-1], output)
+        done.append(f"restored {olds[-1]} -> {output}")
+        siblings.pop(olds[-1])
+    now = time.time()
+    own = staging_dir_for(output, token)
+    for path, mtime in sorted(siblings.items()):
+        if path == own or now - mtime > max_age_s:
+            remove_tree(path)
+            done.append(f"removed {path}")
+    return done
 
 
 def list_files(directory: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import apache_beam as beam
 import pytest
@@ -142,9 +143,12 @@ def test_commit_publishes_the_manifest_with_the_shared_fields(store):
 
 def test_commit_refuses_to_publish_when_the_accounting_fails(store):
     store.put(f"{OUT}/{MANIFEST}", b'{"run_id": "previous"}')
-    with pytest.raises(Exception, match=r"accounting mismatch: 3 inputs but 2 done; output left unpublished in memgs"):
+    with pytest.raises(
+        Exception,
+        match=rf"accounting mismatch: 3 inputs but 2 done; nothing was published, {OUT} is as it was",
+    ):
         _commit(OUT, [3], [2])
-    # The previous run is untouched; what this run staged is left for inspection.
+    # The previous run is untouched (the launcher, not the Commit step, removes the staging folder).
     assert store.names(f"{OUT}/") == [f"{OUT}/{MANIFEST}"]
     assert store.objects[f"{OUT}/{MANIFEST}"][0] == b'{"run_id": "previous"}'
     assert FileSystems.exists(storage.staging_dir_for(OUT, token="tok") + "/part-0.txt")
@@ -195,3 +199,74 @@ def test_extraction_job_publishes_to_an_object_store_and_a_rerun_replaces_it(sto
     assert published["run_id"] == "second"
     assert "metrics" in published
     assert {p.rsplit("/", 1)[0] for p in store.names("memgs://")} == {OUT}
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def test_sweep_restores_a_killed_local_swap_and_clears_stale_staging(tmp_path):
+    out = tmp_path / "ds=2026-11-20"
+    # A swap killed between its two renames: no output, the previous run in a .old- folder.
+    old = tmp_path / ".ds=2026-11-20.old-0123456789ab"
+    old.mkdir()
+    (old / MANIFEST).write_text('{"run_id": "previous"}')
+    own = tmp_path / ".ds=2026-11-20.staging-aaaaaaaaaaaa"
+    stale = tmp_path / ".ds=2026-11-20.staging-bbbbbbbbbbbb"
+    fresh = tmp_path / ".ds=2026-11-20.staging-cccccccccccc"
+    other = tmp_path / ".ds=2026-11-21.staging-bbbbbbbbbbbb"
+    for folder in (own, stale, fresh, other):
+        folder.mkdir()
+        (folder / "part").write_text("x")
+    seven_hours_ago = time.time() - 7 * 3600
+    os.utime(stale, (seven_hours_ago, seven_hours_ago))
+    os.utime(other, (seven_hours_ago, seven_hours_ago))
+
+    done = storage.sweep_leftovers(str(out), "aaaaaaaaaaaa")
+
+    assert (out / MANIFEST).read_text() == '{"run_id": "previous"}'
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, fresh.name, other.name])
+    assert len(done) == 3
+
+
+def test_sweep_on_an_object_store_removes_this_runs_and_stale_staging(store):
+    own = storage.staging_dir_for(OUT, "aaaaaaaaaaaa")
+    stale = storage.staging_dir_for(OUT, "bbbbbbbbbbbb")
+    fresh = storage.staging_dir_for(OUT, "cccccccccccc")
+    for folder in (own, stale, fresh):
+        store.put(f"{folder}/embeddings-00000-of-00001.parquet", b"x")
+        store.put(f"{folder}/nested/a.npy", b"x")
+    store.put(f"{OUT}/{MANIFEST}", b"{}")
+    for name in store.names(stale):
+        data, mime, _ = store.objects[name]
+        store.objects[name] = (data, mime, time.time() - 7 * 3600)
+
+    storage.sweep_leftovers(OUT, "aaaaaaaaaaaa")
+
+    assert store.names("memgs://") == sorted([f"{OUT}/{MANIFEST}", *store.names(fresh)])
+    assert len(store.names(fresh)) == 2
+
+
+def test_a_failed_run_removes_its_own_staging_and_leaves_the_output(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_jobs.runtime import launch
+
+    out = tmp_path / "ds=2026-11-20"
+    out.mkdir()
+    (out / MANIFEST).write_text('{"run_id": "previous"}')
+    cfg = JobConfig(output=str(out), run_id="failing-run")
+    staged = []
+
+    def explode(_):
+        raise RuntimeError("a worker failed")
+
+    def build(p, staging):
+        staged.append(staging)
+        written = p | beam.Create([1]) | beam.Map(lambda _: storage.write_text(f"{staging}/part-0.txt", "rows"))
+        _ = written | beam.Map(explode)
+
+    with pytest.raises(Exception, match="a worker failed"):
+        launch("test_job", cfg, PipelineOptions(["--runner=FnApiRunner"]), build)
+    assert staged == [storage.staging_dir_for(str(out), storage.run_token("failing-run"))]
+    assert os.listdir(tmp_path) == [out.name]
+    assert (out / MANIFEST).read_text() == '{"run_id": "previous"}'
