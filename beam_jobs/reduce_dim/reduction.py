@@ -1,6 +1,6 @@
 """Pure numerical helpers for reduce_dim: PCA from sufficient statistics, seeded sampling, UMAP.
 
-Nothing here knows about Beam; the job wires these into CombineFns and DoFns.
+Nothing here knows about Beam; ``fit.py`` wraps these in CombineFns and DoFns.
 
 PCA precision. Each block's Gram matrix is computed in float32 (BLAS syrk,
 ~1.6x the speed of float64 here) on rows shifted by a reference mean, so the
@@ -24,7 +24,7 @@ class GramStats:
     """Count, sum and X^T X of rows seen so far, about a fixed ``shift`` (float64)."""
 
     dim: int = 0
-    n: int = 0
+    n_rows: int = 0
     shift: np.ndarray | None = None
     total: np.ndarray | None = None  # sum of (x - shift)
     gram: np.ndarray | None = None  # sum of (x - shift)(x - shift)^T
@@ -32,7 +32,7 @@ class GramStats:
     def add_block(self, x: np.ndarray) -> GramStats:
         if x.ndim != 2 or x.shape[0] == 0:
             return self
-        if self.n == 0 and self.shift is None:
+        if self.n_rows == 0 and self.shift is None:
             self.dim = x.shape[1]
             self.shift = x.mean(axis=0, dtype=np.float64)
             self.total = np.zeros(self.dim, np.float64)
@@ -43,46 +43,46 @@ class GramStats:
         self.total += y.sum(axis=0, dtype=np.float64)
         # y.T @ y on the same buffer: numpy dispatches this to BLAS syrk.
         self.gram += y.T @ y
-        self.n += x.shape[0]
+        self.n_rows += x.shape[0]
         return self
 
     def merge(self, other: GramStats) -> GramStats:
-        if other.n == 0:
+        if other.n_rows == 0:
             return self
-        if self.n == 0:
+        if self.n_rows == 0:
             return other
         if other.dim != self.dim:
             raise ValueError(f"embedding length {other.dim} differs from {self.dim} seen before")
         # Re-base other's sums from its shift c2 onto ours c1: y1 = y2 + d with d = c2 - c1.
         d = other.shift - self.shift
         t2 = other.total
-        self.gram += other.gram + np.outer(d, t2) + np.outer(t2, d) + other.n * np.outer(d, d)
-        self.total += t2 + other.n * d
-        self.n += other.n
+        self.gram += other.gram + np.outer(d, t2) + np.outer(t2, d) + other.n_rows * np.outer(d, d)
+        self.total += t2 + other.n_rows * d
+        self.n_rows += other.n_rows
         return self
 
     def mean(self) -> np.ndarray:
-        return self.shift + self.total / self.n
+        return self.shift + self.total / self.n_rows
 
     def covariance(self) -> np.ndarray:
         """Sample covariance (ddof=1, as scikit-learn's PCA)."""
-        if self.n < 2:
-            raise ValueError(f"PCA needs at least 2 rows, got {self.n}")
-        mu = self.total / self.n
-        cov = (self.gram - self.n * np.outer(mu, mu)) / (self.n - 1)
+        if self.n_rows < 2:
+            raise ValueError(f"PCA needs at least 2 rows, got {self.n_rows}")
+        mu = self.total / self.n_rows
+        cov = (self.gram - self.n_rows * np.outer(mu, mu)) / (self.n_rows - 1)
         return (cov + cov.T) / 2
 
 
 @dataclass
 class PCAModel:
     mean: np.ndarray  # (d,) float64
-    components: np.ndarray  # (k, d) float64, rows are unit vectors
-    explained_variance: np.ndarray  # (k,)
-    explained_variance_ratio: np.ndarray  # (k,)
+    components: np.ndarray  # (n_components, d) float64, rows are unit vectors
+    explained_variance: np.ndarray  # (n_components,)
+    explained_variance_ratio: np.ndarray  # (n_components,)
     n_rows: int
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """(n, d) -> (n, k) float32 scores."""
+        """(rows, d) -> (rows, n_components) float32 scores."""
         centred = np.asarray(x, np.float32) - self.mean.astype(np.float32)
         return centred @ self.components.T.astype(np.float32)
 
@@ -93,19 +93,19 @@ def fit_pca(stats: GramStats, n_components: int) -> PCAModel:
 
     cov = stats.covariance()
     d = cov.shape[0]
-    k = min(n_components, d)
-    values, vectors = eigh(cov, subset_by_index=[d - k, d - 1])
+    kept = min(n_components, d)
+    values, vectors = eigh(cov, subset_by_index=[d - kept, d - 1])
     order = np.argsort(values)[::-1]
     values = np.clip(values[order], 0.0, None)
     components = vectors[:, order].T.copy()
     # scikit-learn's convention (svd_flip, v-based): the largest-magnitude loading of each
     # component is positive, so runs and libraries agree on orientation.
-    signs = np.sign(components[np.arange(k), np.argmax(np.abs(components), axis=1)])
+    signs = np.sign(components[np.arange(kept), np.argmax(np.abs(components), axis=1)])
     signs[signs == 0] = 1.0
     components *= signs[:, None]
     total_variance = float(np.trace(cov))
     ratio = values / total_variance if total_variance > 0 else np.zeros_like(values)
-    return PCAModel(stats.mean(), components, values, ratio, stats.n)
+    return PCAModel(stats.mean(), components, values, ratio, stats.n_rows)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -114,7 +114,7 @@ def fit_pca(stats: GramStats, n_components: int) -> PCAModel:
 def row_priority(uris: list[str] | np.ndarray, seed: int) -> np.ndarray:
     """A seeded pseudo-random uint64 per URI, independent of order and batching.
 
-    Keeping the k smallest priorities gives the same sample however the rows
+    Keeping the rows with the smallest priorities gives the same sample however the rows
     are split across files, bundles and workers.
     """
     salt = int(seed).to_bytes(8, "little", signed=True)
@@ -126,20 +126,20 @@ def row_priority(uris: list[str] | np.ndarray, seed: int) -> np.ndarray:
 
 @dataclass
 class Sample:
-    """The k rows with the smallest priority seen so far; columns are parallel arrays."""
+    """The ``capacity`` rows with the smallest priority seen so far; columns are parallel arrays."""
 
-    k: int
+    capacity: int
     priority: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
     columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, priority: np.ndarray, **columns: np.ndarray) -> Sample:
-        if len(self.priority) >= self.k > 0:
-            # Full: only rows at or below the current k-th priority can enter; skip copying the rest.
+        if len(self.priority) >= self.capacity > 0:
+            # Full: only rows at or below the current largest kept priority can enter; skip copying the rest.
             keep = priority <= self.priority.max()
             if not keep.all():
                 priority = priority[keep]
                 columns = {name: col[keep] for name, col in columns.items()}
-        if len(priority) == 0 or self.k == 0:
+        if len(priority) == 0 or self.capacity == 0:
             return self
         if not self.columns:
             self.priority, self.columns = priority, dict(columns)
@@ -157,15 +157,15 @@ class Sample:
         return np.lexsort((keys, self.priority)) if keys is not None else np.argsort(self.priority, kind="stable")
 
     def _trim(self) -> Sample:
-        if len(self.priority) > self.k:
-            keep = self._order()[: self.k]
+        if len(self.priority) > self.capacity:
+            keep = self._order()[: self.capacity]
             self.priority = self.priority[keep]
             self.columns = {name: col[keep] for name, col in self.columns.items()}
         return self
 
     def sorted(self) -> Sample:
         order = self._order()
-        return Sample(self.k, self.priority[order], {name: col[order] for name, col in self.columns.items()})
+        return Sample(self.capacity, self.priority[order], {name: col[order] for name, col in self.columns.items()})
 
     def __len__(self) -> int:
         return len(self.priority)
@@ -194,7 +194,6 @@ class UmapModel:
     pca: PCAModel | None
     umap: Any
     fit_rows: int
-    seed: int
 
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.pca.transform(x) if self.pca is not None else np.asarray(x, np.float32)
@@ -221,7 +220,7 @@ def fit_umap(x: np.ndarray, pca: PCAModel | None, seed: int, n_neighbors: int = 
         n_jobs=1,
     )
     reducer.fit(features)
-    return UmapModel(pca, reducer, len(features), seed)
+    return UmapModel(pca, reducer, len(features))
 
 
 def trustworthiness(high: np.ndarray, low: np.ndarray, n_neighbors: int = 10) -> float | None:
@@ -231,6 +230,7 @@ def trustworthiness(high: np.ndarray, low: np.ndarray, n_neighbors: int = 10) ->
     compare the two), written with numpy: importing ``sklearn.manifold`` alone took
     1.8 s, which a PCA run would otherwise pay only for this number.
     """
+    # n rows and k neighbours: the symbols of the published formula (Venna and Kaski).
     n = len(high)
     k = min(n_neighbors, n // 2 - 1)
     if k < 1:

@@ -1,0 +1,206 @@
+"""Stages FitPCA, FitUMAP and Project: a fitted model from the blocks, then every block projected with it.
+
+  FitPCA   a CombineFn sums count, sum and X^T X (float64) across workers; one
+           eigendecomposition of the covariance gives the components
+  FitUMAP  a seeded bounded sample (smallest hash of the URI) of raw rows -> optional PCA
+           to ``pca_dims`` and umap-learn, both fitted on that sample on one worker
+  Project  every block is projected in parallel with the fitted model as a side input
+
+The model a fit stage returns (``PCAModel`` or ``UmapModel``) is all Project
+needs: anything with ``transform(x) -> (rows, 2)`` and numpy arrays as attributes.
+A saved reference reducer (fit once, reused nightly so maps stay comparable)
+plugs in here, in place of the fit stage; see ``pipeline.build_pipeline``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.runners.worker.statecache import CacheAware
+
+from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, Block, Projected
+from beam_jobs.reduce_dim.reduction import GramStats, PCAModel, Sample, UmapModel, fit_pca, fit_umap, row_priority
+
+# Rows per GramStats.add_block when the pre-PCA of UMAP is fitted on the sample (the job's default block size).
+SAMPLE_PCA_BLOCK_ROWS = 8192
+
+
+class GramStatsFn(beam.CombineFn):
+    """Sufficient statistics for PCA; accumulator size is d^2, whatever the number of rows."""
+
+    def create_accumulator(self) -> GramStats:
+        return GramStats()
+
+    def add_input(self, acc: GramStats, block: Block) -> GramStats:
+        return acc.add_block(block.x)
+
+    def merge_accumulators(self, accs) -> GramStats:
+        out = GramStats()
+        for acc in accs:
+            out = out.merge(acc)
+        return out
+
+    def extract_output(self, acc: GramStats) -> GramStats:
+        return acc
+
+
+class SampleFn(beam.CombineFn):
+    """Seeded bounded sample: the ``size`` rows whose hashed URI is smallest (order- and split-independent).
+
+    Args:
+        size: rows kept.
+        seed: salts the hash.
+        columns: fields of the elements (Block or Projected) kept beside ``image_uri`` and ``ds``.
+    """
+
+    def __init__(self, size: int, seed: int, columns: tuple[str, ...]):
+        self._size = size
+        self._seed = seed
+        self._columns = columns
+
+    def create_accumulator(self) -> Sample:
+        return Sample(self._size)
+
+    def add_input(self, acc: Sample, item: Block | Projected) -> Sample:
+        rows = len(item.uris)
+        if self._size == 0 or rows == 0:
+            return acc
+        cols = {
+            "image_uri": np.asarray(item.uris, dtype=object),
+            "ds": np.full(rows, item.ds or NO_PARTITION, dtype=object),
+        }
+        for name in self._columns:
+            cols[name] = getattr(item, name)
+        return acc.add(row_priority(item.uris, self._seed), **cols)
+
+    def merge_accumulators(self, accs) -> Sample:
+        out = Sample(self._size)
+        for acc in accs:
+            out = out.merge(acc)
+        return out
+
+    def extract_output(self, acc: Sample) -> Sample:
+        return acc.sorted()
+
+
+class FitPCA(beam.PTransform):
+    """Blocks -> one PCAModel with ``n_components`` components, exact over all rows."""
+
+    def __init__(self, n_components: int):
+        super().__init__()
+        self._n_components = n_components
+
+    def expand(self, blocks):
+        return (
+            blocks
+            | "SufficientStats" >> beam.CombineGlobally(GramStatsFn())
+            | "Eigendecomposition" >> beam.Map(fit_pca, self._n_components)
+        )
+
+
+def fit_umap_on_sample(sample: Sample, pca_dims: int, seed: int, n_neighbors: int, min_dist: float) -> UmapModel:
+    """PCA to ``pca_dims`` (0 = none) and UMAP, both fitted on the seeded sample, on one worker.
+
+    The pre-PCA is fitted on the sample, not on all rows: a 50-d subspace is well
+    estimated from thousands of rows, and a fit that only sees the sample (in its
+    fixed order) is bit-for-bit reproducible, which a sum over workers in arrival
+    order is not. UMAP amplifies last-digit differences into a different layout.
+    """
+    x = sample.columns["x"]
+    start = time.perf_counter()
+    pca = None
+    if pca_dims:
+        stats = GramStats()
+        for i in range(0, len(x), SAMPLE_PCA_BLOCK_ROWS):
+            stats.add_block(x[i : i + SAMPLE_PCA_BLOCK_ROWS])
+        pca = fit_pca(stats, pca_dims)
+    model = fit_umap(x, pca, seed, n_neighbors, min_dist)
+    Metrics.distribution(METRICS_NAMESPACE, "umap_fit_ms").update(int((time.perf_counter() - start) * 1000))
+    return model
+
+
+class FitUMAP(beam.PTransform):
+    """Blocks -> one UmapModel fitted on a seeded sample of ``fit_sample_size`` rows.
+
+    ``pca_dims``: PCA to that many dimensions before UMAP; 0 = feed UMAP the raw embeddings
+    (the pipeline passes 0 when the embeddings are not longer than ``--pca_dims``).
+    """
+
+    def __init__(self, fit_sample_size: int, seed: int, pca_dims: int, n_neighbors: int, min_dist: float):
+        super().__init__()
+        self._fit_sample_size = fit_sample_size
+        self._seed = seed
+        self._pca_dims = pca_dims
+        self._n_neighbors = n_neighbors
+        self._min_dist = min_dist
+
+    def expand(self, blocks):
+        return (
+            blocks
+            | "FitSample" >> beam.CombineGlobally(SampleFn(self._fit_sample_size, self._seed, ("x",)))
+            | "Fit" >> beam.Map(fit_umap_on_sample, self._pca_dims, self._seed, self._n_neighbors, self._min_dist)
+        )
+
+
+def describe_model(model: PCAModel | UmapModel) -> dict[str, Any]:
+    """The small, JSON-able facts about a fitted model that go in the manifest."""
+    if isinstance(model, PCAModel):
+        return {
+            "explained_variance_ratio": [round(float(v), 6) for v in model.explained_variance_ratio],
+            "explained_variance": [round(float(v), 6) for v in model.explained_variance],
+            "fit_rows": model.n_rows,
+        }
+    out: dict[str, Any] = {"fit_rows": model.fit_rows, "n_neighbors": int(model.umap.n_neighbors)}
+    if model.pca is not None:
+        out["pca_dims"] = int(model.pca.components.shape[0])
+        # Of the fit sample's variance (the pre-PCA is fitted on the sample).
+        out["pca_explained_variance_ratio_total"] = round(float(model.pca.explained_variance_ratio.sum()), 6)
+    return out
+
+
+class SideModel(CacheAware):
+    """The fitted model as a side input.
+
+    Beam's worker state cache weighs every cached side input by walking its object
+    graph; for a fitted UMAP (nearest-neighbour index, numba structures) that walk
+    took minutes. The model is one object per worker and small next to the data,
+    so it is weighed by its arrays alone.
+    """
+
+    def __init__(self, model: PCAModel | UmapModel):
+        self.model = model
+
+    def get_referents_for_cache(self) -> list[Any]:
+        return [v for v in vars(self.model).values() if isinstance(v, np.ndarray)]
+
+
+class ProjectFn(beam.DoFn):
+    """A Block -> its 2D coordinates with the fitted model (side input ``shared``)."""
+
+    def __init__(self):
+        self._projected = Metrics.counter(METRICS_NAMESPACE, "rows_projected")
+        self._ms = Metrics.distribution(METRICS_NAMESPACE, "project_ms_per_block")
+
+    def process(self, block: Block, shared: SideModel) -> Iterator[Projected]:
+        start = time.perf_counter()
+        xy = np.asarray(shared.model.transform(block.x), np.float32)[:, :2]
+        self._ms.update(int((time.perf_counter() - start) * 1000))
+        self._projected.inc(len(xy))
+        yield Projected(block.uris, xy, block.ds, block.model_id, block.x)
+
+
+class Project(beam.PTransform):
+    """Blocks -> Projected, with ``model`` (a PCollection of one fitted model) as a side input."""
+
+    def __init__(self, model):
+        super().__init__()
+        self._model = model
+
+    def expand(self, blocks):
+        shared = beam.pvalue.AsSingleton(self._model | "ShareModel" >> beam.Map(SideModel))
+        return blocks | "ProjectBlocks" >> beam.ParDo(ProjectFn(), shared).with_output_types(Projected)

@@ -1,0 +1,108 @@
+"""beam_jobs.reduce_dim.fit: FitPCA, FitUMAP, the seeded sample and Project as Beam stages, on tiny data."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, Project, SampleFn, SideModel, describe_model
+from beam_jobs.reduce_dim.records import NO_PARTITION, Block, Projected
+from beam_jobs.reduce_dim.reduction import GramStats, Sample, fit_pca, row_priority
+from devtools.synthetic import clustered_embeddings
+
+RUNNER = ["--runner=FnApiRunner"]
+
+
+def blocks_of(x: np.ndarray, rows_per_block: int, ds: str | None = "2026-11-20") -> list[Block]:
+    uris = np.array([f"/img/{i:05d}.jpg" for i in range(len(x))], dtype=object)
+    return [
+        Block(uris[i : i + rows_per_block], x[i : i + rows_per_block], ds, "m")
+        for i in range(0, len(x), rows_per_block)
+    ]
+
+
+def test_fit_pca_stage_equals_one_fit_over_all_rows():
+    x = np.random.default_rng(0).normal(size=(120, 8)).astype(np.float32) * np.arange(1, 9, dtype=np.float32)
+    want = fit_pca(GramStats().add_block(x), 2)
+
+    def check(models):
+        (model,) = models
+        assert model.n_rows == 120
+        # Blocks' Gram matrices are float32 (summed in float64): equal to float32 precision, same signs.
+        np.testing.assert_allclose(model.components, want.components, atol=1e-5)
+        np.testing.assert_allclose(model.explained_variance_ratio, want.explained_variance_ratio, rtol=1e-5)
+
+    with TestPipeline(argv=RUNNER) as p:
+        blocks = p | beam.Create(blocks_of(x, 25)).with_output_types(Block)
+        assert_that(blocks | FitPCA(2), check)
+
+
+def test_sample_stage_keeps_the_rows_with_the_smallest_hash():
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    blocks = blocks_of(x, 7, ds=None)
+    uris = np.concatenate([b.uris for b in blocks])
+    want = Sample(5).add(row_priority(uris, 3), image_uri=uris).sorted().columns["image_uri"]
+
+    def check(samples):
+        (sample,) = samples
+        assert list(sample.columns["image_uri"]) == list(want)
+        assert set(sample.columns["ds"]) == {NO_PARTITION}
+        rows = [int(u[5:10]) for u in sample.columns["image_uri"]]
+        np.testing.assert_array_equal(sample.columns["x"], x[rows])
+
+    with TestPipeline(argv=RUNNER) as p:
+        sample = p | beam.Create(blocks).with_output_types(Block) | beam.CombineGlobally(SampleFn(5, 3, ("x",)))
+        assert_that(sample, check)
+
+
+def test_project_stage_applies_the_fitted_model_to_every_block():
+    x = np.random.default_rng(1).normal(size=(30, 6)).astype(np.float32)
+    model = fit_pca(GramStats().add_block(x), 2)
+    want = model.transform(x)
+
+    def rows(item: Projected):
+        assert item.x.shape == (len(item.uris), 6)
+        return [(str(u), round(float(a), 5), round(float(b), 5)) for u, (a, b) in zip(item.uris, item.xy, strict=True)]
+
+    with TestPipeline(argv=RUNNER) as p:
+        fitted = p | "Model" >> beam.Create([model])
+        projected = p | beam.Create(blocks_of(x, 8)).with_output_types(Block) | Project(fitted)
+        expected = [(f"/img/{i:05d}.jpg", round(float(a), 5), round(float(b), 5)) for i, (a, b) in enumerate(want)]
+        assert_that(projected | beam.FlatMap(rows), equal_to(expected))
+
+
+def test_side_model_is_weighed_by_its_arrays():
+    model = fit_pca(GramStats().add_block(np.eye(4, dtype=np.float32)), 2)
+    referents = SideModel(model).get_referents_for_cache()
+    assert referents
+    assert all(isinstance(r, np.ndarray) for r in referents)
+
+
+def test_describe_pca_model():
+    x = np.random.default_rng(2).normal(size=(50, 5)).astype(np.float32)
+    info = describe_model(fit_pca(GramStats().add_block(x), 2))
+    assert set(info) == {"explained_variance_ratio", "explained_variance", "fit_rows"}
+    assert info["fit_rows"] == 50
+    assert len(info["explained_variance_ratio"]) == 2
+
+
+@pytest.mark.slow
+def test_fit_umap_stage_fits_on_the_seeded_sample():
+    x, _ = clustered_embeddings(400, 64, clusters=3, seed=4)
+
+    def check(models):
+        (model,) = models
+        assert model.fit_rows == 300
+        info = describe_model(model)
+        assert info["fit_rows"] == 300
+        assert info["pca_dims"] == 10
+        assert info["n_neighbors"] == 15
+        assert 0 < info["pca_explained_variance_ratio_total"] <= 1
+        assert model.transform(x[:5]).shape == (5, 2)
+
+    with TestPipeline(argv=RUNNER) as p:
+        blocks = p | beam.Create(blocks_of(x, 64)).with_output_types(Block)
+        assert_that(blocks | FitUMAP(300, seed=0, pca_dims=10, n_neighbors=15, min_dist=0.1), check)

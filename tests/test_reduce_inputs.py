@@ -1,0 +1,169 @@
+"""beam_jobs.reduce_dim.inputs: partitions and patterns, the checks before a run, ReadEmbeddings."""
+
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam import coders
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from sklearn.decomposition import PCA
+
+from beam_jobs.contract import EMBEDDING_COLUMNS
+from beam_jobs.extract_embeddings.outputs import embedding_schema
+from beam_jobs.reduce_dim.fit import FitPCA
+from beam_jobs.reduce_dim.inputs import REQUIRED_COLUMNS, ReadEmbeddings, file_pattern, inspect_inputs, partition_of
+from beam_jobs.reduce_dim.records import Block, BlockCoder
+from beam_jobs.runtime import InputError
+from devtools.synthetic import clustered_embeddings, write_embeddings
+
+RUNNER = ["--runner=FnApiRunner"]
+
+
+def write_clustered(base) -> tuple[str, np.ndarray, np.ndarray, list[str]]:
+    """3000 clustered 2048-d rows over two nightly partitions, in the extraction output format.
+
+    Returns (embeddings root, rows, cluster labels, URIs in row order).
+    """
+    x, labels = clustered_embeddings(3000, 2048, clusters=6, seed=11)
+    root = base / "embeddings"
+    write_embeddings(str(root / "ds=2026-11-19"), x[:1500], "synthetic/a", files=2, prefix="a")
+    write_embeddings(str(root / "ds=2026-11-20"), x[1500:], "synthetic/a", files=3, prefix="b")
+    uris = [f"/synthetic/a/img_{j:07d}.jpg" for j in range(1500)]
+    uris += [f"/synthetic/b/img_{j:07d}.jpg" for j in range(1500)]
+    return str(root), x, labels, uris
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory):
+    return write_clustered(tmp_path_factory.mktemp("emb"))
+
+
+def write_rows(path, uris: list[str], vectors: list[list[float]], model_ids: list[str]) -> None:
+    """One embeddings file with the given rows (other columns filled in)."""
+    count = len(uris)
+    table = pa.Table.from_pydict(
+        {
+            "image_uri": uris,
+            "embedding": vectors,
+            "model_id": model_ids,
+            "content_sha256": ["0"] * count,
+            "width": [1] * count,
+            "height": [1] * count,
+            "run_id": ["r"] * count,
+        },
+        schema=embedding_schema(),
+    )
+    pq.write_table(table, path)
+
+
+def test_partition_and_patterns():
+    assert partition_of("/d/embeddings/ds=2026-11-20/embeddings-00000-of-00002.parquet") == "2026-11-20"
+    assert partition_of("gs://b/x/embeddings-0.parquet") is None
+    assert file_pattern("/d/ds=2026-11-20") == "/d/ds=2026-11-20/embeddings-*.parquet"
+    assert file_pattern("gs://b/e/ds=2026-11-*/") == "gs://b/e/ds=2026-11-*/embeddings-*.parquet"
+    assert file_pattern("/d/ds=1/embeddings-*.parquet") == "/d/ds=1/embeddings-*.parquet"
+
+
+def test_required_columns_are_extraction_output_columns():
+    assert set(REQUIRED_COLUMNS) <= {name for name, _ in EMBEDDING_COLUMNS}
+
+
+def test_inspect_inputs_covers_partitions(clustered):
+    root, _x, _, _ = clustered
+    s = inspect_inputs([os.path.join(root, "ds=2026-11-*")])
+    assert (s.rows, s.dim, s.model_id) == (3000, 2048, "synthetic/a")
+    assert s.partitions == ["2026-11-19", "2026-11-20"]
+    assert len(s.files) == 5
+
+
+def test_refuses_no_rows_mixed_lengths_and_mixed_models(tmp_path, clustered):
+    root, x, _, _ = clustered
+    with pytest.raises(InputError, match="matches no embeddings files"):
+        inspect_inputs([str(tmp_path / "nothing" / "ds=2026-11-20")])
+
+    empty = tmp_path / "empty" / "ds=2026-11-20"
+    write_embeddings(str(empty), np.zeros((0, 8), np.float32), "m", files=1)
+    with pytest.raises(InputError, match="no input rows"):
+        inspect_inputs([str(empty)])
+
+    short = tmp_path / "short" / "ds=2026-11-21"
+    write_embeddings(str(short), x[:10, :1000], "synthetic/a", files=1)
+    with pytest.raises(InputError, match=r"different embedding lengths: length 1000 .*; length 2048"):
+        inspect_inputs([str(short), os.path.join(root, "ds=2026-11-20")])
+
+    other = tmp_path / "other" / "ds=2026-11-21"
+    write_embeddings(str(other), x[:10], "resnet50/other-weights", files=1, prefix="o")
+    mixed = [str(other), os.path.join(root, "ds=2026-11-20")]
+    with pytest.raises(InputError, match=r"mixes embeddings of 2 models: .*pick one with --model_id"):
+        inspect_inputs(mixed)
+    picked = inspect_inputs(mixed, model_id="resnet50/other-weights")
+    assert (picked.rows, picked.rows_total) == (10, 1510)
+    with pytest.raises(InputError, match="has no rows in the input"):
+        inspect_inputs(mixed, model_id="nope")
+
+
+def test_refuses_files_that_are_not_extraction_output(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    pq.write_table(pa.table({"image_uri": ["a"], "x": [1.0]}), folder / "embeddings-00000-of-00001.parquet")
+    with pytest.raises(InputError, match="is not extraction output: it lacks column"):
+        inspect_inputs([str(folder)])
+
+
+def test_read_blocks_keep_only_the_selected_model(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    path = str(folder / "embeddings-00000-of-00001.parquet")
+    write_rows(path, ["a", "b", "c", "d", "e"], [[float(i)] * 4 for i in range(5)], ["m1", "m2", "m1", "m1", "m2"])
+
+    def rows(block: Block):
+        return [(str(u), float(v[0]), block.ds, block.model_id) for u, v in zip(block.uris, block.x, strict=True)]
+
+    with TestPipeline(argv=RUNNER) as p:
+        blocks = p | ReadEmbeddings([path], "m1", dim=4, block_rows=2)
+        kept = blocks | "Rows" >> beam.FlatMap(rows)
+        assert_that(
+            kept,
+            equal_to([("a", 0.0, "2026-11-20", "m1"), ("c", 2.0, "2026-11-20", "m1"), ("d", 3.0, "2026-11-20", "m1")]),
+        )
+
+
+def test_rows_of_different_length_inside_one_file_are_refused(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    path = str(folder / "embeddings-00000-of-00001.parquet")
+    write_rows(path, ["a", "b", "c"], [[0.5] * 16, [0.5] * 16, [0.5] * 12], ["m"] * 3)
+    with pytest.raises(Exception, match=r"embedding lengths 12\.\.16, expected 16"), TestPipeline(argv=RUNNER) as p:
+        _ = p | ReadEmbeddings([path], "m", dim=16, block_rows=8)
+
+
+def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
+    root, x, _, _ = clustered
+    summary = inspect_inputs([root + "/ds=*"])
+    ref = PCA(n_components=2, svd_solver="full").fit(x.astype(np.float64))
+
+    def check(models):
+        (model,) = models
+        assert model.n_rows == 3000
+        for axis in range(2):
+            cos = abs(float(model.components[axis] @ ref.components_[axis]))
+            assert cos >= 0.9999, f"component {axis}: |cos| = {cos}"
+
+    def check_blocks(blocks):
+        assert sum(len(b.uris) for b in blocks) == 3000
+        assert max(len(b.uris) for b in blocks) <= 512
+        assert {b.ds for b in blocks} == {"2026-11-19", "2026-11-20"}
+
+    with TestPipeline(argv=RUNNER) as p:
+        blocks = p | "Read" >> ReadEmbeddings(summary.files, summary.model_id, summary.dim, block_rows=512)
+        # Typed, so Beam picks BlockCoder (not pickle) wherever blocks are encoded or sized.
+        assert blocks.element_type is Block
+        assert isinstance(coders.registry.get_coder(blocks.element_type), BlockCoder)
+        assert_that(blocks, check_blocks, label="Blocks")
+        assert_that(blocks | FitPCA(2), check, label="Model")
