@@ -49,7 +49,7 @@ print("SECONDS", time.perf_counter() - t)
 FLOOR_SNIPPET = """
 import glob, sys, time
 import pyarrow.parquet as pq
-from beam_jobs.reduction import GramStats
+from beam_jobs.reduce_dim.reduction import GramStats
 read = gram = 0.0
 stats = GramStats()
 for f in sorted(glob.glob(sys.argv[1] + "/embeddings-*.parquet")):
