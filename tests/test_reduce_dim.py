@@ -68,6 +68,7 @@ def test_args_split_between_job_and_beam():
     assert beam_args == ["--runner", "FnApiRunner"]
 
 
+@pytest.mark.slow  # a whole run; test_reduce_inputs checks the same refusal on the stage alone
 def test_rows_of_different_length_inside_one_file_fail_the_job(tmp_path):
     folder = tmp_path / "ds=2026-11-20"
     folder.mkdir()

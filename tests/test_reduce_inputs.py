@@ -143,6 +143,7 @@ def test_rows_of_different_length_inside_one_file_are_refused(tmp_path):
         _ = p | ReadEmbeddings([path], "m", dim=16, block_rows=8)
 
 
+@pytest.mark.slow  # scikit-learn's full SVD of 3000 x 2048 as the reference
 def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
     root, x, _, _ = clustered
     summary = inspect_inputs([root + "/ds=*"])

@@ -14,11 +14,14 @@ from apache_beam.testing.util import assert_that
 
 from beam_jobs.reduce_dim.inputs import InputSummary
 from beam_jobs.reduce_dim.outputs import (
+    CoordsFn,
     MapParams,
     WriteOutputs,
     finish_reduction,
     map_labels,
+    sample_points,
     sample_trustworthiness,
+    to_table,
 )
 from beam_jobs.reduce_dim.records import Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample
@@ -42,6 +45,7 @@ def summary_of(rows: int) -> InputSummary:
     return InputSummary(["/e/ds=2026-11-20/embeddings-0.parquet"], rows, rows, "m", 5, ["2026-11-20"])
 
 
+@pytest.mark.slow  # 4-7 s on 2 busy cores (many stages); the pieces are checked fast below
 def test_write_outputs_stage_writes_parquet_and_gathers_what_the_commit_needs(tmp_path):
     staging = str(tmp_path / "staging")
 
@@ -72,9 +76,38 @@ def test_write_outputs_stage_writes_parquet_and_gathers_what_the_commit_needs(tm
     assert {(r["method"], r["model_id"], r["ds"], r["run_id"]) for r in rows} == {("pca", "m", "2026-11-20", "r1")}
 
 
+def test_parquet_rows_and_map_coordinates_of_projected_blocks():
+    blocks = projected_blocks(5, 3)
+    table = to_table(blocks[0], "umap", "r1")
+    assert table.schema == projection_schema()
+    assert table.column("image_uri").to_pylist() == ["/img/000.jpg", "/img/001.jpg", "/img/002.jpg"]
+    np.testing.assert_array_equal(table.column("x").to_numpy(), blocks[0].xy[:, 0])
+    assert set(table.column("method").to_pylist()) == {"umap"}
+    coords = CoordsFn()
+    parts = [coords.add_input(coords.create_accumulator(), b) for b in blocks]
+    xy, groups = coords.extract_output(coords.merge_accumulators(parts))
+    assert xy.shape == (5, 2)
+    assert list(groups) == ["2026-11-20"] * 5
+    empty_xy, empty_groups = coords.extract_output(coords.create_accumulator())
+    assert empty_xy.shape == (0, 2)
+    assert len(empty_groups) == 0
+
+
+def test_sample_points_are_numbered_in_sample_order():
+    sample = side_values(10)["sample"]
+    points = sample_points(sample, 4)
+    assert [p["order"] for p in points] == [0, 1, 2, 3]
+    assert [p["image_uri"] for p in points] == list(sample.columns["image_uri"][:4])
+    assert points[1]["x"] == float(sample.columns["xy"][1, 0])
+    assert len(sample_points(sample, 100)) == len(sample)
+
+
 def side_values(rows: int) -> dict:
     blocks = projected_blocks(rows, rows)
-    sample = Sample(6).add(np.arange(rows, dtype=np.uint64), image_uri=blocks[0].uris, x=blocks[0].x, xy=blocks[0].xy)
+    ds = np.full(rows, "2026-11-20", dtype=object)
+    sample = Sample(6).add(
+        np.arange(rows, dtype=np.uint64), image_uri=blocks[0].uris, ds=ds, x=blocks[0].x, xy=blocks[0].xy
+    )
     points = [
         {"image_uri": f"/img/{i:03d}.jpg", "x": 0.1 * i, "y": 0.2, "ds": "2026-11-20", "order": i, "thumbnail": None}
         for i in reversed(range(4))

@@ -22,6 +22,7 @@ def test_gram_stats_merge_is_exact_whatever_the_split():
     np.testing.assert_allclose(whole.covariance(), merged.covariance(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # scikit-learn's full SVD of 4000 x 2048: about a minute on 2 busy cores
 def test_pca_matches_scikit_learn_per_axis():
     x, _ = clustered_embeddings(4000, 2048, clusters=8, seed=5)
     stats = GramStats()
