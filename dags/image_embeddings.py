@@ -57,6 +57,7 @@ from beam_jobs.contract import (
     RUNNERS,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
+    partition,
 )
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
@@ -110,7 +111,7 @@ with DAG(
     # Each field's schema is checked when a run is created (trigger form, REST API, backfill, dag.test).
     params={
         "input": Param(
-            f"{DATA}/images/ds={{{{ ds }}}}/*",
+            f"{DATA}/images/{partition('{{ ds }}')}/*",
             type="string",
             minLength=1,
             title="Input images",

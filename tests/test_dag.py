@@ -63,6 +63,7 @@ def test_dagbag_policy(dagbag):
             assert task.on_failure_callback, where
 
 
+@pytest.mark.slow  # a fresh interpreter importing Airflow: 3-10 s
 def test_dag_file_imports_no_tensorflow_beam_or_numpy():
     code = (
         "import importlib.util, sys, time; t = time.perf_counter();"

@@ -133,6 +133,7 @@ def launcher(tmp_path, monkeypatch) -> tuple[str, Path]:
     return str(path), record
 
 
+@pytest.mark.slow  # launches the jobs' parsers and Beam in a subprocess per case (~6-15 s)
 @pytest.mark.parametrize(
     ("task_id", "module", "job_flags"),
     [
@@ -294,6 +295,7 @@ def test_job_metrics_sum_committed_user_counters_over_steps():
     }
 
 
+@pytest.mark.slow  # imports Beam in a fresh interpreter
 def test_jobs_log_the_dataflow_job_id_where_the_provider_reads_it():
     """The jobs' __main__ logging must let Beam's INFO 'Created job' line through to the output."""
     from airflow.providers.google.cloud.hooks.dataflow import process_line_and_extract_dataflow_job_id_callback
@@ -311,6 +313,7 @@ def test_jobs_log_the_dataflow_job_id_where_the_provider_reads_it():
     assert found == [JOB_ID]
 
 
+@pytest.mark.slow  # starts the reduce_dim job (Beam) in a subprocess
 def test_detach_is_refused_on_a_local_runner(tmp_path):
     proc = subprocess.run(
         [

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -17,6 +19,7 @@ def test_figures_are_fields_of_the_manifests():
     assert set(PROJECTION_FIGURES) <= set(ReduceManifest.__annotations__)
 
 
+@pytest.mark.slow  # a fresh interpreter importing Airflow: 3-8 s
 def test_manifest_figures_reach_statsd_when_metrics_are_on():
     """A real UDP socket on loopback as the StatsD server; a fresh process with [metrics] statsd_on."""
     import socket
