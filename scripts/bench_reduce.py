@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from devtools.synthetic import SYNTHETIC_MODEL_ID, clustered_embeddings, write_embeddings  # noqa: E402
-from scripts.benchutil import run_measured  # noqa: E402
+from scripts.benchutil import cpu_flags, run_measured  # noqa: E402
 
 SKLEARN_SNIPPET = """
 import glob, json, sys, time
@@ -113,6 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
 
+    print(f"CPU: {cpu_flags()}", flush=True)
     fixed = fixed_cost(args.workdir)
     print(f"PCA job on 200 rows (the fixed cost): {fixed:.1f}s wall", flush=True)
     results = {}
