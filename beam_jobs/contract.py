@@ -84,9 +84,9 @@ JOB_REDUCE = "reduce_dim"
 METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE)
 
 METHODS = ("pca", "umap")
-RUNNERS = ("FnApiRunner", "DataflowRunner")
 DEFAULT_RUNNER = "FnApiRunner"  # local, in-process (Beam's DirectRunner would first try to download Prism)
 DATAFLOW_RUNNER = "DataflowRunner"  # needs gs:// paths and a project, region and temp_location
+RUNNERS = (DEFAULT_RUNNER, DATAFLOW_RUNNER)
 OUTPUT_FORMATS = ("parquet", "npy")
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -227,7 +227,12 @@ class ReduceManifest(TypedDict):
     """``manifest.json`` of a projections partition.
 
     Args:
-        rows: rows projected (all rows of ``model_id`` in the inputs); rows_in_input: of any model.
+        rows: rows projected (all rows of ``model_id`` in the inputs, less those dropped); rows_in_input: of any
+            model.
+        rows_dropped_non_finite: rows of ``model_id`` left out of fit and projection because their embedding
+            holds a NaN or an infinity (rows + rows_dropped_non_finite = that model's input rows);
+            non_finite_examples: up to 5 of their URIs (the smallest, sorted). Written by every run since
+            they were added (0 and [] when none); NotRequired because older manifests lack them.
         parameters: the method's settings as run.
         explained_variance_ratio / explained_variance: PCA only.
         fit_rows: rows the reducer was fitted on (all for PCA, the seeded sample for UMAP).
@@ -243,6 +248,8 @@ class ReduceManifest(TypedDict):
     output: str
     rows: int
     rows_in_input: int
+    rows_dropped_non_finite: NotRequired[int]
+    non_finite_examples: NotRequired[list[str]]
     model_id: str
     embedding_dim: int
     parameters: dict[str, Any]
