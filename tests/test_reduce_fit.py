@@ -8,9 +8,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, Project, SampleFn, SideModel, describe_model
+from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, Project, SampleFn, SideModel, check_fit_rows, describe_model
 from beam_jobs.reduce_dim.records import NO_PARTITION, Block, Projected
 from beam_jobs.reduce_dim.reduction import GramStats, Sample, fit_pca, row_priority
+from beam_jobs.runtime import InputError
 from devtools.synthetic import clustered_embeddings
 
 RUNNER = ["--runner=FnApiRunner"]
@@ -106,3 +107,34 @@ def test_fit_umap_stage_fits_on_the_seeded_sample():
     with TestPipeline(argv=RUNNER) as p:
         blocks = p | beam.Create(blocks_of(x, 64)).with_output_types(Block)
         assert_that(blocks | FitUMAP(300, seed=0, pca_dims=10, n_neighbors=15, min_dist=0.1), check)
+
+
+# --------------------------------------------------------------------------- too few rows left after NaN/inf
+
+
+def test_check_fit_rows_names_the_counts():
+    check_fit_rows("pca", 2, 10)
+    check_fit_rows("umap", 4, None)
+    with pytest.raises(InputError, match=r"^no rows left to fit pca: all 7 input row\(s\) .*NaN or inf.* least 2$"):
+        check_fit_rows("pca", 0, 7)
+    with pytest.raises(InputError, match=r"too few rows left to fit umap: 9 of 12 .* NaN or inf values, 3 left; .* 4"):
+        check_fit_rows("umap", 3, 12)
+    with pytest.raises(InputError, match=r"^too few rows to fit pca: 1; pca needs at least 2$"):
+        check_fit_rows("pca", 1, None)
+
+
+def test_fit_pca_stage_refuses_when_nan_rows_leave_too_few():
+    x = np.ones((1, 4), np.float32)  # what ReadEmbeddings passed on: 1 finite row of 5
+    p = TestPipeline(argv=RUNNER)
+    _ = p | beam.Create(blocks_of(x, 8)).with_output_types(Block) | FitPCA(2, input_rows=5)
+    with pytest.raises(InputError, match=r"too few rows left to fit pca: 4 of 5 input row\(s\) .* 1 left"):
+        p.run()
+
+
+def test_fit_umap_stage_refuses_when_no_rows_are_left():
+    # Refused before the pre-PCA or umap-learn: no numba compilation, fast.
+    p = TestPipeline(argv=RUNNER)
+    blocks = p | beam.Create([]).with_output_types(Block)
+    _ = blocks | FitUMAP(100, seed=0, pca_dims=2, n_neighbors=15, min_dist=0.1, input_rows=3)
+    with pytest.raises(InputError, match=r"no rows left to fit umap: all 3 input row\(s\) of the model have NaN"):
+        p.run()

@@ -1,4 +1,7 @@
-"""beam_jobs.reduce_dim.inputs: partitions and patterns, the checks before a run, ReadEmbeddings."""
+"""beam_jobs.reduce_dim.inputs: partitions and patterns, the checks before a run, ReadEmbeddings.
+
+Hostile inputs are real files: Parquet files cut short, emptied or overwritten, NaN/inf rows.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,22 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from sklearn.decomposition import PCA
 
+from beam_jobs.config import ConfigError
 from beam_jobs.contract import EMBEDDING_COLUMNS
 from beam_jobs.extract_embeddings.outputs import embedding_schema
 from beam_jobs.reduce_dim.fit import FitPCA
-from beam_jobs.reduce_dim.inputs import REQUIRED_COLUMNS, ReadEmbeddings, file_pattern, inspect_inputs, partition_of
-from beam_jobs.reduce_dim.records import Block, BlockCoder
+from beam_jobs.reduce_dim.inputs import (
+    REQUIRED_COLUMNS,
+    DroppedRowsFn,
+    ReadEmbeddings,
+    drop_non_finite,
+    file_pattern,
+    inspect_inputs,
+    partition_of,
+    require_rows,
+)
+from beam_jobs.reduce_dim.records import Block, BlockCoder, DroppedRows
+from beam_jobs.reduce_dim.reduction import MIN_FIT_ROWS
 from beam_jobs.runtime import InputError
 from devtools.synthetic import clustered_embeddings, write_embeddings
 
@@ -168,3 +182,141 @@ def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
         assert isinstance(coders.registry.get_coder(blocks.element_type), BlockCoder)
         assert_that(blocks, check_blocks, label="Blocks")
         assert_that(blocks | FitPCA(2), check, label="Model")
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+
+def truncate(path: str, keep: float = 0.5) -> None:
+    """Cut a real file's bytes (a copy interrupted mid-way): footer and magic bytes are gone."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(int(size * keep))
+
+
+def good_partition(base, rows: int = 6, files: int = 2) -> list[str]:
+    x = np.random.default_rng(0).normal(size=(rows, 16)).astype(np.float32)
+    return write_embeddings(str(base / "ds=2026-11-20"), x, "m", files=files)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not_parquet", "footer_only_cut"])
+def test_inspect_refuses_a_truncated_or_corrupt_file_naming_it(tmp_path, damage):
+    paths = good_partition(tmp_path)
+    bad = paths[1]
+    if damage == "truncated":
+        truncate(bad)
+    elif damage == "empty":
+        truncate(bad, 0.0)
+    elif damage == "not_parquet":
+        with open(bad, "wb") as handle:
+            handle.write(b"<html>not a parquet file</html>" * 10)
+    else:  # the last 4 bytes (the closing magic) lost
+        truncate(bad, 1 - 4 / os.path.getsize(bad))
+    with pytest.raises(InputError, match="cannot be read as Parquet") as caught:
+        inspect_inputs([str(tmp_path / "ds=2026-11-20")])
+    message = str(caught.value)
+    assert message.startswith(bad)
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_inspect_refuses_an_unreadable_file_naming_it(tmp_path):
+    paths = good_partition(tmp_path)
+    os.chmod(paths[0], 0)
+    try:
+        with pytest.raises(InputError, match=f"{paths[0]} cannot be read as Parquet"):
+            inspect_inputs([str(tmp_path / "ds=2026-11-20")])
+    finally:
+        os.chmod(paths[0], 0o644)
+
+
+def test_inspect_refuses_a_fifo_without_opening_it(tmp_path):
+    paths = good_partition(tmp_path)
+    os.remove(paths[1])
+    os.mkfifo(paths[1])  # opening it for reading would block until a writer comes
+    with pytest.raises(InputError, match=f"{paths[1]} is a FIFO; only regular Parquet files are read"):
+        inspect_inputs([str(tmp_path / "ds=2026-11-20")])
+
+
+@pytest.mark.parametrize(
+    ("method", "rows", "refused"),
+    [("pca", 1, True), ("pca", 2, False), ("umap", 2, True), ("umap", 3, True), ("umap", 4, False)],
+)
+def test_require_rows_refuses_fewer_rows_than_the_method_needs(tmp_path, method, rows, refused):
+    good_partition(tmp_path, rows=rows, files=1)
+    summary = inspect_inputs([str(tmp_path / "ds=2026-11-20")])
+    if refused:
+        need = MIN_FIT_ROWS[method]
+        with pytest.raises(InputError, match=rf"too few rows for {method}: the input holds {rows} row\(s\) .*{need}"):
+            require_rows(summary, method, fit_sample_size=20_000)
+    else:
+        require_rows(summary, method, fit_sample_size=20_000)
+
+
+def test_require_rows_refuses_a_umap_fit_sample_below_the_minimum(clustered):
+    root, *_ = clustered
+    summary = inspect_inputs([root + "/ds=*"])
+    with pytest.raises(ConfigError, match="--fit_sample_size must be >= 4"):
+        require_rows(summary, "umap", fit_sample_size=3)
+    require_rows(summary, "umap", fit_sample_size=4)
+    require_rows(summary, "pca", fit_sample_size=3)  # PCA fits on every row
+
+
+def test_drop_non_finite_keeps_finite_rows_and_names_the_others():
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    x[1, 2] = np.nan
+    x[3, 0] = np.inf
+    x[4, 3] = -np.inf
+    uris = np.array([f"/img/{i}.jpg" for i in range(6)], dtype=object)
+    kept_uris, kept_x, dropped = drop_non_finite(uris, x)
+    assert list(kept_uris) == ["/img/0.jpg", "/img/2.jpg", "/img/5.jpg"]
+    np.testing.assert_array_equal(kept_x, x[[0, 2, 5]])
+    assert dropped == DroppedRows(3, ("/img/1.jpg", "/img/3.jpg", "/img/4.jpg"))
+    same_uris, _, none = drop_non_finite(uris[[0, 2]], x[[0, 2]])
+    assert none is None
+    assert len(same_uris) == 2
+
+
+def test_dropped_rows_combine_to_the_total_and_the_smallest_examples():
+    fn = DroppedRowsFn()
+    parts = [DroppedRows(4, ("/c", "/d", "/e", "/f")), DroppedRows(3, ("/a", "/g", "/h")), DroppedRows(1, ("/b",))]
+    accs = [fn.add_input(fn.create_accumulator(), part) for part in parts]
+    for order in (accs, accs[::-1]):
+        assert fn.extract_output(fn.merge_accumulators(order)) == DroppedRows(8, ("/a", "/b", "/c", "/d", "/e"))
+    assert fn.extract_output(fn.create_accumulator()) == DroppedRows(0, ())
+
+
+def test_read_embeddings_leaves_out_rows_with_nan_or_inf_and_reports_them(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    path = str(folder / "embeddings-00000-of-00001.parquet")
+    vectors = [[float(i)] * 4 for i in range(8)]
+    vectors[1][0] = float("nan")
+    vectors[2][3] = float("inf")
+    vectors[5][1] = float("-inf")
+    vectors[6][2] = None  # a null inside a vector: NaN once read
+    write_rows(path, [f"/img/{i}.jpg" for i in range(8)], vectors, ["m"] * 7 + ["other"])
+
+    def rows(block: Block):
+        assert np.isfinite(block.x).all()
+        return [str(u) for u in block.uris]
+
+    with TestPipeline(argv=RUNNER) as p:
+        blocks, dropped = p | ReadEmbeddings([path], "m", dim=4, block_rows=3, report_dropped=True)
+        assert blocks.element_type is Block
+        assert_that(blocks | "Rows" >> beam.FlatMap(rows), equal_to(["/img/0.jpg", "/img/3.jpg", "/img/4.jpg"]))
+        want = DroppedRows(4, ("/img/1.jpg", "/img/2.jpg", "/img/5.jpg", "/img/6.jpg"))
+        assert_that(dropped, equal_to([want]), label="Dropped")
+
+    # Without reporting (the fit's read): the same rows are left out, and the output is the blocks alone.
+    with TestPipeline(argv=RUNNER) as p:
+        blocks = p | ReadEmbeddings([path], "m", dim=4, block_rows=3)
+        assert_that(blocks | "Rows" >> beam.FlatMap(rows), equal_to(["/img/0.jpg", "/img/3.jpg", "/img/4.jpg"]))
+
+
+def test_read_embeddings_reports_zero_dropped_rows_for_clean_input(tmp_path):
+    paths = good_partition(tmp_path, rows=5, files=1)
+    with TestPipeline(argv=RUNNER) as p:
+        blocks, dropped = p | ReadEmbeddings(paths, "m", dim=16, block_rows=2, report_dropped=True)
+        assert_that(dropped, equal_to([DroppedRows(0, ())]), label="Dropped")
+        assert_that(blocks | beam.Map(lambda b: len(b.uris)) | beam.CombineGlobally(sum), equal_to([5]))

@@ -23,7 +23,7 @@ from beam_jobs.reduce_dim.outputs import (
     sample_trustworthiness,
     to_table,
 )
-from beam_jobs.reduce_dim.records import Projected, projection_schema
+from beam_jobs.reduce_dim.records import DroppedRows, Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample
 from beam_jobs.runtime import AccountingError
 
@@ -114,6 +114,7 @@ def side_values(rows: int) -> dict:
     ]
     return {
         "info": {"explained_variance_ratio": [0.5, 0.25], "explained_variance": [2.0, 1.0], "fit_rows": rows},
+        "dropped": DroppedRows(0, ()),
         "rows": rows,
         "coords": (blocks[0].xy, np.full(rows, "2026-11-20", dtype=object)),
         "sample": sample,
@@ -124,7 +125,7 @@ def side_values(rows: int) -> dict:
 
 def test_finish_refuses_a_row_count_mismatch(tmp_path):
     staging = str(tmp_path / "staging")
-    with pytest.raises(AccountingError, match=r"row count mismatch: 11 input rows of 'm' but 10 projected"):
+    with pytest.raises(AccountingError, match=r"mismatch: 11 input rows of 'm' but 10 projected \+ 0 dropped"):
         finish_reduction(
             staging, seconds=1.0, settings={}, summary=summary_of(11), method="pca", run_id="r", maps=MAPS,
             **side_values(10),
@@ -150,6 +151,7 @@ def test_finish_renders_both_maps_and_returns_the_manifest_fields(tmp_path):
         "map_html": "map.html",
     }
     assert fields["explained_variance_ratio"] == [0.5, 0.25]
+    assert (fields["rows_dropped_non_finite"], fields["non_finite_examples"]) == (0, [])
     with open(os.path.join(staging, "map.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(staging, "map.html"), encoding="utf-8") as handle:
@@ -157,6 +159,24 @@ def test_finish_renders_both_maps_and_returns_the_manifest_fields(tmp_path):
     assert "Showing 4 of 10 rows (seeded sample, seed 0)." in page
     # Points are plotted in sample order, whatever order the thumbnails arrived in.
     assert page.index("/img/000.jpg") < page.index("/img/003.jpg")
+
+
+def test_finish_accounts_for_rows_dropped_for_nan_or_inf(tmp_path):
+    staging = str(tmp_path / "staging")
+    side = {**side_values(10), "dropped": DroppedRows(3, ("/img/bad-0.jpg", "/img/bad-1.jpg"))}
+    fields = finish_reduction(
+        staging, seconds=1.0, settings={}, summary=summary_of(13), method="pca", run_id="r", maps=MAPS, **side
+    )
+    assert fields["rows"] == 10
+    assert fields["rows_dropped_non_finite"] == 3
+    assert fields["non_finite_examples"] == ["/img/bad-0.jpg", "/img/bad-1.jpg"]
+    # Projected + dropped must equal the input rows exactly, both ways.
+    for input_rows in (12, 14):
+        with pytest.raises(AccountingError, match=rf"{input_rows} input rows of 'm' but 10 projected \+ 3 dropped"):
+            finish_reduction(
+                staging, seconds=1.0, settings={}, summary=summary_of(input_rows), method="pca", run_id="r",
+                maps=MAPS, **side,
+            )  # fmt: skip
 
 
 def test_sample_trustworthiness_uses_at_most_the_asked_rows():

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from beam_jobs.reduce_dim.reduction import GramStats, Sample, fit_pca, fit_umap, row_priority, trustworthiness
+from beam_jobs.reduce_dim.reduction import (
+    MIN_FIT_ROWS,
+    PCA_MIN_ROWS,
+    UMAP_MIN_ROWS,
+    GramStats,
+    Sample,
+    fit_pca,
+    fit_umap,
+    row_priority,
+    trustworthiness,
+)
 from devtools.synthetic import clustered_embeddings
 
 
@@ -86,3 +96,40 @@ def test_umap_keeps_clusters_apart_and_neighbourhoods_trustworthy():
     nearest = np.argmin(np.linalg.norm(xy[:, None, :] - centres[None], axis=2), axis=1)
     assert (nearest == lab).mean() == 1.0
     assert min(gaps) > radius
+
+
+# --------------------------------------------------------------------------- the fewest rows a fit needs
+
+
+def test_pca_fits_on_its_minimum_rows_and_refuses_fewer():
+    x = np.array([[1.0, 2.0, 3.0], [2.0, 0.0, 3.5]], np.float32)
+    assert PCA_MIN_ROWS == MIN_FIT_ROWS["pca"] == 2
+    model = fit_pca(GramStats().add_block(x), 2)
+    assert np.isfinite(model.transform(x)).all()
+    with pytest.raises(ValueError, match="PCA needs at least 2 rows, got 1"):
+        fit_pca(GramStats().add_block(x[:1]), 2)
+
+
+def test_umap_refuses_fewer_than_its_minimum_before_importing_umap():
+    x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="UMAP needs at least 4 rows to fit, got 3"):
+        fit_umap(x, None, seed=0)
+
+
+@pytest.mark.slow  # umap-learn's numba compilation: 20-50 s on first use in a process
+@pytest.mark.parametrize("n_neighbors", [2, 15])
+def test_umap_minimum_is_real(n_neighbors):
+    """4 rows fit and transform; on 3, umap-learn itself fails (its spectral layout asks for 3 eigenvectors)."""
+    import warnings
+
+    from beam_jobs.reduce_dim.reduction import import_umap
+
+    x, _ = clustered_embeddings(20, 64, clusters=2, seed=1)
+    assert UMAP_MIN_ROWS == MIN_FIT_ROWS["umap"] == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small-data warnings of umap-learn
+        model = fit_umap(x[:4], None, seed=0, n_neighbors=n_neighbors)
+        assert np.isfinite(model.transform(x[4:])).all()
+        reducer = import_umap().UMAP(n_components=2, n_neighbors=2, random_state=0, n_jobs=1)
+        with pytest.raises(Exception, match="k >= N"):
+            reducer.fit(x[:3])

@@ -24,7 +24,17 @@ from apache_beam.metrics import Metrics
 from apache_beam.runners.worker.statecache import CacheAware
 
 from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, Block, Projected
-from beam_jobs.reduce_dim.reduction import GramStats, PCAModel, Sample, UmapModel, fit_pca, fit_umap, row_priority
+from beam_jobs.reduce_dim.reduction import (
+    MIN_FIT_ROWS,
+    GramStats,
+    PCAModel,
+    Sample,
+    UmapModel,
+    fit_pca,
+    fit_umap,
+    row_priority,
+)
+from beam_jobs.runtime import InputError
 
 # Rows per GramStats.add_block when the pre-PCA of UMAP is fitted on the sample (the job's default block size).
 SAMPLE_PCA_BLOCK_ROWS = 8192
@@ -88,29 +98,69 @@ class SampleFn(beam.CombineFn):
         return acc.sorted()
 
 
-class FitPCA(beam.PTransform):
-    """Blocks -> one PCAModel with ``n_components`` components, exact over all rows."""
+def check_fit_rows(method: str, fit_rows: int, input_rows: int | None) -> None:
+    """Refuse a fit on fewer rows than ``method`` needs, naming the counts.
 
-    def __init__(self, n_components: int):
+    The launcher already refused inputs with too few rows (``inputs.require_rows``);
+    what is left are inputs where too many rows were dropped for NaN/inf values, which
+    only reading every row tells. ``input_rows``: the model's rows in the inputs (from
+    the footers), so the dropped count is ``input_rows - fit_rows``; None: unknown.
+    Raised inside the pipeline as ``InputError``: exit status 2 on the local runner.
+    """
+    need = MIN_FIT_ROWS[method]
+    if fit_rows >= need:
+        return
+    if input_rows is None or input_rows <= fit_rows:
+        raise InputError(f"too few rows to fit {method}: {fit_rows}; {method} needs at least {need}")
+    dropped = input_rows - fit_rows
+    if fit_rows == 0:
+        lead = f"no rows left to fit {method}: all {input_rows} input row(s) of the model have NaN or inf values"
+    else:
+        lead = (
+            f"too few rows left to fit {method}: {dropped} of {input_rows} input row(s) of the model "
+            f"dropped for NaN or inf values, {fit_rows} left"
+        )
+    raise InputError(f"{lead}; {method} needs at least {need}")
+
+
+def fit_pca_checked(stats: GramStats, n_components: int, input_rows: int | None = None) -> PCAModel:
+    check_fit_rows("pca", stats.n_rows, input_rows)
+    return fit_pca(stats, n_components)
+
+
+class FitPCA(beam.PTransform):
+    """Blocks -> one PCAModel with ``n_components`` components, exact over all rows.
+
+    ``input_rows``: the model's rows in the inputs, named in the error when too few rows are left.
+    """
+
+    def __init__(self, n_components: int, input_rows: int | None = None):
         super().__init__()
         self._n_components = n_components
+        self._input_rows = input_rows
 
     def expand(self, blocks):
         return (
             blocks
             | "SufficientStats" >> beam.CombineGlobally(GramStatsFn())
-            | "Eigendecomposition" >> beam.Map(fit_pca, self._n_components)
+            | "Eigendecomposition" >> beam.Map(fit_pca_checked, self._n_components, self._input_rows)
         )
 
 
-def fit_umap_on_sample(sample: Sample, pca_dims: int, seed: int, n_neighbors: int, min_dist: float) -> UmapModel:
+def fit_umap_on_sample(
+    sample: Sample, pca_dims: int, seed: int, n_neighbors: int, min_dist: float, input_rows: int | None = None
+) -> UmapModel:
     """PCA to ``pca_dims`` (0 = none) and UMAP, both fitted on the seeded sample, on one worker.
 
     The pre-PCA is fitted on the sample, not on all rows: a 50-d subspace is well
     estimated from thousands of rows, and a fit that only sees the sample (in its
     fixed order) is bit-for-bit reproducible, which a sum over workers in arrival
     order is not. UMAP amplifies last-digit differences into a different layout.
+
+    ``input_rows``: the model's rows in the inputs. A sample smaller than its capacity holds
+    every finite row, so then ``input_rows - len(sample)`` rows were dropped for NaN/inf values.
     """
+    check_fit_rows("umap", len(sample), input_rows if len(sample) < sample.capacity else None)
     x = sample.columns["x"]
     start = time.perf_counter()
     pca = None
@@ -131,19 +181,29 @@ class FitUMAP(beam.PTransform):
     (the pipeline passes 0 when the embeddings are not longer than ``--pca_dims``).
     """
 
-    def __init__(self, fit_sample_size: int, seed: int, pca_dims: int, n_neighbors: int, min_dist: float):
+    def __init__(
+        self,
+        fit_sample_size: int,
+        seed: int,
+        pca_dims: int,
+        n_neighbors: int,
+        min_dist: float,
+        input_rows: int | None = None,
+    ):
         super().__init__()
         self._fit_sample_size = fit_sample_size
         self._seed = seed
         self._pca_dims = pca_dims
         self._n_neighbors = n_neighbors
         self._min_dist = min_dist
+        self._input_rows = input_rows
 
     def expand(self, blocks):
+        fit_args = (self._pca_dims, self._seed, self._n_neighbors, self._min_dist, self._input_rows)
         return (
             blocks
             | "FitSample" >> beam.CombineGlobally(SampleFn(self._fit_sample_size, self._seed, ("x",)))
-            | "Fit" >> beam.Map(fit_umap_on_sample, self._pca_dims, self._seed, self._n_neighbors, self._min_dist)
+            | "Fit" >> beam.Map(fit_umap_on_sample, *fit_args)
         )
 
 

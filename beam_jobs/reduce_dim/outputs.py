@@ -29,7 +29,7 @@ from beam_jobs.contract import MAP_HTML, MAP_PNG, PROJECTION_PREFIX, ReduceManif
 from beam_jobs.reduce_dim.fit import SampleFn
 from beam_jobs.reduce_dim.inputs import InputSummary
 from beam_jobs.reduce_dim.maps import MapLabels, render_html, render_png, thumbnail_data_uri
-from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, Projected, projection_schema
+from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, DroppedRows, Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample, trustworthiness
 from beam_jobs.runtime import AccountingError
 
@@ -232,16 +232,22 @@ def finish_reduction(
     run_id: str,
     maps: MapParams,
     info: dict[str, Any],
+    dropped: DroppedRows,
     rows: int,
     coords: tuple[np.ndarray, np.ndarray],
     sample: Sample,
     points: list[dict[str, Any]],
     files: list[str],
 ) -> ReduceManifest:
-    """The commit step's check, maps and manifest fields: every input row of the model is projected, once."""
-    if rows != summary.rows:
+    """The commit step's check, maps and manifest fields.
+
+    Every input row of the model is projected once, or dropped for NaN/inf values:
+    ``rows + dropped.count == summary.rows`` exactly.
+    """
+    if rows + dropped.count != summary.rows:
         raise AccountingError(
             f"row count mismatch: {summary.rows} input rows of {summary.model_id!r} but {rows} projected"
+            f" + {dropped.count} dropped for NaN/inf values"
         )
     trust, trust_rows = sample_trustworthiness(sample, maps.trust_sample_size)
     points = sorted(points, key=lambda p: p["order"])
@@ -251,6 +257,8 @@ def finish_reduction(
     return {
         **settings,
         "rows": rows,
+        "rows_dropped_non_finite": dropped.count,
+        "non_finite_examples": list(dropped.examples),
         **info,
         "trustworthiness": None if trust is None else round(trust, 4),
         "trustworthiness_rows": trust_rows,

@@ -5,13 +5,15 @@
 
 Stages (each a composite PTransform, in its own module):
 
-  ReadEmbeddings  inputs.py   Parquet files -> blocks of rows (uris, float32 matrix, partition date)
+  ReadEmbeddings  inputs.py   Parquet files -> blocks of rows (uris, float32 matrix, partition date);
+                              rows with NaN/inf values are left out (counted by the second read)
   FitPCA          fit.py      exact PCA from count, sum and X^T X summed across workers
   FitUMAP         fit.py      PCA + UMAP fitted on a seeded sample, on one worker
   Project         fit.py      a second read of the files; every block projected with the model as a side input
   WriteOutputs    outputs.py  projection-*.parquet, and the coordinates and sample the maps need
-  Commit          runtime.py  row count check, map.png + map.html (outputs.finish_reduction),
-                              manifest.json, then the staged directory replaces --output whole
+  Commit          runtime.py  row count check (projected + dropped for NaN/inf = input rows), map.png + map.html
+                              (outputs.finish_reduction), manifest.json, then the staged directory replaces
+                              --output whole
 
 The data are read twice rather than held between the fit and the projection:
 that keeps memory flat in the number of rows on every runner. Only this module
@@ -30,7 +32,7 @@ from beam_jobs import runtime, storage
 from beam_jobs.config import ReduceConfig
 from beam_jobs.contract import JOB_REDUCE, MAP_PNG
 from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, Project, describe_model
-from beam_jobs.reduce_dim.inputs import InputSummary, ReadEmbeddings, inspect_inputs
+from beam_jobs.reduce_dim.inputs import InputSummary, ReadEmbeddings, inspect_inputs, require_rows
 from beam_jobs.reduce_dim.outputs import MapParams, WriteOutputs, finish_reduction
 from beam_jobs.runtime import Commit
 
@@ -66,15 +68,17 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
     fit_blocks = p | "ReadEmbeddings" >> read()
     # The fitted model (a saved reference reducer, when one is added, is loaded here instead).
     if cfg.method == "pca":
-        model = fit_blocks | "FitPCA" >> FitPCA(2)
+        model = fit_blocks | "FitPCA" >> FitPCA(2, input_rows=summary.rows)
     else:
         # 0 = no pre-PCA: --pca_dims 0, or embeddings no longer than --pca_dims.
         pca_dims = cfg.pca_dims if cfg.pca_dims < summary.dim else 0
         model = fit_blocks | "FitUMAP" >> FitUMAP(
-            cfg.fit_sample_size, cfg.seed, pca_dims, cfg.n_neighbors, cfg.min_dist
+            cfg.fit_sample_size, cfg.seed, pca_dims, cfg.n_neighbors, cfg.min_dist, input_rows=summary.rows
         )
     info = model | "DescribeModel" >> beam.Map(describe_model)
-    projected = p | "ReadEmbeddingsAgain" >> read() | "Project" >> Project(model)
+    # The second read reports the rows it left out for NaN/inf values: the first leaves out the same rows.
+    blocks, dropped = p | "ReadEmbeddingsAgain" >> read(report_dropped=True)
+    projected = blocks | "Project" >> Project(model)
     maps = MapParams(cfg.html_points, cfg.thumbnail_size, cfg.thumbnails, cfg.trust_sample_size, cfg.seed)
     written = projected | "WriteOutputs" >> WriteOutputs(staging, cfg.method, cfg.run_id, cfg.num_shards, maps)
     finish = functools.partial(
@@ -85,7 +89,8 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
         run_id=cfg.run_id,
         maps=maps,
     )
-    return p | "Commit" >> Commit(JOB_REDUCE, cfg, staging, finish, info=beam.pvalue.AsSingleton(info), **written)
+    sides = {"info": beam.pvalue.AsSingleton(info), "dropped": beam.pvalue.AsSingleton(dropped), **written}
+    return p | "Commit" >> Commit(JOB_REDUCE, cfg, staging, finish, **sides)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -95,6 +100,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # at 100k rows (19.7 s and 21.8 s against 16.4 s; README, performance).
     options = runtime.job_options(beam_args, cfg.detach, running_mode="in_memory")
     summary = inspect_inputs(cfg.inputs, cfg.model_id)
+    require_rows(summary, cfg.method, cfg.fit_sample_size)
     LOG.info(
         "reduce_dim run_id=%s method=%s rows=%d files=%d model_id=%s partitions=%s output=%s",
         cfg.run_id,

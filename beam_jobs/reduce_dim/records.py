@@ -40,6 +40,16 @@ class Projected(NamedTuple):
     x: np.ndarray  # dropped before writing
 
 
+class DroppedRows(NamedTuple):
+    """Rows left out because their embedding holds a NaN or an infinity: how many, and a few of their URIs."""
+
+    count: int
+    examples: tuple[str, ...]  # the smallest URIs (sorted), at most MAX_DROPPED_EXAMPLES
+
+
+MAX_DROPPED_EXAMPLES = 5
+
+
 class _ArrayTupleCoder(beam.coders.Coder):
     """Coder for the NamedTuples of arrays above (one per element type).
 

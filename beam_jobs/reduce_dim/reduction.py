@@ -18,6 +18,14 @@ from typing import Any
 
 import numpy as np
 
+# Rows a fit needs, the least that works (found by trying: tests/test_reduction.py).
+# PCA: the sample covariance divides by n - 1. UMAP: umap-learn's spectral initialisation
+# asks scipy for n_components + 1 = 3 eigenvectors, which needs more than 3 rows
+# ("Cannot use scipy.linalg.eigh for sparse A with k >= N" on 3), whatever n_neighbors is.
+PCA_MIN_ROWS = 2
+UMAP_MIN_ROWS = 4
+MIN_FIT_ROWS = {"pca": PCA_MIN_ROWS, "umap": UMAP_MIN_ROWS}
+
 
 @dataclass
 class GramStats:
@@ -66,8 +74,8 @@ class GramStats:
 
     def covariance(self) -> np.ndarray:
         """Sample covariance (ddof=1, as scikit-learn's PCA)."""
-        if self.n_rows < 2:
-            raise ValueError(f"PCA needs at least 2 rows, got {self.n_rows}")
+        if self.n_rows < PCA_MIN_ROWS:
+            raise ValueError(f"PCA needs at least {PCA_MIN_ROWS} rows, got {self.n_rows}")
         mu = self.total / self.n_rows
         cov = (self.gram - self.n_rows * np.outer(mu, mu)) / (self.n_rows - 1)
         return (cov + cov.T) / 2
@@ -206,10 +214,10 @@ class UmapModel:
 
 def fit_umap(x: np.ndarray, pca: PCAModel | None, seed: int, n_neighbors: int = 15, min_dist: float = 0.1) -> UmapModel:
     """Fit UMAP on a sample of raw embeddings (after the optional PCA)."""
-    umap = import_umap()
     features = pca.transform(x) if pca is not None else np.asarray(x, np.float32)
-    if len(features) <= 2:
-        raise ValueError(f"UMAP needs at least 3 rows to fit, got {len(features)}")
+    if len(features) < UMAP_MIN_ROWS:
+        raise ValueError(f"UMAP needs at least {UMAP_MIN_ROWS} rows to fit, got {len(features)}")
+    umap = import_umap()
     reducer = umap.UMAP(
         n_components=2,
         n_neighbors=min(n_neighbors, len(features) - 1),
