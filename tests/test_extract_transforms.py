@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
 from beam_jobs.config import ExtractConfig
-from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, ImageMeta
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams, ImageMeta
 from beam_jobs.extract_embeddings.embed import EmbedImages
 from beam_jobs.extract_embeddings.images import decode_and_resize
 from beam_jobs.extract_embeddings.inputs import ReadImageURIs, parse_manifest_header, parse_manifest_line
@@ -81,7 +81,9 @@ def test_decode_images_splits_good_and_bad(edge_dir, sample_dir, tmp_path):
     want_ok = sorted([*good, *(p for p, o in expected.items() if o == "ok")])
     cfg = cfg_for()
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        out = p | beam.Create(uris) | DecodeImages((224, 224), cfg.resize_mode, cfg.max_pixels, cfg.run_id)
+        out = (
+            p | beam.Create(uris) | DecodeImages(DecodeParams((224, 224), cfg.resize_mode, cfg.max_pixels), cfg.run_id)
+        )
         ok = out.images | "OkUri" >> beam.Map(lambda kv: (kv[0].image_uri, kv[1].shape, kv[1].dtype.name))
         assert_that(ok, equal_to([(u, (224, 224, 3), "uint8") for u in want_ok]), label="ok")
         bad = out[FAILURES_TAG] | "BadKey" >> beam.Map(lambda r: (r["image_uri"], f"{r['stage']}/{r['error']}"))

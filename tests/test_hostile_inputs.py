@@ -21,7 +21,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.contract import DEFAULT_MAX_BYTES, ResizeMode
-from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, ImageMeta, read_input
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams, ImageMeta, read_input
 from beam_jobs.extract_embeddings.embed import to_row
 from beam_jobs.extract_embeddings.images import ImageError
 from beam_jobs.extract_embeddings.inputs import ReadImageURIs, list_local
@@ -148,7 +148,7 @@ def test_the_pipeline_counts_every_hostile_entry_once(hostile_dir, no_hang):
     good = sorted(uri for uri, reason in expected.items() if reason is None)
     with TestPipeline(argv=RUNNER_ARGS) as p:
         read = p | ReadImageURIs(os.path.join(folder, "*"))
-        decoded = read["uris"] | DecodeImages((224, 224), ResizeMode.CENTER_CROP, 10_000_000, "run")
+        decoded = read["uris"] | DecodeImages(DecodeParams((224, 224), ResizeMode.CENTER_CROP, 10_000_000), "run")
         assert_that(read["uris"], equal_to(sorted(expected)), label="inputs")
         assert_that(decoded.images | beam.Map(lambda item: item[0].image_uri), equal_to(good), label="decoded")
         assert_that(

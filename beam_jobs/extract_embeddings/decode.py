@@ -7,6 +7,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -14,7 +15,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_jobs import storage
-from beam_jobs.contract import DEFAULT_MAX_BYTES, DEFAULT_READ_TIMEOUT_S, FailureRecord, ResizeMode
+from beam_jobs.contract import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_READ_TIMEOUT_S,
+    FailureRecord,
+    ResizeMode,
+)
 from beam_jobs.extract_embeddings.images import ImageError, decode_and_resize
 from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
 
@@ -106,24 +113,23 @@ def read_input(uri: str, max_bytes: int, timeout_s: float) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class DecodeParams:
+    """What turns a URI into model pixels: the model's input size and the input limits."""
+
+    input_size: tuple[int, int]  # (width, height)
+    resize_mode: ResizeMode = ResizeMode.CENTER_CROP
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+
+
 class DecodeImageFn(beam.DoFn):
     """URI -> (ImageMeta, pixels); anything wrong -> a failure record on FAILURES_TAG."""
 
-    def __init__(
-        self,
-        input_size: tuple[int, int],
-        resize_mode: ResizeMode,
-        max_pixels: int,
-        run_id: str,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-    ):
-        self._size = input_size
-        self._resize_mode = resize_mode
-        self._max_pixels = max_pixels
+    def __init__(self, params: DecodeParams, run_id: str):
+        self._params = params
         self._run_id = run_id
-        self._max_bytes = max_bytes
-        self._read_timeout_s = read_timeout_s
 
     def setup(self):
         ns = METRICS_NAMESPACE
@@ -140,7 +146,7 @@ class DecodeImageFn(beam.DoFn):
 
     def process(self, uri: str) -> Iterator[Any]:
         try:
-            data = read_input(uri, self._max_bytes, self._read_timeout_s)
+            data = read_input(uri, self._params.max_bytes, self._params.read_timeout_s)
         except ImageError as exc:
             yield self._fail(uri, exc.stage, exc.reason, exc.message)
             return
@@ -148,7 +154,8 @@ class DecodeImageFn(beam.DoFn):
         self._bytes.update(len(data))
         start = time.perf_counter()
         try:
-            img = decode_and_resize(data, self._size, self._resize_mode, self._max_pixels)
+            params = self._params
+            img = decode_and_resize(data, params.input_size, params.resize_mode, params.max_pixels)
         except ImageError as exc:
             yield self._fail(uri, exc.stage, exc.reason, exc.message)
             return
@@ -170,17 +177,9 @@ def _exists(uri: str) -> bool:
 class DecodeImages(beam.PTransform):
     """URIs -> ``images`` (ImageMeta, pixels) and ``failures`` records."""
 
-    def __init__(
-        self,
-        input_size: tuple[int, int],
-        resize_mode: ResizeMode,
-        max_pixels: int,
-        run_id: str,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-    ):
+    def __init__(self, params: DecodeParams, run_id: str):
         super().__init__()
-        self._fn = DecodeImageFn(input_size, resize_mode, max_pixels, run_id, max_bytes, read_timeout_s)
+        self._fn = DecodeImageFn(params, run_id)
 
     def expand(self, uris):
         return uris | "ReadDecodeResize" >> beam.ParDo(self._fn).with_outputs(FAILURES_TAG, main="images")

@@ -28,7 +28,7 @@ import apache_beam as beam
 from beam_jobs import runtime
 from beam_jobs.config import ExtractConfig
 from beam_jobs.contract import JOB_EXTRACT
-from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams
 from beam_jobs.extract_embeddings.embed import EmbedImages
 from beam_jobs.extract_embeddings.inputs import ReadImageURIs, preflight
 from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec, model_id, resolve_weights
@@ -49,9 +49,8 @@ def build_pipeline(
     spec = get_spec(cfg.model)
     embedding_model_id = model_id(spec, weights)
     read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, manifest_column)
-    decoded = read["uris"] | "DecodeImages" >> DecodeImages(
-        spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.run_id, cfg.max_bytes, cfg.read_timeout_s
-    )
+    decode = DecodeParams(spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s)
+    decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
     embedded = decoded.images | "EmbedImages" >> EmbedImages(
         cfg.model, weights, embedding_model_id, cfg.batch_size, cfg.run_id, cfg.intra_op_threads
     )
