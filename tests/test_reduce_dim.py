@@ -18,6 +18,8 @@ from sklearn.decomposition import PCA
 
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
 from beam_jobs.reduce_dim.pipeline import run
+from beam_jobs.reduce_dim.reduction import GramStats, fit_pca
+from devtools.synthetic import clustered_embeddings, write_embeddings
 from tests.conftest import run_cli
 from tests.test_reduce_inputs import write_clustered, write_rows
 
@@ -200,3 +202,121 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, clustered):
     assert proc.returncode == 2
     assert "--pca_dims must be 0 (off) or >= 2" in proc.stderr
     assert not os.path.exists(out)
+
+
+# --------------------------------------------------------------------------- hostile inputs (issue 16)
+
+
+def partition_with_bad_rows(base, clean: int = 300) -> tuple[str, np.ndarray, list[str]]:
+    """``clean`` finite rows in two files, plus a third file holding 3 NaN/inf rows among 3 good ones.
+
+    Returns (partition directory, the finite rows, the URIs of the bad rows).
+    """
+    folder = base / "ds=2026-11-20"
+    x, _ = clustered_embeddings(clean, 64, clusters=3, seed=5)
+    write_embeddings(str(folder), x, "m", files=2)
+    extra = np.random.default_rng(1).normal(size=(6, 64)).astype(np.float32) + 1.0
+    extra[1, 3], extra[3, 0], extra[4, 63] = np.nan, np.inf, -np.inf
+    uris = [f"/extra/img_{i}.jpg" for i in range(6)]
+    write_rows(folder / "embeddings-00002-of-00003.parquet", uris, extra.tolist(), ["m"] * 6)
+    finite = np.concatenate([x, extra[[0, 2, 5]]])
+    return str(folder), finite, [uris[1], uris[3], uris[4]]
+
+
+@pytest.mark.slow
+def test_pca_job_leaves_nan_and_inf_rows_out_of_fit_and_projection(tmp_path):
+    folder, finite, bad = partition_with_bad_rows(tmp_path)
+    out = str(tmp_path / "out")
+    manifest = run(["--input", folder, "--output", out, "--method", "pca", "--block_rows", "4", *RUNNER])
+    assert manifest["rows_in_input"] == 306
+    assert manifest["rows"] == 303
+    assert manifest["rows_dropped_non_finite"] == 3
+    assert manifest["non_finite_examples"] == sorted(bad)
+    assert manifest["metrics"]["rows_dropped_non_finite"] == 3  # counted by one of the two reads only
+    assert manifest["fit_rows"] == 303
+    rows = read_projection(out)
+    assert len(rows) == 303
+    assert not {r["image_uri"] for r in rows} & set(bad)
+    assert all(np.isfinite([r["x"], r["y"]]).all() for r in rows)
+    # The fit saw exactly the finite rows.
+    want = fit_pca(GramStats().add_block(finite), 2)
+    np.testing.assert_allclose(manifest["explained_variance_ratio"], want.explained_variance_ratio, rtol=1e-4)
+    on_disk = json.loads(Path(out, "manifest.json").read_text())
+    assert on_disk["rows_dropped_non_finite"] == 3
+
+
+@pytest.mark.slow  # umap-learn's numba compilation
+def test_umap_job_leaves_nan_and_inf_rows_out(tmp_path):
+    folder, _finite, bad = partition_with_bad_rows(tmp_path, clean=60)
+    out = str(tmp_path / "out")
+    manifest = run(["--input", folder, "--output", out, "--method", "umap", "--pca_dims", "8", *RUNNER])
+    assert (manifest["rows"], manifest["rows_dropped_non_finite"], manifest["fit_rows"]) == (63, 3, 63)
+    assert manifest["non_finite_examples"] == sorted(bad)
+    rows = read_projection(out)
+    assert len(rows) == 63
+    assert all(np.isfinite([r["x"], r["y"]]).all() for r in rows)
+
+
+@pytest.mark.slow
+def test_pca_job_on_two_rows_its_minimum(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    write_rows(
+        folder / "embeddings-00000-of-00001.parquet",
+        ["/a.jpg", "/b.jpg"],
+        [[0.0, 1.0, 2.0], [1.0, 0.5, 2.5]],
+        ["m"] * 2,
+    )
+    out = str(tmp_path / "out")
+    manifest = run(["--input", str(folder), "--output", out, "--method", "pca", "--no-thumbnails", *RUNNER])
+    assert (manifest["rows"], manifest["rows_dropped_non_finite"], manifest["non_finite_examples"]) == (2, 0, [])
+    assert manifest["trustworthiness"] is None  # too few rows for a neighbourhood
+    assert len(read_projection(out)) == 2
+    assert Path(out, "map.png").exists()
+
+
+def assert_refused(proc, message: str, out: str) -> None:
+    """Exit 2, one clear line, no traceback, nothing written."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(out)
+
+
+@pytest.mark.slow  # three launches of the job
+def test_cli_refuses_truncated_parquet_and_too_few_rows_up_front(tmp_path, clustered):
+    _root, x, _, _ = clustered
+    truncated = tmp_path / "trunc" / "ds=2026-11-20"
+    paths = write_embeddings(str(truncated), x[:40], "synthetic/a", files=2)
+    size = os.path.getsize(paths[1])
+    with open(paths[1], "r+b") as handle:
+        handle.truncate(size // 2)
+    out = str(tmp_path / "out")
+    proc = run_cli(MODULE, "--input", str(truncated), "--output", out, "--method", "pca", *RUNNER)
+    assert_refused(proc, f"{paths[1]} cannot be read as Parquet (truncated, corrupt or unreadable)", out)
+
+    one = tmp_path / "one" / "ds=2026-11-20"
+    write_embeddings(str(one), x[:1], "synthetic/a", files=1)
+    proc = run_cli(MODULE, "--input", str(one), "--output", out, "--method", "pca", *RUNNER)
+    assert_refused(proc, "too few rows for pca: the input holds 1 row(s) of model 'synthetic/a'", out)
+
+    two = tmp_path / "two" / "ds=2026-11-20"
+    write_embeddings(str(two), x[:2], "synthetic/a", files=2)
+    proc = run_cli(MODULE, "--input", str(two), "--output", out, "--method", "umap", *RUNNER)
+    assert_refused(proc, "umap needs at least 4", out)
+
+
+@pytest.mark.slow
+def test_cli_fails_with_the_counts_when_every_row_is_nan(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    nan = float("nan")
+    write_rows(folder / "embeddings-00000-of-00001.parquet", ["/a", "/b", "/c"], [[nan, 1.0]] * 3, ["m"] * 3)
+    out = str(tmp_path / "out")
+    proc = run_cli(MODULE, "--input", str(folder), "--output", out, "--method", "pca", *RUNNER)
+    # Only reading every row tells: the fit stage refuses, with the counts (Beam logs its own trace first).
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no rows left to fit pca: all 3 input row(s) of the model have NaN or inf values" in last
+    assert not os.path.exists(out)
+    assert os.listdir(tmp_path) == ["ds=2026-11-20"]  # the failed run removed its staging folder

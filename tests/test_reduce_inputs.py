@@ -290,7 +290,7 @@ def test_read_embeddings_leaves_out_rows_with_nan_or_inf_and_reports_them(tmp_pa
     folder = tmp_path / "ds=2026-11-20"
     folder.mkdir()
     path = str(folder / "embeddings-00000-of-00001.parquet")
-    vectors = [[float(i)] * 4 for i in range(8)]
+    vectors = [[float(i)] * 16 for i in range(8)]
     vectors[1][0] = float("nan")
     vectors[2][3] = float("inf")
     vectors[5][1] = float("-inf")
@@ -301,22 +301,31 @@ def test_read_embeddings_leaves_out_rows_with_nan_or_inf_and_reports_them(tmp_pa
         assert np.isfinite(block.x).all()
         return [str(u) for u in block.uris]
 
+    finite = ["/img/0.jpg", "/img/3.jpg", "/img/4.jpg"]
     with TestPipeline(argv=RUNNER) as p:
-        blocks, dropped = p | ReadEmbeddings([path], "m", dim=4, block_rows=3, report_dropped=True)
+        blocks, dropped = p | "Report" >> ReadEmbeddings([path], "m", dim=16, block_rows=3, report_dropped=True)
         assert blocks.element_type is Block
-        assert_that(blocks | "Rows" >> beam.FlatMap(rows), equal_to(["/img/0.jpg", "/img/3.jpg", "/img/4.jpg"]))
+        assert_that(blocks | "Rows" >> beam.FlatMap(rows), equal_to(finite))
         want = DroppedRows(4, ("/img/1.jpg", "/img/2.jpg", "/img/5.jpg", "/img/6.jpg"))
         assert_that(dropped, equal_to([want]), label="Dropped")
 
-    # Without reporting (the fit's read): the same rows are left out, and the output is the blocks alone.
-    with TestPipeline(argv=RUNNER) as p:
-        blocks = p | ReadEmbeddings([path], "m", dim=4, block_rows=3)
-        assert_that(blocks | "Rows" >> beam.FlatMap(rows), equal_to(["/img/0.jpg", "/img/3.jpg", "/img/4.jpg"]))
 
-
-def test_read_embeddings_reports_zero_dropped_rows_for_clean_input(tmp_path):
-    paths = good_partition(tmp_path, rows=5, files=1)
+@pytest.mark.slow  # 4-6 s on 2 busy cores (two reads, four checks)
+def test_read_embeddings_without_reporting_and_on_clean_input(tmp_path):
+    folder = tmp_path / "ds=2026-11-20"
+    folder.mkdir()
+    path = str(folder / "embeddings-00000-of-00001.parquet")
+    vectors = [[float(i)] * 16 for i in range(4)]
+    vectors[1][0] = float("nan")
+    write_rows(path, [f"/img/{i}.jpg" for i in range(4)], vectors, ["m"] * 4)
+    clean = good_partition(tmp_path / "clean", rows=5, files=1)
     with TestPipeline(argv=RUNNER) as p:
-        blocks, dropped = p | ReadEmbeddings(paths, "m", dim=16, block_rows=2, report_dropped=True)
-        assert_that(dropped, equal_to([DroppedRows(0, ())]), label="Dropped")
-        assert_that(blocks | beam.Map(lambda b: len(b.uris)) | beam.CombineGlobally(sum), equal_to([5]))
+        # Without reporting (the fit's read): the same rows are left out, and the output is the blocks alone.
+        silent = p | "Silent" >> ReadEmbeddings([path], "m", dim=16, block_rows=3)
+        uris = silent | "SilentRows" >> beam.FlatMap(lambda b: [str(u) for u in b.uris])
+        assert_that(uris, equal_to(["/img/0.jpg", "/img/2.jpg", "/img/3.jpg"]), label="SilentBlocks")
+        # Clean input: one DroppedRows of 0, every row kept.
+        clean_blocks, none = p | "Clean" >> ReadEmbeddings(clean, "m", dim=16, block_rows=2, report_dropped=True)
+        assert_that(none, equal_to([DroppedRows(0, ())]), label="NoneDropped")
+        kept = clean_blocks | beam.Map(lambda b: len(b.uris)) | beam.CombineGlobally(sum)
+        assert_that(kept, equal_to([5]), label="CleanRows")
