@@ -179,16 +179,34 @@ def replace_directory(staging: str, output: str) -> None:
         if trash:
             shutil.rmtree(trash, ignore_errors=True)
         return
-    old = list_files(output)
-    if old:
-        FileSystems.delete(old)
-    staged = list_files(staging)
+    _swap_objects(staging, output)
+
+
+def _swap_objects(staging: str, output: str) -> None:
+    """The object-store swap: there is no folder rename, so objects move one by one.
+
+    Order, so that a reader that waits for ``manifest.json`` (as the DAG does) only ever
+    reads one whole run: the previous manifest goes first (from then on the partition
+    reads as "not published yet"); the new objects move in, overwriting the same names
+    (a glob reader never finds a name missing); the previous run's objects the new run
+    does not have are deleted; the new manifest moves in last. The previous run's data
+    is not deleted before the new data is in place.
+    """
     prefix = staging.rstrip("/") + "/"
-    manifest = [p for p in staged if p.endswith("/" + MANIFEST)]
-    rest = [p for p in staged if p not in manifest]
-    for group in (rest, manifest):
-        if group:
-            FileSystems.rename(group, [join(output, p[len(prefix) :]) for p in group])
+    staged = list_files(staging)
+    incoming = {path[len(prefix) :]: path for path in staged}
+    manifest = incoming.pop(MANIFEST, None)
+    published = join(output, MANIFEST)
+    if FileSystems.exists(published):
+        FileSystems.delete([published])
+    if incoming:
+        names = sorted(incoming)
+        FileSystems.rename([incoming[n] for n in names], [join(output, n) for n in names])
+    stale = [path for path in list_files(output) if path[len(output) + 1 :] not in incoming]
+    if stale:
+        FileSystems.delete(stale)
+    if manifest:
+        FileSystems.rename([manifest], [published])
     leftovers = list_files(staging)
     if leftovers:
         FileSystems.delete(leftovers)

@@ -50,10 +50,61 @@ def test_object_store_swap_leaves_exactly_the_new_run_with_the_manifest_moved_la
         f"{OUT}/npy/a-0123.npy",
     ]
     assert all(store.objects[p][0] != b"old" for p in store.names(OUT))
-    # Old files go first, the manifest comes last: a reader waiting for it never sees a partial partition.
-    kinds = [kind for kind, _ in store.log]
-    assert kinds == ["delete"] * 3 + ["rename"] * 3
-    assert store.log[-1] == ("rename", f"{OUT}/{MANIFEST}")
+    # The old manifest goes first, the new one comes last; old data is deleted only once the new is in.
+    assert store.log == [
+        ("delete", f"{OUT}/{MANIFEST}"),
+        ("rename", f"{OUT}/embeddings-00000-of-00001.parquet"),
+        ("rename", f"{OUT}/npy/a-0123.npy"),
+        ("delete", f"{OUT}/embeddings-00000-of-00002.parquet"),
+        ("delete", f"{OUT}/embeddings-00001-of-00002.parquet"),
+        ("rename", f"{OUT}/{MANIFEST}"),
+    ]
+
+
+def _stage_run(store, folder: str, run: str, shards: int) -> None:
+    names = [f"embeddings-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
+    for name in names:
+        store.put(f"{folder}/{name}", run.encode())
+    store.put(f"{folder}/{MANIFEST}", json.dumps({"run_id": run, "files": names}).encode())
+
+
+def _what_a_reader_sees(store) -> str:
+    """A reader that waits for the manifest, then reads the files it lists (as the DAG does)."""
+    if f"{OUT}/{MANIFEST}" not in store.objects:
+        return "unpublished"
+    manifest = json.loads(store.objects[f"{OUT}/{MANIFEST}"][0])
+    listed = {store.objects.get(f"{OUT}/{name}", (b"missing",))[0].decode() for name in manifest["files"]}
+    present = {path for path in store.names(f"{OUT}/") if not path.endswith(MANIFEST)}
+    whole = listed == {manifest["run_id"]} and len(present) == len(manifest["files"])
+    return f"{manifest['run_id']} whole" if whole else f"mixed: manifest of {manifest['run_id']}, files {listed}"
+
+
+@pytest.mark.parametrize(("old_shards", "new_shards"), [(3, 2), (2, 3), (2, 2)])
+def test_object_store_swap_interrupted_at_every_step_never_shows_a_mixed_run(store, old_shards, new_shards):
+    """A dropped connection after each single object change: the partition reads as one whole run or none."""
+    seen = []
+    for allowed in range(20):
+        store.reset()
+        _stage_run(store, OUT, "old", old_shards)
+        staging = storage.staging_dir_for(OUT, "t")
+        _stage_run(store, staging, "new", new_shards)
+        store.fail_after = allowed
+        try:
+            storage.replace_directory(staging, OUT)
+        except Exception:  # noqa: BLE001 - the injected failure
+            seen.append(_what_a_reader_sees(store))
+            continue
+        store.fail_after = None
+        seen.append(_what_a_reader_sees(store))
+        break
+    assert seen[0] == "old whole"  # failed before any change
+    assert seen[-1] == "new whole"
+    # Between the two, the partition reads as not yet published: never a manifest over mixed files.
+    assert set(seen[1:-1]) == {"unpublished"}, seen
+    # One interruption per object change: old manifest, new shards, stale old shards (shard names
+    # embed the shard count, so all are stale when the counts differ), new manifest.
+    changes = 1 + new_shards + (0 if old_shards == new_shards else old_shards) + 1
+    assert len(seen) == changes + 1
 
 
 def test_object_store_swap_into_a_new_partition(store):

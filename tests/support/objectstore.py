@@ -42,6 +42,8 @@ class MemObjectStore(FileSystem):
     log: list[tuple[str, str]] = []
     # Objects whose reads stall (a hung connection): open() blocks this many seconds first.
     stalls: dict[str, float] = {}
+    # When set, the store fails (like a dropped connection) once this many more objects were changed.
+    fail_after: int | None = None
     _lock = threading.Lock()
 
     @classmethod
@@ -55,12 +57,22 @@ class MemObjectStore(FileSystem):
             cls.objects.clear()
             cls.log.clear()
             cls.stalls.clear()
+            cls.fail_after = None
 
     @classmethod
     def put(cls, path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
         with cls._lock:
+            cls._change("put", path)
             cls.objects[path] = (data, mime_type, time.time())
-            cls.log.append(("put", path))
+
+    @classmethod
+    def _change(cls, kind: str, path: str) -> None:
+        """Record one object changed; fail first when the injected failure is due (caller holds the lock)."""
+        if cls.fail_after is not None:
+            if cls.fail_after <= 0:
+                raise BeamIOError(f"{kind} failed", {path: ConnectionError("injected failure")})
+            cls.fail_after -= 1
+        cls.log.append((kind, path))
 
     @classmethod
     def names(cls, prefix: str = "") -> list[str]:
@@ -107,8 +119,8 @@ class MemObjectStore(FileSystem):
             for src, dst in zip(source_file_names, destination_file_names, strict=True):
                 if src not in self.objects:
                     raise BeamIOError("copy failed", {(src, dst): FileNotFoundError(src)})
+                self._change("copy", dst)
                 self.objects[dst] = self.objects[src]
-                self.log.append(("copy", dst))
 
     def rename(self, source_file_names, destination_file_names) -> None:
         with self._lock:
@@ -120,8 +132,8 @@ class MemObjectStore(FileSystem):
             if missing:
                 raise BeamIOError("rename failed", missing)
             for src, dst in zip(source_file_names, destination_file_names, strict=True):
+                self._change("rename", dst)
                 self.objects[dst] = self.objects.pop(src)
-                self.log.append(("rename", dst))
 
     def exists(self, path: str) -> bool:
         with self._lock:
@@ -150,5 +162,5 @@ class MemObjectStore(FileSystem):
                     else [p for p in self.objects if p.startswith(path.rstrip("/") + "/")]
                 )
                 for name in doomed:
+                    self._change("delete", name)
                     del self.objects[name]
-                    self.log.append(("delete", name))
