@@ -1,0 +1,68 @@
+"""Peak memory of the extraction job against the number of failing inputs.
+
+    python scripts/bench_failures_memory.py [--counts 2000 200000]
+
+Each input is a tiny file that is not an image, so every one becomes a failure record.
+The job runs as a subprocess (its own peak RSS, FnApiRunner defaults); the issue's bar
+is peak RSS at 200k failures within 10% of 2k failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from scripts.benchutil import cpu_flags, run_measured  # noqa: E402
+from scripts.stress_accounting import write_files  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--counts", type=int, nargs="+", default=[2_000, 200_000])
+    args = parser.parse_args()
+    print(f"CPU: {cpu_flags()}", flush=True)
+    rows = []
+    work = tempfile.mkdtemp(prefix="bench-failures-")
+    try:
+        for count in args.counts:
+            folder = os.path.join(work, f"inputs-{count}")
+            write_files(folder, count)
+            out = os.path.join(work, f"out-{count}", "ds=2026-11-20")
+            cmd = [
+                sys.executable,
+                "-m",
+                "beam_jobs.extract_embeddings",
+                "--input",
+                os.path.join(folder, "*"),
+                "--output",
+                out,
+                "--weights",
+                "random",
+                "--run_id",
+                f"bench-{count}",
+            ]
+            wall, rss_mb, _ = run_measured(cmd, ROOT)
+            with open(os.path.join(out, "manifest.json")) as handle:
+                manifest = json.load(handle)
+            rows.append((count, manifest["failed"], wall, rss_mb))
+            print(f"{count} inputs: {manifest['failed']} failed, {wall:.1f}s, peak RSS {rss_mb:.0f} MB", flush=True)
+            shutil.rmtree(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| inputs (all failing) | failure records | wall s | peak RSS MB |\n|---:|---:|---:|---:|")
+    for count, failed, wall, rss in rows:
+        print(f"| {count:,} | {failed:,} | {wall:.1f} | {rss:.0f} |")
+    if len(rows) > 1:
+        print(f"peak RSS, {rows[-1][0]:,} against {rows[0][0]:,}: {rows[-1][3] / rows[0][3] - 1:+.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
