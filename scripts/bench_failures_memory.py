@@ -19,7 +19,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from scripts.benchutil import cpu_flags, run_measured  # noqa: E402
+from scripts.benchutil import cpu_flags, extraction_command, run_measured  # noqa: E402
 from scripts.stress_accounting import write_files  # noqa: E402
 
 
@@ -35,19 +35,7 @@ def main() -> int:
             folder = os.path.join(work, f"inputs-{count}")
             write_files(folder, count)
             out = os.path.join(work, f"out-{count}", "ds=2026-11-20")
-            cmd = [
-                sys.executable,
-                "-m",
-                "beam_jobs.extract_embeddings",
-                "--input",
-                os.path.join(folder, "*"),
-                "--output",
-                out,
-                "--weights",
-                "random",
-                "--run_id",
-                f"bench-{count}",
-            ]
+            cmd = extraction_command(os.path.join(folder, "*"), out, f"bench-{count}")
             wall, rss_mb, _ = run_measured(cmd, ROOT)
             with open(os.path.join(out, "manifest.json")) as handle:
                 manifest = json.load(handle)

@@ -39,3 +39,11 @@ def cpu_flags() -> str:
     return f"{model}; {os.cpu_count()} cores; flags: " + (
         " ".join(f for f in wanted if f in flags) or "none of AVX2/AVX-512/AMX"
     )
+
+
+def extraction_command(input_glob: str, output: str, run_id: str, *extra: str) -> list[str]:
+    """The extraction job as a user runs it (random weights: the same compute as ImageNet's)."""
+    return [
+        sys.executable, "-m", "beam_jobs.extract_embeddings", "--input", input_glob, "--output", output,
+        "--weights", "random", "--run_id", run_id, *extra,
+    ]  # fmt: skip

@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from scripts.benchutil import cpu_flags  # noqa: E402
+from scripts.benchutil import cpu_flags, extraction_command  # noqa: E402
 
 
 def _spin() -> None:
@@ -63,20 +63,7 @@ def main() -> int:
                 folder = os.path.join(work, f"images-{run}")
                 write_files(folder, args.files)
             out = os.path.join(work, "out", "ds=2026-11-20")
-            cmd = [
-                sys.executable,
-                "-m",
-                "beam_jobs.extract_embeddings",
-                "--input",
-                os.path.join(folder, "*"),
-                "--output",
-                out,
-                "--weights",
-                "random",
-                "--run_id",
-                f"stress-{run}",
-                *args.job_args.split(),
-            ]
+            cmd = extraction_command(os.path.join(folder, "*"), out, f"stress-{run}", *args.job_args.split())
             start = time.perf_counter()
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
