@@ -321,3 +321,29 @@ def test_a_failed_run_removes_its_own_staging_and_leaves_the_output(tmp_path):
     assert staged == [storage.staging_dir_for(str(out), storage.run_token("failing-run"))]
     assert os.listdir(tmp_path) == [out.name]
     assert (out / MANIFEST).read_text() == '{"run_id": "previous"}'
+
+
+def test_extraction_commit_refuses_a_run_that_lost_uris_before_counting_them():
+    """A loss upstream of the counts keeps inputs == embedded + failed; the local listing count catches it."""
+    from beam_jobs.extract_embeddings.outputs import finish_extraction
+
+    counts = {"inputs": 198_777, "listed": 198_777, "embedded": 0, "failed": 198_777}
+    common = {"seconds": 1.0, "settings": {}, "failure_keys": {}, "embedding_files": [], "failure_files": []}
+    with pytest.raises(AccountingError, match="matched 200000 entries before the run but only 198777 reached"):
+        finish_extraction("/staging", counts=counts, npy_count=0, local_matches=200_000, **common)
+    manifest = finish_extraction("/staging", counts=counts, npy_count=0, local_matches=198_777, **common)
+    assert manifest["inputs"] == 198_777
+    # Remote globs and manifests are not counted before the run: no listing check there.
+    assert finish_extraction("/staging", counts=counts, npy_count=0, local_matches=None, **common)["failed"] == 198_777
+
+
+def test_preflight_counts_what_a_local_glob_matches(tmp_path):
+    from beam_jobs.config import ExtractConfig
+    from beam_jobs.extract_embeddings.inputs import preflight
+
+    for name in ("a.jpg", "b.jpg", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    checked = preflight(ExtractConfig(output="/o", input=str(tmp_path / "*.jpg")))
+    assert checked.local_matches == 3
+    assert checked.manifest_column is None

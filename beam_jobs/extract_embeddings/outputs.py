@@ -76,9 +76,19 @@ def finish_extraction(
     embedding_files: list[str],
     failure_files: list[str],
     npy_count: int,
+    local_matches: int | None = None,
 ) -> ExtractManifest:
-    """The commit step's check and manifest: every distinct input is embedded or failed, once."""
+    """The commit step's check and manifest: every distinct input is embedded or failed, once.
+
+    ``local_matches`` is how many entries the local glob matched before the run: fewer
+    listed in the pipeline means URIs were lost before they were counted.
+    """
     inputs, embedded, failed = counts["inputs"], counts["embedded"], counts["failed"]
+    if local_matches is not None and counts["listed"] < local_matches:
+        raise AccountingError(
+            f"listing mismatch: the input matched {local_matches} entries before the run "
+            f"but only {counts['listed']} reached the pipeline"
+        )
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
     return {

@@ -30,7 +30,7 @@ from beam_jobs.config import ExtractConfig
 from beam_jobs.contract import JOB_EXTRACT
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams
 from beam_jobs.extract_embeddings.embed import EmbedImages
-from beam_jobs.extract_embeddings.inputs import ReadImageURIs, preflight
+from beam_jobs.extract_embeddings.inputs import Preflight, ReadImageURIs, preflight
 from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec, model_id, resolve_weights
 from beam_jobs.extract_embeddings.outputs import WriteOutputs, finish_extraction, run_settings
 from beam_jobs.runtime import Commit
@@ -43,12 +43,13 @@ def build_pipeline(
     cfg: ExtractConfig,
     weights: ResolvedWeights,
     staging: str,
-    manifest_column: int | None = None,
+    checked: Preflight | None = None,
 ):
     """Wire the graph; returns the PCollection holding the committed manifest."""
+    checked = checked or Preflight()
     spec = get_spec(cfg.model)
     embedding_model_id = model_id(spec, weights)
-    read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, manifest_column)
+    read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, checked.manifest_column)
     decode = DecodeParams(spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s)
     decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
     embedded = decoded.images | "EmbedImages" >> EmbedImages(
@@ -57,7 +58,11 @@ def build_pipeline(
     failures = (decoded[FAILURES_TAG], embedded[FAILURES_TAG]) | "AllFailures" >> beam.Flatten()
     outputs = {"rows": embedded["rows"], FAILURES_TAG: failures, "uris": read["uris"], "listed": read["listed"]}
     written = outputs | "WriteOutputs" >> WriteOutputs(staging, cfg.num_shards, cfg.output_format == "npy")
-    finish = functools.partial(finish_extraction, settings=run_settings(cfg, embedding_model_id, spec.embedding_dim))
+    finish = functools.partial(
+        finish_extraction,
+        settings=run_settings(cfg, embedding_model_id, spec.embedding_dim),
+        local_matches=checked.local_matches,
+    )
     return p | "Commit" >> Commit(JOB_EXTRACT, cfg, staging, finish, **written)
 
 
@@ -67,7 +72,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     weights = resolve_weights(spec, cfg.weights, cfg.seed)
     options = runtime.job_options(beam_args, cfg.detach)
-    column = preflight(cfg)
+    checked = preflight(cfg)
     LOG.info(
         "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
         cfg.run_id,
@@ -76,7 +81,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         cfg.output,
     )
     manifest = runtime.launch(
-        JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, weights, staging, column)
+        JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, weights, staging, checked)
     )
     if not cfg.detach:
         LOG.info(
