@@ -19,6 +19,7 @@ import json
 import mimetypes
 import os
 import shutil
+import stat
 import time
 import uuid
 
@@ -37,6 +38,16 @@ def arrow_schema(columns: tuple[tuple[str, str], ...]):
         return pa.type_for_alias(name)
 
     return pa.schema([(column, arrow_type(kind)) for column, kind in columns])
+
+
+def not_regular(mode: int) -> str | None:
+    """None for a regular file; otherwise what it is, for a message. Opening a FIFO blocks
+    until a writer appears, so both jobs check ``os.stat`` with this before any open()."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
 
 
 def is_local(path: str) -> bool:

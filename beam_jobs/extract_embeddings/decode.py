@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,14 +59,7 @@ def _check_local(path: str, max_bytes: int) -> None:
         ) from None
     except PermissionError as exc:
         raise ImageError("read", "permission_denied", f"PermissionError: {exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = (
-            "a directory"
-            if stat.S_ISDIR(info.st_mode)
-            else "a FIFO"
-            if stat.S_ISFIFO(info.st_mode)
-            else "not a regular file"
-        )
+    if kind := storage.not_regular(info.st_mode):
         raise ImageError("read", "not_a_regular_file", f"{path} is {kind}; only regular files are read")
     if info.st_size > max_bytes:
         raise ImageError("read", "too_large", f"{path} has {info.st_size:,} bytes, over --max_bytes {max_bytes:,}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import heapq
 import os
 import re
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -74,9 +73,7 @@ def _refuse_special_file(path: str) -> None:
     """A local FIFO (or device) matched by the glob would block the read forever: refuse it by name."""
     if not storage.is_local(path):
         return
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+    if kind := storage.not_regular(os.stat(path).st_mode):
         raise InputError(f"{path} is {kind}; only regular Parquet files are read")
 
 
