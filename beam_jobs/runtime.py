@@ -136,8 +136,10 @@ class _CommitFn(beam.DoFn):
         self._finish = finish
 
     def process(self, _, **side_values):
+        # One clock reading: the manifest's seconds and the rate finish() derives from them agree.
+        seconds = max(time.time() - self._started_at, 1e-9)
         try:
-            body = self._finish(self._staging, seconds=self.seconds(), **side_values)
+            body = self._finish(self._staging, seconds=seconds, **side_values)
         except AccountingError as exc:
             raise AccountingError(f"{exc}; nothing was published, {self._output} is as it was") from None
         manifest = {
@@ -147,14 +149,11 @@ class _CommitFn(beam.DoFn):
             **body,
             "started_at": utc_stamp(self._started_at),
             "finished_at": utc_stamp(time.time()),
-            "seconds": round(self.seconds(), 3),
+            "seconds": round(seconds, 3),
         }
         storage.write_json(storage.join(self._staging, MANIFEST), manifest)
         storage.replace_directory(self._staging, self._output)
         yield manifest
-
-    def seconds(self) -> float:
-        return max(time.time() - self._started_at, 1e-9)
 
 
 class Commit(beam.PTransform):
