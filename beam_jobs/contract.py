@@ -26,6 +26,7 @@ MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
 MAP_PNG = "map.png"
 MAP_HTML = "map.html"
+MAP_MOSAIC = "map_mosaic.png"  # the night's images laid out on a grid by their 2D position
 EMBEDDINGS_PREFIX = "embeddings"  # embeddings-00000-of-00004.parquet
 FAILURES_PREFIX = "failures"  # failures-00000-of-00001.jsonl
 PROJECTION_PREFIX = "projection"  # projection-00000-of-00001.parquet
@@ -185,6 +186,7 @@ class OutputFiles(TypedDict, total=False):
     projections: list[str]
     map_png: str
     map_html: str
+    map_mosaic: str
 
 
 class ExtractManifest(TypedDict):
@@ -237,6 +239,9 @@ class ReduceManifest(TypedDict):
         explained_variance_ratio / explained_variance: PCA only.
         fit_rows: rows the reducer was fitted on (all for PCA, the seeded sample for UMAP).
         trustworthiness: neighbourhood preservation on a seeded sample (None when skipped).
+        html_points: points in map.html; thumbnails: of them with an inline thumbnail;
+            thumbnail_misses: reads that gave none, by reason (``unreadable``, ``timeout``, ``time_budget``);
+            mosaic_images: images in map_mosaic.png (0 when none was drawn).
     """
 
     job: str
@@ -263,6 +268,8 @@ class ReduceManifest(TypedDict):
     trustworthiness_rows: int
     html_points: int
     thumbnails: int
+    thumbnail_misses: NotRequired[dict[str, int]]
+    mosaic_images: NotRequired[int]
     files: OutputFiles
     started_at: str
     finished_at: str
@@ -300,6 +307,7 @@ class ProjectionEntry(TypedDict):
     seconds: float
     map_png: str
     map_html: str
+    map_mosaic: NotRequired[str]
     explained_variance_ratio: NotRequired[list[float]]
     trustworthiness: NotRequired[float]
 
