@@ -269,12 +269,23 @@ class ReduceConfig(JobConfig):
     n_neighbors: int = option(15, "UMAP n_neighbors", check=at_least(2))
     min_dist: float = option(0.1, "UMAP min_dist", check=between(0.0, 1.0))
     html_points: int = option(
-        1000, "seeded sample plotted in map.html", check=between(0, 20_000, " (the HTML embeds them)")
+        200_000,
+        "points plotted in the map.html explorer (every row up to this many, else a seeded sample)",
+        check=between(0, 1_000_000, " (the HTML embeds them)"),
     )
     thumbnail_size: int = option(96, "thumbnail pixels in map.html", check=between(16, 512))
     thumbnails: bool = option(
         True, "read the sampled images to embed thumbnails in map.html (--no-thumbnails: URIs only)"
     )
+    thumbnail_budget_mb: float = option(
+        8.0, "MB of inline thumbnails in map.html (seeded points get one until the budget is spent)", check=at_least(0)
+    )
+    thumbnail_timeout_s: float = option(10.0, "seconds one thumbnail read may take", check=at_least(0.1))
+    thumbnail_time_budget_s: float = option(
+        120.0, "seconds all thumbnail reads may take together; what misses it has none", check=at_least(0)
+    )
+    mosaic_grid: int = option(24, "map_mosaic.png: grid cells per side; 0 = no mosaic", check=between(0, 64))
+    mosaic_cell: int = option(48, "map_mosaic.png: pixels per grid cell", check=between(16, 256))
     trust_sample_size: int = option(1000, "rows used to compute trustworthiness; 0 = skip", check=at_least(0))
 
 
