@@ -6,14 +6,17 @@ and BigQuery external tables skip it) and, once every file is finalised,
 replaces the output directory with it. Readers therefore see either the
 previous run or this run, never a mix, and a re-run leaves exactly one copy.
 
-Locally the swap is two ``os.rename`` calls. Object stores (gs://) have no
-directory rename: the old files are deleted and the staged ones renamed file
-by file, with ``manifest.json`` moved last, so readers that wait for the
-manifest (as the DAG does) never see a partial partition.
+Locally the swap is one atomic exchange of the two directories (Linux
+``renameat2(RENAME_EXCHANGE)``), so there is no moment without an output; where the
+file system cannot exchange, two ``os.rename`` calls (a kill between them leaves
+the previous run in a ``.old-`` folder that the next run's sweep puts back).
+Object stores (gs://) have no directory rename: see ``_swap_objects``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import mimetypes
@@ -68,6 +71,19 @@ def staging_dir_for(output: str, token: str | None = None) -> str:
     return FileSystems.join(parent, f".{name}.staging-{token or uuid.uuid4().hex[:12]}")
 
 
+def old_dir_for(output: str, token: str | None = None) -> str:
+    """Where a swap keeps the previous run until the new one is in: named from the run, like staging,
+    so a retry of the same run finds (and clears) what an interrupted attempt left."""
+    parent, name = FileSystems.split(output.rstrip("/"))
+    return FileSystems.join(parent, f".{name}.old-{token or uuid.uuid4().hex[:12]}")
+
+
+def _token_of(staging: str) -> str | None:
+    mark = ".staging-"
+    name = staging.rstrip("/").rsplit("/", 1)[-1]
+    return name.rsplit(mark, 1)[1] if mark in name else None
+
+
 def _siblings(output: str) -> dict[str, float]:
     """Hidden ``.<name>.staging-*`` / ``.<name>.old-*`` folders beside ``output`` -> newest mtime."""
     parent, name = FileSystems.split(output.rstrip("/"))
@@ -112,7 +128,7 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600) -> lis
 
     * no ``output`` but a ``.old-`` folder (a local swap killed between its two renames):
       the newest ``.old-`` folder is put back, so the previous run is restored;
-    * this run's own staging folder (a retry of the same run) is removed;
+    * this run's own staging and ``.old-`` folders (a retry of the same run) are removed;
     * other staging and ``.old-`` folders are removed once older than ``max_age_s``
       (younger ones may belong to a run that is still going).
     """
@@ -124,9 +140,9 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600) -> lis
         done.append(f"restored {olds[-1]} -> {output}")
         siblings.pop(olds[-1])
     now = time.time()
-    own = staging_dir_for(output, token)
+    own = {staging_dir_for(output, token), old_dir_for(output, token)}
     for path, mtime in sorted(siblings.items()):
-        if path == own or now - mtime > max_age_s:
+        if path in own or now - mtime > max_age_s:
             remove_tree(path)
             done.append(f"removed {path}")
     return done
@@ -176,21 +192,49 @@ def read_json(path: str) -> dict:
     return json.loads(read_text(path))
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two local paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    False where the C library or the file system cannot (then the caller renames twice).
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
 def replace_directory(staging: str, output: str) -> None:
     """Make ``output`` hold exactly what ``staging`` holds; ``staging`` is consumed."""
     output = output.rstrip("/")
-    if is_local(output):
-        parent = os.path.dirname(os.path.abspath(output))
-        os.makedirs(parent, exist_ok=True)
-        trash = None
-        if os.path.lexists(output):
-            trash = os.path.join(parent, f".{os.path.basename(output)}.old-{uuid.uuid4().hex[:12]}")
-            os.rename(output, trash)
-        os.rename(staging, output)
-        if trash:
-            shutil.rmtree(trash, ignore_errors=True)
+    if not is_local(output):
+        _swap_objects(staging, output)
         return
-    _swap_objects(staging, output)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    if not os.path.lexists(output):
+        os.rename(staging, output)
+        return
+    trash = old_dir_for(output, _token_of(staging))
+    if os.path.lexists(trash):  # left by an interrupted attempt of this same run
+        shutil.rmtree(trash, ignore_errors=True)
+    if _exchange(staging, output):
+        # One step: readers see the previous run or this one, never no output. The staging
+        # path now holds the previous run; it becomes the .old- folder, then goes.
+        os.rename(staging, trash)
+    else:
+        os.rename(output, trash)
+        os.rename(staging, output)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _swap_objects(staging: str, output: str) -> None:

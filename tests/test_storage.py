@@ -114,15 +114,42 @@ def test_object_store_swap_into_a_new_partition(store):
     assert store.names("memgs://") == [f"{OUT}/{MANIFEST}"]
 
 
-def test_local_swap_replaces_the_directory_whole(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["atomic-exchange", "two-renames"])
+def test_local_swap_replaces_the_directory_whole(tmp_path, monkeypatch, exchange):
     out = tmp_path / "ds=2026-11-20"
     out.mkdir()
     (out / "stale.parquet").write_bytes(b"old")
-    staging = storage.staging_dir_for(str(out))
+    if not exchange:  # a file system without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
+    staging = storage.staging_dir_for(str(out), "tok")
+    # What an interrupted attempt of this same run left: replaced, not in the way.
+    os.makedirs(storage.old_dir_for(str(out), "tok"))
     storage.write_text(storage.join(staging, MANIFEST), "{}")
+    inode = os.stat(staging).st_ino
     storage.replace_directory(staging, str(out))
     assert sorted(os.listdir(out)) == [MANIFEST]
+    assert os.stat(out).st_ino == inode  # the staged folder itself, moved in
     assert os.listdir(tmp_path) == ["ds=2026-11-20"]
+
+
+def test_local_swap_is_one_atomic_exchange(tmp_path, monkeypatch):
+    """A reader polling the output during the swap always finds a whole run: never no folder."""
+    out = tmp_path / "ds=2026-11-20"
+    out.mkdir()
+    (out / MANIFEST).write_text("old")
+    staging = storage.staging_dir_for(str(out), "tok")
+    storage.write_text(storage.join(staging, MANIFEST), "new")
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst):  # what a reader sees at each step of the swap
+        seen.append((out / MANIFEST).read_text())
+        real_rename(src, dst)
+
+    monkeypatch.setattr(storage.os, "rename", rename)
+    storage.replace_directory(staging, str(out))
+    assert seen == ["new"]  # the one rename left moves the previous run, already swapped out, aside
+    assert (out / MANIFEST).read_text() == "new"
 
 
 @pytest.mark.parametrize(
@@ -277,6 +304,19 @@ def test_sweep_restores_a_killed_local_swap_and_clears_stale_staging(tmp_path):
     assert (out / MANIFEST).read_text() == '{"run_id": "previous"}'
     assert sorted(os.listdir(tmp_path)) == sorted([out.name, fresh.name, other.name])
     assert len(done) == 3
+
+
+def test_sweep_clears_what_an_interrupted_attempt_of_the_same_run_left(tmp_path):
+    """A swap killed after the new run was in (the previous one still in .old-<token>), then retried."""
+    out = tmp_path / "ds=2026-11-20"
+    out.mkdir()
+    (out / MANIFEST).write_text('{"run_id": "night"}')
+    for leftover in (storage.old_dir_for(str(out), "aaaaaaaaaaaa"), storage.staging_dir_for(str(out), "aaaaaaaaaaaa")):
+        os.makedirs(leftover)
+        open(os.path.join(leftover, "part"), "w").close()
+    assert len(storage.sweep_leftovers(str(out), "aaaaaaaaaaaa")) == 2
+    assert os.listdir(tmp_path) == [out.name]
+    assert (out / MANIFEST).read_text() == '{"run_id": "night"}'
 
 
 def test_sweep_on_an_object_store_removes_this_runs_and_stale_staging(store):
