@@ -20,14 +20,20 @@ from typing import Any, ClassVar
 
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_ENGINE,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL,
     DEFAULT_READ_TIMEOUT_S,
+    ENGINE_TF,
+    ENGINES,
     MAX_BATCH_SIZE,
     METHODS,
     MODELS,
     OUTPUT_FORMATS,
+    PRECISION_AUTO,
+    PRECISION_BF16,
+    PRECISIONS,
     WEIGHTS_IMAGENET,
     ResizeMode,
 )
@@ -225,12 +231,27 @@ class ExtractConfig(JobConfig):
     output_format: str = option(
         "parquet", "'npy' also writes one .npy per image (Parquet is always written)", choices=OUTPUT_FORMATS
     )
-    intra_op_threads: int = option(0, "TensorFlow threads per worker process; 0 = all cores", check=at_least(0))
+    engine: str = option(
+        DEFAULT_ENGINE,
+        "inference engine for the same model: 'auto' picks, on each worker, the fastest that passes the "
+        "accuracy guard there (OpenVINO, else TensorFlow); 'tf' or 'openvino' forces one",
+        choices=ENGINES,
+    )
+    precision: str = option(
+        PRECISION_AUTO,
+        "'auto': bf16 where the worker's CPU computes it natively (AVX512_BF16, AMX), else f32; "
+        "'f32' or 'bf16' forces one (bf16 needs --engine openvino or auto)",
+        choices=PRECISIONS,
+    )
+    engine_threads: int = option(0, "inference threads per worker process; 0 = all its cores", check=at_least(0))
 
     def cross_field_problems(self) -> list[str]:
+        problems = []
         if bool(self.input) == bool(self.input_manifest):
-            return ["give exactly one of --input (a glob) or --input_manifest (a file of URIs)"]
-        return []
+            problems.append("give exactly one of --input (a glob) or --input_manifest (a file of URIs)")
+        if self.engine == ENGINE_TF and self.precision == PRECISION_BF16:
+            problems.append("--precision bf16 needs --engine openvino or auto (--engine tf runs f32)")
+        return problems
 
 
 # --------------------------------------------------------------------------- reduce_dim

@@ -94,6 +94,21 @@ WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_RANDOM = "random"
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")
 
+# Inference engines for the same graph (beam_jobs.extract_embeddings.engines); "auto" picks, on each
+# worker, the fastest that passes the accuracy guard there.
+ENGINE_AUTO = "auto"
+ENGINE_TF = "tf"
+ENGINE_OPENVINO = "openvino"
+ENGINES = (ENGINE_AUTO, ENGINE_TF, ENGINE_OPENVINO)
+DEFAULT_ENGINE = ENGINE_AUTO
+PRECISION_AUTO = "auto"  # bf16 where the CPU computes it natively, f32 otherwise
+PRECISION_F32 = "f32"
+PRECISION_BF16 = "bf16"
+PRECISIONS = (PRECISION_AUTO, PRECISION_F32, PRECISION_BF16)
+# Vectors from any engine/precision keep the model_id only if every probe vector's cosine to
+# TensorFlow's f32 one reaches this: then they are interchangeable in one index or map.
+GUARD_MIN_COSINE = 0.999
+
 DEFAULT_BATCH_SIZE = 32
 MAX_BATCH_SIZE = 1024
 # Pillow's own decompression-bomb limit (~89.5 MP); the extraction job refuses rather than warns.
@@ -196,6 +211,9 @@ class ExtractManifest(TypedDict):
         inputs: distinct input URIs; duplicate_inputs: listed more than once (counted once).
         failures_by_reason: ``"<stage>/<error>" -> count``.
         model_id: names architecture, pooling, input size and the exact weights.
+        engine, precision: what was asked (``auto`` or a forced value).
+        engines: what ran, one entry per distinct worker set-up: engine, precision, the accuracy
+            guard's min cosine, the CPU features that decided, and the fallbacks taken.
         metrics: the pipeline's Beam counters, added by the launcher once the job is done
             (absent with ``--detach``: then the Airflow sensor reads them from Dataflow).
     """
@@ -216,6 +234,9 @@ class ExtractManifest(TypedDict):
     batch_size: int
     resize_mode: str
     output_format: str
+    engine: str
+    precision: str
+    engines: list[dict[str, Any]]
     npy_files: int
     files: OutputFiles
     started_at: str

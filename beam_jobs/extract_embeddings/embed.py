@@ -1,4 +1,9 @@
-"""Stage EmbedImages: (ImageMeta, pixels) -> embedding rows through RunInference; a failed batch -> records."""
+"""Stage EmbedImages: (ImageMeta, pixels) -> embedding rows through RunInference; a failed batch -> records.
+
+Besides rows and failures it outputs ``engines``: the distinct descriptions of the
+engines that computed the rows (JSON strings; one per worker set-up), which the
+commit step writes into the manifest.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,23 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, ImageMeta, failure_record
-from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE, KerasEmbeddingModelHandler, count_through
+from beam_jobs.extract_embeddings.engines import EngineChoice
+from beam_jobs.extract_embeddings.inference import (
+    METRICS_NAMESPACE,
+    Embedding,
+    KerasEmbeddingModelHandler,
+    count_through,
+)
 from beam_jobs.extract_embeddings.models import ResolvedWeights
 
+ENGINES_TAG = "engines"
 
-def to_row(item: tuple[ImageMeta, PredictionResult], run_id: str) -> dict[str, Any]:
+
+def to_row(item: tuple[ImageMeta, Embedding], run_id: str) -> dict[str, Any]:
     """An embedding row, or (on the failures output) a record when the vector has NaN or inf.
 
     A non-finite vector must never be written: one would poison every mean, PCA and
@@ -41,6 +55,25 @@ def to_row(item: tuple[ImageMeta, PredictionResult], run_id: str) -> dict[str, A
     }
 
 
+class ToRows(beam.DoFn):
+    """``to_row`` for each result; at the end of a bundle, each engine description it saw, once."""
+
+    def __init__(self, run_id: str):
+        self._run_id = run_id
+        self._engines: set[str] = set()
+
+    def start_bundle(self):
+        self._engines = set()
+
+    def process(self, item: tuple[ImageMeta, Embedding]):
+        self._engines.add(item[1].engine)
+        yield to_row(item, self._run_id)
+
+    def finish_bundle(self):
+        for engine in sorted(self._engines):
+            yield beam.pvalue.TaggedOutput(ENGINES_TAG, GlobalWindows.windowed_value(engine))
+
+
 def failed_batch_records(item: tuple[list, BaseException], run_id: str) -> list[dict[str, str]]:
     batch, exc = item
     Metrics.counter(METRICS_NAMESPACE, "failed").inc(len(batch))
@@ -61,7 +94,7 @@ class EmbedImages(beam.PTransform):
         embedding_model_id: str,
         batch_size: int,
         run_id: str,
-        intra_op_threads: int = 0,
+        engine: EngineChoice | None = None,
     ):
         super().__init__()
         self._run_id = run_id
@@ -73,15 +106,16 @@ class EmbedImages(beam.PTransform):
                 # min == max: fixed-size batches; adaptive sizing starts at 1 and wastes the first bundles.
                 min_batch_size=batch_size,
                 max_batch_size=batch_size,
-                intra_op_threads=intra_op_threads,
+                engine=engine,
             )
         )
 
     def expand(self, images):
         run_id = self._run_id
         main, other = images | "RunInference" >> RunInference(self._handler).with_exception_handling()
-        checked = main | "ToRow" >> beam.Map(to_row, run_id).with_outputs(FAILURES_TAG, main="rows")
+        checked = main | "ToRow" >> beam.ParDo(ToRows(run_id)).with_outputs(FAILURES_TAG, ENGINES_TAG, main="rows")
         rows = checked.rows | "CountEmbedded" >> beam.Map(count_through("embedded"))
         failed_batches = other.failed_inferences | "FailedBatchToRecords" >> beam.FlatMap(failed_batch_records, run_id)
         failures = (checked[FAILURES_TAG], failed_batches) | "InferenceFailures" >> beam.Flatten()
-        return {"rows": rows, FAILURES_TAG: failures}
+        engines = checked[ENGINES_TAG] | "DistinctEngines" >> beam.Distinct()
+        return {"rows": rows, FAILURES_TAG: failures, ENGINES_TAG: engines}

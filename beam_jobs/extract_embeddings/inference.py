@@ -1,39 +1,41 @@
-"""A RunInference model handler for Keras 3 image feature extractors.
+"""A RunInference model handler for Keras 3 image feature extractors, on a choice of engines.
 
 Beam's stock TensorFlow handler imports tensorflow_hub (broken on TF 2.21)
 and calls the model eagerly; this one loads the model once per worker
 process (RunInference shares it between the process's threads through
-``shared.Shared``) and calls a ``tf.function`` compiled once for a
-``[None, H, W, 3]`` uint8 input, with ``preprocess_input`` inside the graph.
-Keeping uint8 until the graph means 4x less data crosses pipeline steps.
+``shared.Shared``) as a ``tf.function`` compiled once for a ``[None, H, W, 3]``
+uint8 input, with ``preprocess_input`` inside the graph, and hands that graph
+to the engine that will run it (``engines.load_engine``: TensorFlow, or
+OpenVINO converted from the same graph). Keeping uint8 until the graph means
+4x less data crosses pipeline steps.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import ModelHandler
 
 from beam_jobs.contract import JOB_EXTRACT
+from beam_jobs.extract_embeddings.engines import EngineChoice, EngineModel, load_engine
 from beam_jobs.extract_embeddings.models import ResolvedWeights, build_keras_model, get_spec, resolve_attr
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = JOB_EXTRACT
 
 
-class LoadedModel:
-    """The compiled uint8 -> embedding function (it holds the Keras model) and its model_id."""
+class Embedding(NamedTuple):
+    """What the handler returns per image (not the input pixels: holding them would keep
+    each batch's 150 KB per image alive downstream for nothing)."""
 
-    def __init__(self, fn: Any, model_id: str):
-        self.fn = fn
-        self.model_id = model_id
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.fn(pixels).numpy()
+    inference: np.ndarray  # the vector (Beam's name for a model's output)
+    model_id: str
+    engine: str  # JSON description of the engine that computed it; one shared string per process
 
 
 def compile_embedding_fn(keras_model: Any, preprocess: Any, input_size: tuple[int, int]):
@@ -50,18 +52,16 @@ def compile_embedding_fn(keras_model: Any, preprocess: Any, input_size: tuple[in
     return embed
 
 
-def load_embedding_model(model_name: str, weights: ResolvedWeights, model_id: str) -> LoadedModel:
+def load_embedding_model(model_name: str, weights: ResolvedWeights, choice: EngineChoice | None = None) -> EngineModel:
+    """Build the model and load it on the chosen engine (``auto``: decided for this CPU)."""
     spec = get_spec(model_name)
     keras_model = build_keras_model(spec, weights)
     fn = compile_embedding_fn(keras_model, resolve_attr(spec.preprocess), spec.input_size)
-    # Trace now so the first real batch is not charged for graph building.
-    w, h = spec.input_size
-    fn(np.zeros((1, h, w, 3), dtype=np.uint8))
-    return LoadedModel(fn, model_id)
+    return load_engine(fn, spec, choice or EngineChoice())
 
 
-class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedModel]):
-    """Examples are (H, W, 3) uint8 arrays; inferences are 1-D float32 embeddings."""
+class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, Embedding, EngineModel]):
+    """Examples are (H, W, 3) uint8 arrays; inferences are ``Embedding`` (1-D float32 vectors)."""
 
     def __init__(
         self,
@@ -69,40 +69,43 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Load
         weights: ResolvedWeights,
         model_id: str,
         *,
+        engine: EngineChoice | None = None,
         min_batch_size: int = 1,
         max_batch_size: int = 32,
-        intra_op_threads: int = 0,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._model_name = model_name
         self._weights = weights
         self._model_id = model_id
-        self._intra_op_threads = intra_op_threads
+        self._engine = engine or EngineChoice()
         self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
 
-    def load_model(self) -> LoadedModel:
+    def load_model(self) -> EngineModel:
         import tensorflow as tf
 
-        if self._intra_op_threads:
+        if self._engine.threads:
             try:
-                tf.config.threading.set_intra_op_parallelism_threads(self._intra_op_threads)
+                tf.config.threading.set_intra_op_parallelism_threads(self._engine.threads)
             except RuntimeError:
                 # TF refuses once its runtime is initialised; the first setting stays.
                 LOG.debug("TensorFlow threads already configured")
-        LOG.info("loading %s", self._model_id)
-        return load_embedding_model(self._model_name, self._weights, self._model_id)
+        LOG.info("loading %s (engine %s, precision %s)", self._model_id, self._engine.engine, self._engine.precision)
+        model = load_embedding_model(self._model_name, self._weights, self._engine)
+        LOG.info("model %s runs on %s", self._model_id, model.info)
+        Metrics.counter(METRICS_NAMESPACE, f"engine_{model.info['engine']}_{model.info['precision']}").inc()
+        model.info_json = json.dumps(model.info, sort_keys=True)
+        return model
 
     def run_inference(
         self,
         batch: Sequence[np.ndarray],
-        model: LoadedModel,
+        model: EngineModel,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[PredictionResult]:
+    ) -> Iterable[Embedding]:
         self._batch_size.update(len(batch))
-        embeddings = model(np.stack(batch))
-        # The example is not echoed back: holding the pixels would keep each
-        # batch's 150 KB per image alive downstream for nothing.
-        return [PredictionResult(None, vec, self._model_id) for vec in embeddings]
+        vectors = model(np.stack(batch))
+        engine = model.info_json
+        return [Embedding(vec, self._model_id, engine) for vec in vectors]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         # The default pickles the whole batch just to measure it.

@@ -63,6 +63,8 @@ def run_settings(cfg: ExtractConfig, embedding_model_id: str, embedding_dim: int
         "batch_size": cfg.batch_size,
         "resize_mode": cfg.resize_mode.value,
         "output_format": cfg.output_format,
+        "engine": cfg.engine,
+        "precision": cfg.precision,
     }
 
 
@@ -76,12 +78,14 @@ def finish_extraction(
     embedding_files: list[str],
     failure_files: list[str],
     npy_count: int,
+    engines: list[str] = (),
     local_matches: int | None = None,
 ) -> ExtractManifest:
     """The commit step's check and manifest: every distinct input is embedded or failed, once.
 
     ``local_matches`` is how many entries the local glob matched before the run: fewer
-    listed in the pipeline means URIs were lost before they were counted.
+    listed in the pipeline means URIs were lost before they were counted. ``engines``: the
+    JSON descriptions of the engines that computed the rows (empty when nothing was embedded).
     """
     inputs, embedded, failed = counts["inputs"], counts["embedded"], counts["failed"]
     if local_matches is not None and counts["listed"] < local_matches:
@@ -98,6 +102,7 @@ def finish_extraction(
         "embedded": embedded,
         "failed": failed,
         "failures_by_reason": failure_keys,
+        "engines": [json.loads(e) for e in sorted(engines)],
         "npy_files": npy_count,
         "files": {
             "embeddings": sorted(os.path.basename(f) for f in embedding_files),

@@ -8,7 +8,8 @@ Stages (each a composite PTransform, in its own module):
 
   ReadImageURIs   inputs.py   glob or manifest -> distinct URIs (the shuffle also spreads work over workers)
   DecodeImages    decode.py   read bytes + decode + resize in one step; bad files -> failure records
-  EmbedImages     embed.py    batched RunInference with our Keras handler; a failed batch -> failure records
+  EmbedImages     embed.py    batched RunInference with our Keras handler on the engine chosen for the
+                              worker's CPU (engines.py); a failed batch -> failure records
   WriteOutputs    outputs.py  Parquet shards, failures JSONL, optional .npy
   Commit          runtime.py  manifest.json, then the staged directory replaces --output whole
 
@@ -29,7 +30,8 @@ from beam_jobs import runtime
 from beam_jobs.config import ExtractConfig
 from beam_jobs.contract import JOB_EXTRACT
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams
-from beam_jobs.extract_embeddings.embed import EmbedImages
+from beam_jobs.extract_embeddings.embed import ENGINES_TAG, EmbedImages
+from beam_jobs.extract_embeddings.engines import EngineChoice
 from beam_jobs.extract_embeddings.inputs import Preflight, ReadImageURIs, preflight
 from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec, model_id, resolve_weights
 from beam_jobs.extract_embeddings.outputs import WriteOutputs, finish_extraction, run_settings
@@ -52,12 +54,14 @@ def build_pipeline(
     read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, checked.manifest_column)
     decode = DecodeParams(spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s)
     decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
+    engine = EngineChoice(cfg.engine, cfg.precision, cfg.engine_threads)
     embedded = decoded.images | "EmbedImages" >> EmbedImages(
-        cfg.model, weights, embedding_model_id, cfg.batch_size, cfg.run_id, cfg.intra_op_threads
+        cfg.model, weights, embedding_model_id, cfg.batch_size, cfg.run_id, engine
     )
     failures = (decoded[FAILURES_TAG], embedded[FAILURES_TAG]) | "AllFailures" >> beam.Flatten()
     outputs = {"rows": embedded["rows"], FAILURES_TAG: failures, "uris": read["uris"], "listed": read["listed"]}
     written = outputs | "WriteOutputs" >> WriteOutputs(staging, cfg.num_shards, cfg.output_format == "npy")
+    written["engines"] = beam.pvalue.AsList(embedded[ENGINES_TAG])
     finish = functools.partial(
         finish_extraction,
         settings=run_settings(cfg, embedding_model_id, spec.embedding_dim),
