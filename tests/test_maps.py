@@ -1,84 +1,166 @@
-"""beam_jobs.reduce_dim.maps: map.html from its package template, thumbnails, map.png."""
+"""beam_jobs.reduce_dim.maps and explorer: map.png, the map.html explorer (as a document) and map_mosaic.png.
+
+What the explorer does in a browser is checked in tests/test_explorer_browser.py (slow tier).
+"""
 
 from __future__ import annotations
 
-import base64
+import html
 import io
 import json
 import re
 from importlib import resources
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from beam_jobs.reduce_dim.maps import (
-    MAP_TEMPLATE,
-    MapLabels,
-    html_template,
-    render_html,
-    render_png,
-    thumbnail_data_uri,
+from beam_jobs.reduce_dim.explorer import (
+    EXPLORER_NAMES,
+    ExplorerPoints,
+    Layer,
+    grid_assignment,
+    header_html,
+    marker_size,
+    pack_columns,
+    render_explorer,
+    render_mosaic,
 )
+from beam_jobs.reduce_dim.maps import MAP_TEMPLATE, MapLabels, render_png
 
 LABELS = MapLabels(
     title="PCA <map> & co", subtitle="2026-11-20 · model m", x_label="PC1", y_label="PC2", footer="run r"
 )
 
 
-def png_bytes(img: Image.Image) -> bytes:
-    out = io.BytesIO()
-    img.save(out, format="PNG")
-    return out.getvalue()
+def doc_json(page: str) -> list[dict]:
+    """The Bokeh documents' JSON inside a page, and every model in it (flattened)."""
+    (raw,) = re.findall(r'<script type="application/json" id="[^"]+">\s*(.*?)\s*</script>', page, re.S)
+    docs = json.loads(html.unescape(raw))  # file_html escapes the JSON inside its script element
+    models = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                models.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(docs)
+    return models
 
 
-def decoded(uri: str) -> Image.Image:
-    assert uri.startswith("data:image/jpeg;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+def named(models: list[dict], name: str) -> list[dict]:
+    return [m for m in models if m.get("attributes", {}).get("name") == name]
+
+
+def small_page(**layers) -> str:
+    points = ExplorerPoints(
+        x=np.array([0.0, 1.0, 2.0]),
+        y=np.array([1.0, 0.5, 0.0]),
+        groups=["d1", "d2", "d1"],
+        uris=["/a.jpg", "/b</script><script>alert(1)</script>.jpg", "/c.jpg"],
+        thumbnails=["data:image/webp;base64,AAAA", None, None],
+    )
+    return render_explorer(points, LABELS, facts=[("failed", "<3>")], note="note & more", **layers)
 
 
 def test_template_ships_as_package_data():
     assert resources.files("beam_jobs.reduce_dim").joinpath(MAP_TEMPLATE).is_file()
-    for placeholder in ("__TITLE__", "__SUBTITLE__", "__NOTE__", "__DATA__"):
-        assert placeholder in html_template()
 
 
-def test_render_html_fills_every_placeholder_and_keeps_the_script_closed():
-    uris = ["/a.jpg", "/b</script><script>alert(1)</script>.jpg", "/c.jpg"]
-    page = render_html(
-        np.array([0.0, 1.0, 2.0]), np.array([1.0, 0.5, 0.0]), ["d1", "d2", "d1"], uris, [None, None, None], LABELS, "n"
-    )
-    assert not re.search(r"__(TITLE|SUBTITLE|NOTE|DATA)__", page)
+def test_explorer_is_one_offline_file_with_webgl_and_the_tools():
+    page = small_page()
     assert "<title>PCA &lt;map&gt; &amp; co</title>" in page
-    assert page.count("</script>") == 1  # "</" inside the data is escaped
-    data = json.loads(re.search(r"const DATA = (.*);\n", page).group(1))
-    assert data["groups"] == ["d1", "d2"]
-    assert data["group_counts"] == [2, 1]
-    assert [p[3] for p in data["points"]] == uris
-    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
-    assert "https://" not in page
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", page)  # BokehJS inline, nothing fetched
+    assert page.count("</script>") == page.count("<script")  # "</" inside the data is escaped
+    models = doc_json(page)
+    (plot,) = named(models, "explorer")
+    assert plot["attributes"]["output_backend"] == "webgl"
+    tools = {m["name"] for m in models if m["name"].endswith("Tool")}
+    assert {"PanTool", "WheelZoomTool", "BoxSelectTool", "LassoSelectTool", "HoverTool"} <= tools
+    assert named(models, "search")
+    assert named(models, "selection")
+    assert named(models, "search_matches")
+    (legend,) = [m for m in models if m["name"] == "Legend"]
+    assert legend["attributes"]["click_policy"] == "hide"
+    labels = [item["attributes"]["label"]["value"] for item in legend["attributes"]["items"]]
+    assert labels == ["d1 (2)", "d2 (1)", "search matches"]
+    (header,) = (m["attributes"] for m in named(models, "header"))
+    assert "PCA &lt;map&gt; &amp; co" in header["text"]
+    assert "&lt;3&gt;" in header["text"]
+    assert "note &amp; more" in header["text"]
 
 
-def test_thumbnail_composites_transparency_over_white_like_extraction():
-    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
-    rgba.paste((0, 0, 255, 255), (0, 0, 20, 30))
-    thumb = decoded(thumbnail_data_uri(png_bytes(rgba), size=16))
-    assert max(thumb.size) == 16
-    left, right = thumb.convert("RGB").getpixel((2, 5)), thumb.convert("RGB").getpixel((13, 5))
-    assert left[2] > 200
-    assert left[0] < 60
-    assert min(right) > 230  # transparent red becomes white, not red or black
+def test_points_travel_packed_one_string_per_partition():
+    models = doc_json(small_page())
+    packs = {m["attributes"]["name"]: m["attributes"]["tags"][0] for m in models if m["name"] == "ColumnDataSource"
+             and m["attributes"].get("name", "").startswith("points:")}  # fmt: skip
+    assert set(packs) == {"points:d1", "points:d2"}
+    d1 = packs["points:d1"]
+    d1 = d1.get("entries", d1)
+    d1 = dict(d1) if isinstance(d1, list) else d1
+    assert d1["uris"] == "/a.jpg\x1f/c.jpg"
+    assert d1["thumb_index"] == [0]
+    assert d1["thumbs"] == ["data:image/webp;base64,AAAA"]
+    pack = pack_columns("p", np.array(["/x\x1fy", "/z"], dtype=object), [None, None], np.array([True, True]))
+    assert pack["uris"] == "/x y\x1f/z"  # a separator inside a URI cannot split it
 
 
-def test_thumbnail_rescales_16_bit_images():
-    gray = Image.fromarray(np.full((20, 20), 8000, np.uint16))  # about 12% of the 16-bit range
-    assert gray.mode.startswith("I;16")
-    value = decoded(thumbnail_data_uri(png_bytes(gray), size=16)).convert("L").getpixel((8, 8))
-    assert 20 < value < 40  # rescaled like the extraction job (clipping would give white)
+def test_layers_render_when_given_data():
+    rng = np.random.default_rng(1)
+    reference = Layer("reference: November", rng.normal(size=50), rng.normal(size=50))
+    query = Layer("query: shoes", np.array([0.5]), np.array([0.5]), ["/q.jpg"])
+    models = doc_json(small_page(reference=reference, query=query))
+    (ref,) = named(models, "reference")
+    assert ref["name"] == "GlyphRenderer"
+    (hits,) = named(models, "query")
+    assert hits["name"] == "ColumnDataSource"
+    (legend,) = [m for m in models if m["name"] == "Legend"]
+    labels = [item["attributes"]["label"]["value"] for item in legend["attributes"]["items"]]
+    assert labels[0] == "reference: November (50)"
+    assert labels[-1] == "query: shoes (1)"
+    assert set(EXPLORER_NAMES) >= {"reference", "query"}
+    assert not named(doc_json(small_page()), "reference")
 
 
-def test_thumbnail_is_none_for_what_cannot_be_shown():
-    assert thumbnail_data_uri(b"not an image") is None
-    assert thumbnail_data_uri(png_bytes(Image.new("RGB", (100, 100))), max_pixels=99 * 99) is None
+def test_header_escapes_and_marker_size_falls_with_points():
+    text = header_html(MapLabels("<t>", "s", "x", "y"), [("rows", "1,000")], "")
+    assert "&lt;t&gt;" in text
+    assert "<b>1,000</b> rows" in text
+    assert marker_size(10) == 10
+    assert marker_size(100_000) < 3.5
+    assert marker_size(10**7) == 2.5
+
+
+def test_grid_assignment_keeps_the_layout():
+    side = 4
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    x, y = gx.ravel().astype(float), gy.ravel().astype(float)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(side * side)
+    cells = grid_assignment(x[order] + rng.normal(0, 0.05, 16), y[order], side)
+    assert sorted(cells) == list(range(16))  # one image per cell
+    rows, cols = np.divmod(cells, side)
+    assert (cols == x[order]).all()
+    assert (rows == side - 1 - y[order]).all()  # up in the plot is up in the picture
+
+
+def test_mosaic_uses_the_largest_square_and_refuses_too_few():
+    tiles = []
+    for i in range(10):
+        out = io.BytesIO()
+        Image.new("RGB", (30, 20), (25 * i, 100, 100)).save(out, format="WEBP")
+        tiles.append(out.getvalue())
+    png, used = render_mosaic(np.arange(10.0), np.arange(10.0), tiles, grid=24, cell=16)
+    assert used == 9
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.size == (48, 48)
+    with pytest.raises(ValueError, match="at least 4"):
+        render_mosaic(np.arange(3.0), np.arange(3.0), tiles[:3], grid=24, cell=16)
 
 
 def test_render_png_is_a_picture():

@@ -9,11 +9,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from sklearn.decomposition import PCA
 
 from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
@@ -52,7 +54,9 @@ def clustered(tmp_path_factory):
         ({"method": "tsne"}, "--method must be one of"),
         ({"pca_dims": 1}, "--pca_dims must be 0"),
         ({"fit_sample_size": 2}, "--fit_sample_size must be >= 3"),
-        ({"html_points": 50_000}, "--html_points must be between"),
+        ({"html_points": 1_000_001}, "--html_points must be between"),
+        ({"mosaic_grid": 65}, "--mosaic_grid must be between"),
+        ({"thumbnail_budget_mb": -1}, "--thumbnail_budget_mb must be >= 0"),
         ({"min_dist": 2.0}, "--min_dist must be between"),
     ],
 )
@@ -106,8 +110,8 @@ def test_pca_job_matches_scikit_learn_and_writes_everything(clustered, tmp_path)
     assert manifest["partitions"] == ["2026-11-19", "2026-11-20"]
     assert manifest["metrics"]["rows_projected"] == 3000
     assert manifest["metrics"]["rows_read"] == 6000  # two passes: statistics, then projection
-    assert manifest["html_points"] == 1000
-    assert "seeded sample" in Path(out, "map.html").read_text()
+    assert manifest["html_points"] == 3000  # every row, up to --html_points (200,000)
+    assert "All 3,000 rows are drawn." in Path(out, "map.html").read_text()
     assert Path(out, "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -139,30 +143,11 @@ def test_umap_job_is_deterministic_and_rerun_replaces_output(clustered, tmp_path
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # no staging or trash directories left
 
 
-@pytest.fixture(scope="module")
-def real_embeddings(sample_dir, tmp_path_factory):
-    """The extraction job's real output for the sample photos (random weights)."""
-    out = str(tmp_path_factory.mktemp("real") / "embeddings" / "ds=2026-11-20")
-    proc = run_cli(
-        "beam_jobs.extract_embeddings",
-        "--input",
-        os.path.join(sample_dir, "*"),
-        "--output",
-        out,
-        "--weights",
-        "random",
-        "--run_id",
-        "real",
-        "--runner",
-        "FnApiRunner",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["pca", "umap"])
-def test_cli_on_real_extraction_output(real_embeddings, sample_dir, method, tmp_path):
+def test_cli_on_real_extraction_output(manifest_run, method, tmp_path):
+    """The extraction job's real output (conftest.manifest_run: photos and the awkward files that decode)."""
+    real_embeddings, expected, _ = manifest_run
     out = str(tmp_path / f"method={method}" / "ds=2026-11-20")
     proc = run_cli(MODULE, "--input", real_embeddings, "--output", out, "--method", method, "--runner", "FnApiRunner")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -170,19 +155,21 @@ def test_cli_on_real_extraction_output(real_embeddings, sample_dir, method, tmp_
     extracted = json.loads(Path(real_embeddings, "manifest.json").read_text())
     rows = read_projection(out)
     assert len(rows) == manifest["rows"] == extracted["embedded"]
-    assert {r["image_uri"] for r in rows} == {p for p in glob.glob(os.path.join(sample_dir, "*"))}
+    assert {r["image_uri"] for r in rows} == {uri for uri, outcome in expected.items() if outcome == "ok"}
     assert all(np.isfinite([r["x"], r["y"]]).all() for r in rows)
     assert manifest["model_id"] == extracted["model_id"]
     assert manifest["method"] == method
     assert manifest["seconds"] > 0
     page = Path(out, "map.html").read_text()
-    # Offline: no external script, style or image; every point has its thumbnail inline.
-    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
-    assert "https://" not in page
+    # Offline: no external script or style (BokehJS is inline); every point has its thumbnail inline.
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", page)
     assert manifest["thumbnails"] == manifest["html_points"] == len(rows)
-    assert page.count("data:image/jpeg;base64,") == len(rows)
-    from PIL import Image
-
+    assert page.count("data:image/webp;base64,") == len(rows)
+    assert manifest["thumbnail_misses"] == {"unreadable": 0, "timeout": 0, "time_budget": 0}
+    side = int(np.sqrt(len(rows)))
+    assert manifest["mosaic_images"] == side * side
+    with Image.open(Path(out, "map_mosaic.png")) as mosaic:
+        assert mosaic.size == (side * 48, side * 48)
     with Image.open(Path(out, "map.png")) as img:
         assert img.size[0] >= 1000
         assert len(img.getcolors(1 << 20) or []) > 10  # a real picture, not a blank canvas
@@ -190,17 +177,22 @@ def test_cli_on_real_extraction_output(real_embeddings, sample_dir, method, tmp_
         assert manifest["fit_rows"] == len(rows)
 
 
-@pytest.mark.slow
-def test_cli_refuses_bad_input_before_any_work(tmp_path, clustered):
+def refused_in_process(argv: list[str], caplog) -> str:
+    """What `python -m beam_jobs.reduce_dim` does with these flags, in this process: exit 2 and one line."""
+    from beam_jobs import runtime
+
+    caplog.clear()
+    assert runtime.main(run, [*argv, *RUNNER]) == 2
+    return caplog.text
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path, clustered, caplog):
     root, *_ = clustered
     out = str(tmp_path / "out")
-    proc = run_cli(MODULE, "--input", str(tmp_path / "none"), "--output", out, "--method", "pca")
-    assert proc.returncode == 2
-    assert "matches no embeddings files" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    proc = run_cli(MODULE, "--input", root, "--output", out, "--method", "umap", "--pca_dims", "1")
-    assert proc.returncode == 2
-    assert "--pca_dims must be 0 (off) or >= 2" in proc.stderr
+    text = refused_in_process(["--input", str(tmp_path / "none"), "--output", out, "--method", "pca"], caplog)
+    assert "matches no embeddings files" in text
+    text = refused_in_process(["--input", root, "--output", out, "--method", "umap", "--pca_dims", "1"], caplog)
+    assert "--pca_dims must be 0 (off) or >= 2" in text
     assert not os.path.exists(out)
 
 
@@ -283,8 +275,8 @@ def assert_refused(proc, message: str, out: str) -> None:
     assert not os.path.exists(out)
 
 
-@pytest.mark.slow  # three launches of the job
-def test_cli_refuses_truncated_parquet_and_too_few_rows_up_front(tmp_path, clustered):
+@pytest.mark.slow  # one launch of the job (the process-level contract); the other refusals in process
+def test_cli_refuses_truncated_parquet_and_too_few_rows_up_front(tmp_path, clustered, caplog):
     _root, x, _, _ = clustered
     truncated = tmp_path / "trunc" / "ds=2026-11-20"
     paths = write_embeddings(str(truncated), x[:40], "synthetic/a", files=2)
@@ -297,26 +289,27 @@ def test_cli_refuses_truncated_parquet_and_too_few_rows_up_front(tmp_path, clust
 
     one = tmp_path / "one" / "ds=2026-11-20"
     write_embeddings(str(one), x[:1], "synthetic/a", files=1)
-    proc = run_cli(MODULE, "--input", str(one), "--output", out, "--method", "pca", *RUNNER)
-    assert_refused(proc, "too few rows for pca: the input holds 1 row(s) of model 'synthetic/a'", out)
+    text = refused_in_process(["--input", str(one), "--output", out, "--method", "pca"], caplog)
+    assert "too few rows for pca: the input holds 1 row(s) of model 'synthetic/a'" in text
 
     two = tmp_path / "two" / "ds=2026-11-20"
     write_embeddings(str(two), x[:2], "synthetic/a", files=2)
-    proc = run_cli(MODULE, "--input", str(two), "--output", out, "--method", "umap", *RUNNER)
-    assert_refused(proc, "umap needs at least 4", out)
+    text = refused_in_process(["--input", str(two), "--output", out, "--method", "umap"], caplog)
+    assert "umap needs at least 4" in text
+    assert not os.path.exists(out)
 
 
-@pytest.mark.slow
-def test_cli_fails_with_the_counts_when_every_row_is_nan(tmp_path):
+@pytest.mark.slow  # a whole run, in this process (runtime.main: what `python -m` runs)
+def test_job_fails_with_the_counts_when_every_row_is_nan(tmp_path, caplog):
     folder = tmp_path / "ds=2026-11-20"
     folder.mkdir()
     nan = float("nan")
     write_rows(folder / "embeddings-00000-of-00001.parquet", ["/a", "/b", "/c"], [[nan, 1.0]] * 3, ["m"] * 3)
     out = str(tmp_path / "out")
-    proc = run_cli(MODULE, "--input", str(folder), "--output", out, "--method", "pca", *RUNNER)
-    # Only reading every row tells: the fit stage refuses, with the counts (Beam logs its own trace first).
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    refused_in_process(["--input", str(folder), "--output", out, "--method", "pca"], caplog)
+    # Only reading every row tells: the fit stage refuses, with the counts (Beam logs its own trace first);
+    # the job's last word is that one line.
+    last = [r for r in caplog.records if r.levelname == "ERROR"][-1].getMessage()
     assert "no rows left to fit pca: all 3 input row(s) of the model have NaN or inf values" in last
     assert not os.path.exists(out)
     assert os.listdir(tmp_path) == ["ds=2026-11-20"]  # the failed run removed its staging folder

@@ -17,14 +17,18 @@ from beam_jobs.reduce_dim.outputs import (
     CoordsFn,
     MapParams,
     WriteOutputs,
+    explorer_note,
+    extraction_figures,
     finish_reduction,
+    header_facts,
     map_labels,
-    sample_points,
+    sample_thumbnails,
     sample_trustworthiness,
     to_table,
 )
 from beam_jobs.reduce_dim.records import DroppedRows, Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample
+from beam_jobs.reduce_dim.thumbnails import Thumbnails
 from beam_jobs.runtime import AccountingError
 
 RUNNER = ["--runner=FnApiRunner"]
@@ -55,11 +59,12 @@ def test_write_outputs_stage_writes_parquet_and_gathers_what_the_commit_needs(tm
         xy, groups = got["coords"]
         assert xy.shape == (10, 2)
         assert set(groups) == {"2026-11-20"}
-        assert len(got["sample"]) == 6  # max(html_points, trust_sample_size)
-        points = sorted(got["points"], key=lambda p: p["order"])
-        assert [p["order"] for p in points] == [0, 1, 2, 3]
-        assert [p["image_uri"] for p in points] == list(got["sample"].columns["image_uri"][:4])
-        assert all(p["thumbnail"] is None for p in points)  # thumbnails=False: no image is read
+        assert len(got["sample"]) == 6  # trust_sample_size, with embeddings
+        assert len(got["points"]) == 4  # html_points, coordinates only
+        assert "x" not in got["points"].columns
+        # Same seed: the explorer's points and the trust sample start with the same rows.
+        assert list(got["points"].columns["image_uri"]) == list(got["sample"].columns["image_uri"][:4])
+        assert got["thumbs"].images == {}  # thumbnails=False: no image is read
         assert len(got["files"]) == 2
 
     with TestPipeline(argv=RUNNER) as p:
@@ -93,13 +98,36 @@ def test_parquet_rows_and_map_coordinates_of_projected_blocks():
     assert len(empty_groups) == 0
 
 
-def test_sample_points_are_numbered_in_sample_order():
-    sample = side_values(10)["sample"]
-    points = sample_points(sample, 4)
-    assert [p["order"] for p in points] == [0, 1, 2, 3]
-    assert [p["image_uri"] for p in points] == list(sample.columns["image_uri"][:4])
-    assert points[1]["x"] == float(sample.columns["xy"][1, 0])
-    assert len(sample_points(sample, 100)) == len(sample)
+def test_no_thumbnails_read_when_switched_off_or_nothing_sampled():
+    sample = side_values(10)["points"]
+    assert sample_thumbnails(sample, MAPS).images == {}
+    assert sample_thumbnails(Sample(4), MapParams(4, 32, True, 0, 0)).images == {}
+
+
+def test_header_figures_and_note_say_what_the_page_shows(tmp_path):
+    for ds, inputs, failed in (("2026-11-19", 10, 1), ("2026-11-20", 5, 2)):
+        folder = tmp_path / f"ds={ds}"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(f'{{"inputs": {inputs}, "failed": {failed}}}')
+    files = [str(tmp_path / f"ds={ds}" / "embeddings-0.parquet") for ds in ("2026-11-19", "2026-11-20")]
+    assert extraction_figures(files) == {"inputs": 15, "failed": 3}
+    assert extraction_figures([*files, str(tmp_path / "elsewhere" / "e.parquet")]) is None
+    facts = dict(header_facts(1000, 2, {"inputs": 15, "failed": 3}, 500, 40))
+    assert facts == {
+        "rows": "1,000",
+        "failed extraction": "3",
+        "inputs": "15",
+        "dropped (NaN/inf)": "2",
+        "points shown": "500",
+        "with thumbnails": "40",
+    }
+    assert "failed extraction" not in dict(header_facts(10, 0, None, 10, 0))
+    thumbs = Thumbnails()
+    assert explorer_note(10, 10, 0, thumbs).startswith("All 10 rows are drawn.")
+    thumbs.misses.update(timeout=3, time_budget=7)
+    note = explorer_note(4, 10, 5, thumbs)
+    assert "seeded sample of 4 of 10 rows (seed 5" in note
+    assert "Thumbnails missed: 3 timeout, 7 time_budget." in note
 
 
 def side_values(rows: int) -> dict:
@@ -108,17 +136,15 @@ def side_values(rows: int) -> dict:
     sample = Sample(6).add(
         np.arange(rows, dtype=np.uint64), image_uri=blocks[0].uris, ds=ds, x=blocks[0].x, xy=blocks[0].xy
     )
-    points = [
-        {"image_uri": f"/img/{i:03d}.jpg", "x": 0.1 * i, "y": 0.2, "ds": "2026-11-20", "order": i, "thumbnail": None}
-        for i in reversed(range(4))
-    ]
+    points = Sample(4).add(np.arange(rows, dtype=np.uint64), image_uri=blocks[0].uris, ds=ds, xy=blocks[0].xy)
     return {
         "info": {"explained_variance_ratio": [0.5, 0.25], "explained_variance": [2.0, 1.0], "fit_rows": rows},
         "dropped": DroppedRows(0, ()),
         "rows": rows,
         "coords": (blocks[0].xy, np.full(rows, "2026-11-20", dtype=object)),
         "sample": sample,
-        "points": points,
+        "points": points.sorted(),
+        "thumbs": Thumbnails(),
         "files": ["/s/projection-00001-of-00002.parquet", "/s/projection-00000-of-00002.parquet"],
     }
 
@@ -143,6 +169,8 @@ def test_finish_renders_both_maps_and_returns_the_manifest_fields(tmp_path):
     assert fields["rows_per_second"] == 5.0
     assert fields["html_points"] == 4
     assert fields["thumbnails"] == 0
+    assert fields["thumbnail_misses"] == {"unreadable": 0, "timeout": 0, "time_budget": 0}
+    assert fields["mosaic_images"] == 0  # no thumbnails, no mosaic
     assert fields["trustworthiness_rows"] == 6
     assert 0 < fields["trustworthiness"] <= 1
     assert fields["files"] == {
@@ -156,9 +184,41 @@ def test_finish_renders_both_maps_and_returns_the_manifest_fields(tmp_path):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(staging, "map.html"), encoding="utf-8") as handle:
         page = handle.read()
-    assert "Showing 4 of 10 rows (seeded sample, seed 0)." in page
-    # Points are plotted in sample order, whatever order the thumbnails arrived in.
-    assert page.index("/img/000.jpg") < page.index("/img/003.jpg")
+    assert "Showing a seeded sample of 4 of 10 rows (seed 0" in page
+    assert page.index("/img/000.jpg") < page.index("/img/003.jpg")  # sample order
+    assert "/img/004.jpg" not in page
+    assert not os.path.exists(os.path.join(staging, "map_mosaic.png"))
+
+
+def test_finish_draws_the_mosaic_from_the_thumbnails(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from beam_jobs.reduce_dim.thumbnails import data_uri_length
+
+    def webp(shade: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (20, 16), (shade, 0, 0)).save(out, format="WEBP")
+        return out.getvalue()
+
+    side = side_values(10)
+    images = {i: webp(60 * i) for i in range(4)}
+    side["thumbs"] = Thumbnails(images=images, html={0, 1})
+    maps = MapParams(4, 32, True, 6, 0, thumbnail_budget_bytes=2 * data_uri_length(images[0]), mosaic_grid=2)
+    staging = str(tmp_path / "staging")
+    fields = finish_reduction(
+        staging, seconds=2.0, settings={}, summary=summary_of(10), method="pca", run_id="r", maps=maps, **side
+    )
+    assert (fields["thumbnails"], fields["mosaic_images"]) == (2, 4)
+    assert fields["files"]["map_mosaic"] == "map_mosaic.png"
+    with Image.open(os.path.join(staging, "map_mosaic.png")) as mosaic:
+        assert mosaic.size == (2 * 48, 2 * 48)
+        reds = sorted(mosaic.convert("RGB").getpixel((c * 48 + 24, r * 48 + 24))[0] for r in (0, 1) for c in (0, 1))
+    assert [abs(a - b) <= 8 for a, b in zip(reds, [0, 60, 120, 180], strict=True)] == [True] * 4  # every image once
+    with open(os.path.join(staging, "map.html"), encoding="utf-8") as handle:
+        page = handle.read()
+    assert page.count("data:image/webp;base64,") == 2  # the HTML got the two within its budget
 
 
 def test_finish_accounts_for_rows_dropped_for_nan_or_inf(tmp_path):

@@ -1,26 +1,19 @@
-"""The pictures a person opens after a run: ``map.png`` and a self-contained ``map.html``.
+"""The static picture ``map.png`` (alerts, reports, the maps index) and what the maps share.
 
-Pure rendering helpers (inputs are arrays and dicts, outputs are bytes or
-text); the job's commit step calls them once (``outputs.write_maps``). The
-HTML needs no network: styles, script, points and JPEG thumbnails are all
-inline. Its markup and script live in ``templates/map.html`` (package data);
-``render_html`` fills the placeholders ``__TITLE__``, ``__SUBTITLE__``,
-``__NOTE__`` and ``__DATA__`` (the points as JSON).
+Pure rendering helpers (inputs are arrays, outputs are bytes); the job's commit
+step calls them once (``outputs.write_maps``). The interactive ``map.html`` and
+``map_mosaic.png`` are drawn by ``explorer.py``; its page shell is
+``templates/map.html`` (package data, read by ``page_template``).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import html
 import io
-import json
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-
-from beam_jobs.contract import DEFAULT_MAX_PIXELS
 
 MAP_TEMPLATE = "templates/map.html"
 # Colour-blind-friendly qualitative palette (Okabe-Ito) for up to 8 partitions; more partitions
@@ -97,68 +90,7 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
     return buf.getvalue()
 
 
-def thumbnail_data_uri(data: bytes, size: int = 96, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """A small JPEG of an image as a data: URI, or None if it cannot be decoded.
-
-    Any mode becomes RGB as in the extraction job (``images.to_rgb``: transparency over
-    white, 16-bit and float images rescaled), and the same pixel limit refuses
-    decompression bombs from the header alone.
-    """
-    from PIL import Image, ImageOps
-
-    from beam_jobs.extract_embeddings.images import to_rgb
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                return None
-            img.draft("RGB", (size * 2, size * 2))
-            thumb = to_rgb(ImageOps.exif_transpose(img))
-            thumb.thumbnail((size, size))
-            out = io.BytesIO()
-            thumb.save(out, format="JPEG", quality=72, optimize=True)
-    except Exception:  # noqa: BLE001 - a missing thumbnail must not lose the map
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
-
-
 @functools.cache
-def html_template() -> str:
-    """``templates/map.html``, read once per process from the installed package."""
+def page_template() -> str:
+    """``templates/map.html`` (the explorer's page shell, a Bokeh file template), read once per process."""
     return resources.files(__package__).joinpath(MAP_TEMPLATE).read_text(encoding="utf-8")
-
-
-def render_html(
-    x: np.ndarray,
-    y: np.ndarray,
-    groups: list[str],
-    uris: list[str],
-    thumbnails: list[str | None],
-    labels: MapLabels,
-    note: str,
-) -> str:
-    """Interactive scatter: hover a point to see its thumbnail and URI."""
-    names = sorted(set(groups))
-    index = {name: i for i, name in enumerate(names)}
-    counts = [sum(1 for g in groups if g == name) for name in names]
-    points = [
-        [round(float(a), 4), round(float(b), 4), index[g], u, t]
-        for a, b, g, u, t in zip(x, y, groups, uris, thumbnails, strict=True)
-    ]
-    data = {
-        "points": points,
-        "groups": names,
-        "group_counts": counts,
-        "colours": colours(len(names)),
-        "x_label": labels.x_label,
-        "y_label": labels.y_label,
-    }
-    # "</" inside a JSON string must not close the <script> element.
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    return (
-        html_template()
-        .replace("__TITLE__", html.escape(labels.title))
-        .replace("__SUBTITLE__", html.escape(labels.subtitle))
-        .replace("__NOTE__", html.escape(note))
-        .replace("__DATA__", payload)
-    )

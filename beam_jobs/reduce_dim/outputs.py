@@ -2,11 +2,14 @@
 
 WriteOutputs writes ``projection-*.parquet`` into the staging directory and
 gathers, as side inputs for ``runtime.Commit``: the row count, every point's
-coordinates (for map.png), a seeded sample (map.html and trustworthiness) and
-the sampled points with their thumbnails. ``finish_reduction`` runs once in the
-commit step: it checks the row count, renders map.png and map.html into the
-staging directory and returns the job's manifest fields; Commit writes
-manifest.json and swaps the directory in.
+coordinates (for map.png), a seeded sample with embeddings (trustworthiness),
+the explorer's points (every row up to ``html_points``, else a seeded sample)
+and their thumbnails (``thumbnails.gather_thumbnails``: parallel reads within a
+size budget, a per-read timeout and a total time budget). ``finish_reduction``
+runs once in the commit step: it checks the row count, renders map.png,
+map.html (the explorer) and map_mosaic.png into the staging directory and
+returns the job's manifest fields; Commit writes manifest.json and swaps the
+directory in.
 
 Drift statistics against a reference run (a later issue) belong beside
 ``sample_trustworthiness``: computed from the same seeded sample, passed to
@@ -21,29 +24,33 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_jobs import storage
-from beam_jobs.contract import MAP_HTML, MAP_PNG, PROJECTION_PREFIX, ReduceManifest
+from beam_jobs.contract import MANIFEST, MAP_HTML, MAP_MOSAIC, MAP_PNG, PROJECTION_PREFIX, ReduceManifest
+from beam_jobs.reduce_dim.explorer import ExplorerPoints, Layer, render_explorer, render_mosaic
 from beam_jobs.reduce_dim.fit import SampleFn
 from beam_jobs.reduce_dim.inputs import InputSummary
-from beam_jobs.reduce_dim.maps import MapLabels, render_html, render_png, thumbnail_data_uri
+from beam_jobs.reduce_dim.maps import MapLabels, render_png
 from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, DroppedRows, Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample, trustworthiness
+from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, Thumbnails, gather_thumbnails
 from beam_jobs.runtime import AccountingError
 
 
 @dataclass(frozen=True)
 class MapParams:
-    """The seeded sample behind map.html and the trustworthiness figure.
+    """What the maps show: the explorer's points, thumbnails, the mosaic, and the trustworthiness sample.
 
     Args:
-        html_points: points plotted in map.html.
-        thumbnail_size: thumbnail pixels in map.html.
-        thumbnails: read the sampled images for thumbnails (False: URIs only).
+        html_points: points in map.html: every row up to this many, else a seeded sample of this many.
+        thumbnail_size: thumbnail pixels in map.html (and the mosaic's source images).
+        thumbnails: read the sampled images for thumbnails (False: URIs only, no mosaic).
         trust_sample_size: rows of the sample used for trustworthiness; 0 = skip.
-        seed: salts the sample.
+        seed: salts the samples.
+        thumbnail_budget_bytes: inline thumbnail bytes in map.html.
+        thumbnail_timeout_s / thumbnail_time_budget_s: one read / all reads.
+        mosaic_grid: cells per side of map_mosaic.png; 0 = none. mosaic_cell: pixels per cell.
     """
 
     html_points: int
@@ -51,6 +58,20 @@ class MapParams:
     thumbnails: bool
     trust_sample_size: int
     seed: int
+    thumbnail_budget_bytes: int = 8_000_000
+    thumbnail_timeout_s: float = 10.0
+    thumbnail_time_budget_s: float = 120.0
+    mosaic_grid: int = 24
+    mosaic_cell: int = 48
+
+    def thumbnail_params(self) -> ThumbnailParams:
+        return ThumbnailParams(
+            size=self.thumbnail_size,
+            budget_bytes=self.thumbnail_budget_bytes,
+            min_count=self.mosaic_grid**2,
+            read_timeout_s=self.thumbnail_timeout_s,
+            time_budget_s=self.thumbnail_time_budget_s,
+        )
 
 
 def to_table(item: Projected, method: str, run_id: str):
@@ -92,32 +113,14 @@ class CoordsFn(beam.CombineFn):
         return xy, groups
 
 
-def add_thumbnail(point: dict[str, Any], size: int, enabled: bool = True) -> dict[str, Any]:
-    if not enabled:
-        return {**point, "thumbnail": None}
-    try:
-        with FileSystems.open(point["image_uri"], compression_type="uncompressed") as handle:
-            data = handle.read()
-    except Exception:  # noqa: BLE001 - the image may have moved since extraction
-        data = b""
-    thumb = thumbnail_data_uri(data, size) if data else None
-    Metrics.counter(METRICS_NAMESPACE, "thumbnails_ok" if thumb else "thumbnails_missing").inc()
-    return {**point, "thumbnail": thumb}
-
-
-def sample_points(sample: Sample, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` rows of the seeded sample as map.html points, numbered in sample order."""
-    c = sample.columns
-    return [
-        {
-            "image_uri": str(c["image_uri"][i]),
-            "x": float(c["xy"][i, 0]),
-            "y": float(c["xy"][i, 1]),
-            "ds": c["ds"][i],
-            "order": i,
-        }
-        for i in range(min(count, len(sample)))
-    ]
+def sample_thumbnails(sample: Sample, maps: MapParams) -> Thumbnails:
+    """Thumbnails for the explorer's points, in sample order (``thumbnails.gather_thumbnails``)."""
+    if not maps.thumbnails or not len(sample):
+        return Thumbnails()
+    got = gather_thumbnails([str(u) for u in sample.columns["image_uri"]], maps.thumbnail_params())
+    Metrics.counter(METRICS_NAMESPACE, "thumbnails_ok").inc(len(got.images))
+    Metrics.counter(METRICS_NAMESPACE, "thumbnails_missing").inc(sum(got.misses.values()))
+    return got
 
 
 class WriteOutputs(beam.PTransform):
@@ -146,19 +149,18 @@ class WriteOutputs(beam.PTransform):
         )
         rows = projected | "RowCount" >> beam.Map(lambda b: len(b.uris)) | "SumRows" >> beam.CombineGlobally(sum)
         coords = projected | "AllCoordinates" >> beam.CombineGlobally(CoordsFn())
-        sample_size = max(maps.html_points, maps.trust_sample_size)
-        sample = projected | "MapSample" >> beam.CombineGlobally(SampleFn(sample_size, maps.seed, ("x", "xy")))
-        points = (
-            sample
-            | "HtmlPoints" >> beam.FlatMap(sample_points, maps.html_points)
-            | "SpreadThumbnails" >> beam.Reshuffle()
-            | "Thumbnails" >> beam.Map(add_thumbnail, maps.thumbnail_size, maps.thumbnails)
+        # The same seed orders both samples alike: the trust sample is the explorer sample's first rows.
+        sample = projected | "TrustSample" >> beam.CombineGlobally(
+            SampleFn(maps.trust_sample_size, maps.seed, ("x", "xy"))
         )
+        points = projected | "MapSample" >> beam.CombineGlobally(SampleFn(maps.html_points, maps.seed, ("xy",)))
+        thumbs = points | "Thumbnails" >> beam.Map(sample_thumbnails, maps)
         return {
             "rows": beam.pvalue.AsSingleton(rows),
             "coords": beam.pvalue.AsSingleton(coords),
             "sample": beam.pvalue.AsSingleton(sample),
-            "points": beam.pvalue.AsList(points),
+            "points": beam.pvalue.AsSingleton(points),
+            "thumbs": beam.pvalue.AsSingleton(thumbs),
             "files": beam.pvalue.AsList(files),
         }
 
@@ -202,24 +204,77 @@ def map_labels(
     )
 
 
-def write_maps(staging: str, labels: MapLabels, coords, points: list[dict[str, Any]], rows: int, seed: int) -> None:
-    """map.png (every point) and map.html (the sampled ``points``, in sample order) into ``staging``."""
+def extraction_figures(files: list[str]) -> dict[str, int] | None:
+    """Inputs and failures summed over the extraction manifests beside the input files; None if any is missing."""
+    totals = {"inputs": 0, "failed": 0}
+    for folder in sorted({f.rsplit("/", 1)[0] for f in files}):
+        try:
+            manifest = storage.read_json(storage.join(folder, MANIFEST))
+            for key in totals:
+                totals[key] += int(manifest[key])
+        except Exception:  # noqa: BLE001 - a figure for the header, not a reason to fail the map
+            return None
+    return totals
+
+
+def header_facts(rows: int, dropped: int, extraction: dict[str, int] | None, shown: int, thumbs: int) -> list:
+    facts = [("rows", f"{rows:,}")]
+    if extraction is not None:
+        facts += [("failed extraction", f"{extraction['failed']:,}"), ("inputs", f"{extraction['inputs']:,}")]
+    if dropped:
+        facts.append(("dropped (NaN/inf)", f"{dropped:,}"))
+    facts += [("points shown", f"{shown:,}"), ("with thumbnails", f"{thumbs:,}")]
+    return facts
+
+
+def explorer_note(shown: int, rows: int, seed: int, thumbs: Thumbnails) -> str:
+    note = (
+        f"All {rows:,} rows are drawn."
+        if shown >= rows
+        else f"Showing a seeded sample of {shown:,} of {rows:,} rows (seed {seed}; --html_points sets the size)."
+    )
+    missed = {reason: n for reason, n in thumbs.misses.items() if n}
+    if missed:
+        note += " Thumbnails missed: " + ", ".join(f"{n:,} {reason}" for reason, n in missed.items()) + "."
+    return note + " Hover for the image; box/lasso select to list URIs; search rings matches; legend hides nights."
+
+
+def write_maps(
+    staging: str,
+    labels: MapLabels,
+    coords,
+    points: Sample,
+    thumbs: Thumbnails,
+    maps: MapParams,
+    *,
+    rows: int,
+    facts: list,
+    reference: Layer | None = None,
+    query: Layer | None = None,
+) -> int:
+    """map.png (every point), map.html (the explorer) and map_mosaic.png into ``staging``; returns mosaic images."""
     xy, groups = coords
     storage.write_bytes(storage.join(staging, MAP_PNG), render_png(xy[:, 0], xy[:, 1], groups, labels))
+    c = points.columns
     shown = len(points)
-    note = f"Hover a point for its image. Showing {shown:,} of {rows:,} rows" + (
-        f" (seeded sample, seed {seed})." if shown < rows else "."
+    explorer = ExplorerPoints(
+        x=c["xy"][:, 0] if shown else np.empty(0),
+        y=c["xy"][:, 1] if shown else np.empty(0),
+        groups=list(c.get("ds", [])),
+        uris=list(c.get("image_uri", [])),
+        thumbnails=[thumbs.data_uri(i) for i in range(shown)],
     )
-    page = render_html(
-        np.array([p["x"] for p in points]),
-        np.array([p["y"] for p in points]),
-        [p["ds"] for p in points],
-        [p["image_uri"] for p in points],
-        [p["thumbnail"] for p in points],
-        labels,
-        note,
-    )
+    note = explorer_note(shown, rows, maps.seed, thumbs)
+    page = render_explorer(explorer, labels, facts=facts, note=note, reference=reference, query=query)
     storage.write_text(storage.join(staging, MAP_HTML), page)
+    order = sorted(thumbs.images)[: maps.mosaic_grid**2]
+    if maps.mosaic_grid < 2 or len(order) < 4:
+        return 0
+    png, used = render_mosaic(
+        c["xy"][order, 0], c["xy"][order, 1], [thumbs.images[i] for i in order], maps.mosaic_grid, maps.mosaic_cell
+    )
+    storage.write_bytes(storage.join(staging, MAP_MOSAIC), png)
+    return used
 
 
 def finish_reduction(
@@ -236,7 +291,8 @@ def finish_reduction(
     rows: int,
     coords: tuple[np.ndarray, np.ndarray],
     sample: Sample,
-    points: list[dict[str, Any]],
+    points: Sample,
+    thumbs: Thumbnails,
     files: list[str],
 ) -> ReduceManifest:
     """The commit step's check, maps and manifest fields.
@@ -250,10 +306,11 @@ def finish_reduction(
             f" + {dropped.count} dropped for NaN/inf values"
         )
     trust, trust_rows = sample_trustworthiness(sample, maps.trust_sample_size)
-    points = sorted(points, key=lambda p: p["order"])
-    write_maps(
-        staging, map_labels(method, run_id, maps.seed, summary, info, rows, trust), coords, points, rows, maps.seed
-    )
+    shown, with_thumbs = len(points), len(thumbs.html)
+    facts = header_facts(rows, dropped.count, extraction_figures(summary.files), shown, with_thumbs)
+    labels = map_labels(method, run_id, maps.seed, summary, info, rows, trust)
+    mosaic = write_maps(staging, labels, coords, points, thumbs, maps, rows=rows, facts=facts)
+    outputs = {"map_png": MAP_PNG, "map_html": MAP_HTML, **({"map_mosaic": MAP_MOSAIC} if mosaic else {})}
     return {
         **settings,
         "rows": rows,
@@ -262,12 +319,10 @@ def finish_reduction(
         **info,
         "trustworthiness": None if trust is None else round(trust, 4),
         "trustworthiness_rows": trust_rows,
-        "html_points": len(points),
-        "thumbnails": sum(1 for p in points if p["thumbnail"]),
-        "files": {
-            "projections": sorted(os.path.basename(f) for f in files),
-            "map_png": MAP_PNG,
-            "map_html": MAP_HTML,
-        },
+        "html_points": shown,
+        "thumbnails": with_thumbs,
+        "thumbnail_misses": dict(thumbs.misses),
+        "mosaic_images": mosaic,
+        "files": {"projections": sorted(os.path.basename(f) for f in files), **outputs},
         "rows_per_second": round(rows / seconds, 1),
     }  # type: ignore[typeddict-item]  # job, run_id, output and timings come from runtime.Commit

@@ -11,8 +11,9 @@ Stages (each a composite PTransform, in its own module):
   FitUMAP         fit.py      PCA + UMAP fitted on a seeded sample, on one worker
   Project         fit.py      a second read of the files; every block projected with the model as a side input
   WriteOutputs    outputs.py  projection-*.parquet, and the coordinates and sample the maps need
-  Commit          runtime.py  row count check (projected + dropped for NaN/inf = input rows), map.png + map.html
-                              (outputs.finish_reduction), manifest.json, then the staged directory replaces
+  Commit          runtime.py  row count check (projected + dropped for NaN/inf = input rows), map.png, map.html
+                              (the explorer) and map_mosaic.png (outputs.finish_reduction), manifest.json, then
+                              the staged directory replaces
                               --output whole
 
 The data are read twice rather than held between the fit and the projection:
@@ -49,7 +50,14 @@ def run_settings(cfg: ReduceConfig, summary: InputSummary) -> dict[str, Any]:
             n_neighbors=cfg.n_neighbors,
             min_dist=cfg.min_dist,
         )
-    parameters.update(html_points=cfg.html_points, thumbnails=cfg.thumbnails, trust_sample_size=cfg.trust_sample_size)
+    parameters.update(
+        html_points=cfg.html_points,
+        thumbnails=cfg.thumbnails,
+        thumbnail_budget_mb=cfg.thumbnail_budget_mb,
+        thumbnail_time_budget_s=cfg.thumbnail_time_budget_s,
+        mosaic_grid=cfg.mosaic_grid,
+        trust_sample_size=cfg.trust_sample_size,
+    )
     return {
         "method": cfg.method,
         "inputs": list(cfg.inputs),
@@ -79,7 +87,18 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
     # The second read reports the rows it left out for NaN/inf values: the first leaves out the same rows.
     blocks, dropped = p | "ReadEmbeddingsAgain" >> read(report_dropped=True)
     projected = blocks | "Project" >> Project(model)
-    maps = MapParams(cfg.html_points, cfg.thumbnail_size, cfg.thumbnails, cfg.trust_sample_size, cfg.seed)
+    maps = MapParams(
+        cfg.html_points,
+        cfg.thumbnail_size,
+        cfg.thumbnails,
+        cfg.trust_sample_size,
+        cfg.seed,
+        thumbnail_budget_bytes=int(cfg.thumbnail_budget_mb * 1_000_000),
+        thumbnail_timeout_s=cfg.thumbnail_timeout_s,
+        thumbnail_time_budget_s=cfg.thumbnail_time_budget_s,
+        mosaic_grid=cfg.mosaic_grid,
+        mosaic_cell=cfg.mosaic_cell,
+    )
     written = projected | "WriteOutputs" >> WriteOutputs(staging, cfg.method, cfg.run_id, cfg.num_shards, maps)
     finish = functools.partial(
         finish_reduction,
