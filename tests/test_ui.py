@@ -69,8 +69,28 @@ def test_index_page_links_each_map_and_escapes_what_runs_say():
     only_umap = render_index(runs, "umap")
     assert "method=pca" not in only_umap.split("</nav>")[1]
     assert "No published runs yet" in render_index([])
+    assert "map_mosaic.png?event=7&amp;method=umap" in page  # the mosaic beside each map
     detail = render_map(runs[0], "umap")
-    assert "<iframe class='map' sandbox='allow-scripts' src='map.html?event=7&amp;method=umap'" in detail
+    assert (
+        "<iframe class='map' sandbox='allow-scripts allow-downloads' src='map.html?event=7&amp;method=umap'" in detail
+    )
+    assert "<img src='map_mosaic.png?event=7&amp;method=umap'" in detail
+
+
+def test_map_files_are_only_the_three_names_and_the_mosaic_sits_beside_map_png():
+    from image_embeddings_airflow.ui import MAP_CSP, map_path
+
+    entry = {"map_png": "/d/pca/ds=1/map.png", "map_html": "/d/pca/ds=1/map.html"}
+    assert map_path(entry, "map_mosaic") == "/d/pca/ds=1/map_mosaic.png"
+    assert map_path({**entry, "map_mosaic": "/e/map_mosaic.png"}, "map_mosaic") == "/e/map_mosaic.png"
+    assert map_path({**entry, "map_mosaic": "/etc/passwd"}, "map_mosaic") is None
+    assert map_path({"map_png": "/etc/passwd"}, "map_mosaic") is None
+    assert map_path({"map_html": "/x/secret.html"}, "map_html") is None
+    assert map_path({}, "map_png") is None
+    # The explorer's callbacks are compiled by BokehJS (eval) and it may download a selection; still no network.
+    assert "sandbox allow-scripts allow-downloads;" in MAP_CSP
+    assert "default-src 'none'" in MAP_CSP
+    assert "allow-same-origin" not in MAP_CSP
 
 
 def test_plugin_registers_the_view_and_skips_the_helper_package():
@@ -98,8 +118,9 @@ def test_plugin_serves_the_router_behind_airflows_access_check():
 
     (app,) = ImageEmbeddingsPlugin().fastapi_apps
     assert app["url_prefix"] == "/image-embeddings"
-    assert {r.path for r in app["app"].routes} >= {"/", "/api/latest", "/map.png", "/map.html"}
-    assert [route.path for route in router.routes] == ["/", "/api/latest", "/map.png", "/map.html"]
+    paths = ["/", "/api/latest", "/map.png", "/map.html", "/map_mosaic.png"]
+    assert {r.path for r in app["app"].routes} >= set(paths)
+    assert [route.path for route in router.routes] == paths
     client = TestClient(app["app"])
     for path in (
         "/",
@@ -107,6 +128,7 @@ def test_plugin_serves_the_router_behind_airflows_access_check():
         "/api/latest",
         "/map.png?event=1&method=pca",
         "/map.html?event=1&method=pca",
+        "/map_mosaic.png?event=1&method=pca",
     ):
         response = client.get(path)
         assert response.status_code == 401, path

@@ -17,8 +17,13 @@ in the partitions on disk.
 
 Access: the same as reading the DAG's runs (Airflow's own auth dependency; in
 the UI the session cookie, from scripts a bearer token from ``/auth/token``).
-The interactive map is served with a sandboxing CSP: its inline script runs,
-but it can neither reach the network nor see Airflow's cookies.
+The interactive map (map.html, a Bokeh explorer) is served with a sandboxing
+CSP: its inline script runs (BokehJS compiles the page's callbacks, hence
+'unsafe-eval'; the sandbox gives it an opaque origin), it may download the
+selection it builds (``allow-downloads``), but it can neither reach the
+network nor see Airflow's cookies. map_mosaic.png (the night's images on a
+grid) is read from the folder of the run's map.png: run records written
+before it existed have no field for it.
 """
 
 from __future__ import annotations
@@ -33,15 +38,32 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from markupsafe import Markup
 
-from beam_jobs.contract import MAP_HTML, MAP_PNG, METHODS, RunRecord
+from beam_jobs.contract import MAP_HTML, MAP_MOSAIC, MAP_PNG, METHODS, RunRecord
 from image_embeddings_airflow.paths import read_bytes
 from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK
 
+MAP_SANDBOX = "allow-scripts allow-downloads"
 MAP_CSP = (
-    "sandbox allow-scripts; default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+    f"sandbox {MAP_SANDBOX}; default-src 'none'; img-src data: blob:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline' 'unsafe-eval'"
 )
 # The run record's fields that name a map file, and the one file name each may hold.
-MAP_FILES = {"map_png": MAP_PNG, "map_html": MAP_HTML}
+MAP_FILES = {"map_png": MAP_PNG, "map_html": MAP_HTML, "map_mosaic": MAP_MOSAIC}
+
+
+def map_path(projection: dict[str, Any], field: str) -> str | None:
+    """The path of a map file named in a run record's projection entry, or None.
+
+    map_mosaic.png sits beside map.png: when the record has no ``map_mosaic`` field,
+    its path is derived from ``map_png`` (only ever that one file name in that folder).
+    """
+    path = projection.get(field)
+    if path is None and field == "map_mosaic" and isinstance(projection.get("map_png"), str):
+        folder, _, name = projection["map_png"].rpartition("/")
+        path = f"{folder}/{MAP_MOSAIC}" if name == MAP_PNG else None
+    if not isinstance(path, str) or path.rsplit("/", 1)[-1] != MAP_FILES[field]:
+        return None
+    return path
 
 
 def latest_runs(events: list[dict[str, Any]], method: str | None = None, limit: int = 14) -> list[dict[str, Any]]:
@@ -88,7 +110,9 @@ PAGES = jinja2.Environment(
     lstrip_blocks=True,
 )
 PAGES.filters.update(num=_number, query=urlencode)
-PAGES.globals.update(quality=_quality, dag_id=DAG_ID, maps_asset=MAPS_ASSET, publish_task=PUBLISH_TASK)
+PAGES.globals.update(
+    quality=_quality, dag_id=DAG_ID, maps_asset=MAPS_ASSET, publish_task=PUBLISH_TASK, map_sandbox=MAP_SANDBOX
+)
 
 
 def render_index(runs: list[dict[str, Any]], method: str | None = None) -> str:
@@ -160,8 +184,8 @@ async def _map_file(event: int, method: str, field: str) -> bytes:
     _check_method(method)
     events = await asyncio.to_thread(load_events, event)
     record: RunRecord | dict = (events[0]["extra"] if events else None) or {}
-    path = (record.get("projections") or {}).get(method, {}).get(field)
-    if not isinstance(path, str) or path.rsplit("/", 1)[-1] != MAP_FILES[field]:
+    path = map_path((record.get("projections") or {}).get(method) or {}, field)
+    if path is None:
         raise HTTPException(404, f"event {event} published no {method} {field}")
     try:
         return await asyncio.to_thread(read_bytes, path)
@@ -178,6 +202,11 @@ async def map_png(event: int, method: str) -> Response:
 async def map_html(event: int, method: str) -> Response:
     body = await _map_file(event, method, "map_html")
     return Response(body, media_type="text/html", headers={"Content-Security-Policy": MAP_CSP})
+
+
+@router.get("/map_mosaic.png")
+async def map_mosaic(event: int, method: str) -> Response:
+    return Response(await _map_file(event, method, "map_mosaic"), media_type="image/png")
 
 
 def create_app():
