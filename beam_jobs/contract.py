@@ -88,6 +88,13 @@ METHODS = ("pca", "umap")
 DEFAULT_RUNNER = "FnApiRunner"  # local, in-process (Beam's DirectRunner would first try to download Prism)
 DATAFLOW_RUNNER = "DataflowRunner"  # needs gs:// paths and a project, region and temp_location
 RUNNERS = (DEFAULT_RUNNER, DATAFLOW_RUNNER)
+# How a Dataflow worker VM runs the jobs (README, "Performance": threads vs processes). One SDK
+# process per VM, so one model copy whose engine uses every vCPU, instead of one process per vCPU
+# each running an all-core engine; a few harness threads so that some decode while one infers.
+DATAFLOW_WORKER_OPTIONS: dict[str, Any] = {
+    "experiments": "no_use_multiple_sdk_containers",
+    "number_of_worker_harness_threads": 4,
+}
 OUTPUT_FORMATS = ("parquet", "npy")
 
 WEIGHTS_IMAGENET = "imagenet"

@@ -30,8 +30,10 @@ re-runs and `airflow backfill create` never leave two copies):
 the reductions; `runner` is `FnApiRunner` (this machine) or `DataflowRunner`
 (needs gs:// paths and the Airflow Variables `image_embeddings_project`,
 `image_embeddings_region`, `image_embeddings_temp_location`, or the same params;
-workers install the jobs from the setup.py named by `IMAGE_EMBEDDINGS_SETUP_FILE`,
-which the Docker image sets). Bad values are refused before any job starts: the
+workers run the image named by `sdk_container_image` (built from `worker.Dockerfile`),
+or else install the jobs from the setup.py named by `IMAGE_EMBEDDINGS_SETUP_FILE`,
+which the Docker image sets); `engine` and `precision` choose how the model runs
+(`auto`: decided on each worker for its CPU). Bad values are refused before any job starts: the
 trigger form checks each field, the `plan` task the fields together.
 
 Owner: ml-platform. Runbook: README.md, "Operating the DAG".
@@ -47,13 +49,17 @@ from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineRefere
 
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_ENGINE,
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
+    ENGINES,
     JOB_EXTRACT,
     JOB_REDUCE,
     MAX_BATCH_SIZE,
     METHODS,
     MODELS,
+    PRECISION_AUTO,
+    PRECISIONS,
     RUNNERS,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
@@ -137,6 +143,21 @@ with DAG(
                 "or a path (local or gs://) to a weights file."
             ),
         ),
+        "engine": Param(
+            DEFAULT_ENGINE,
+            type="string",
+            enum=list(ENGINES),
+            description=(
+                "Inference engine for the same model: 'auto' picks, on each worker, the fastest that passes "
+                "the accuracy guard there (OpenVINO, else TensorFlow); 'tf' or 'openvino' forces one."
+            ),
+        ),
+        "precision": Param(
+            PRECISION_AUTO,
+            type="string",
+            enum=list(PRECISIONS),
+            description="'auto': bf16 where the worker's CPU computes it natively, else f32; or force one.",
+        ),
         "methods": Param(
             list(METHODS),
             type="array",
@@ -171,6 +192,14 @@ with DAG(
         "project": Param(None, type=["null", "string"], description="DataflowRunner: GCP project."),
         "region": Param(None, type=["null", "string"], description="DataflowRunner: region."),
         "temp_location": Param(None, type=["null", "string"], description="DataflowRunner: gs:// temp folder."),
+        "sdk_container_image": Param(
+            None,
+            type=["null", "string"],
+            description=(
+                "DataflowRunner: the worker image built from worker.Dockerfile (else the Airflow Variable "
+                "'image_embeddings_sdk_container_image'; without one, workers install the jobs from setup_file)."
+            ),
+        ),
     },
 ) as dag:
 
@@ -226,6 +255,8 @@ with DAG(
             "output": planned["embeddings_dir"],
             "model": planned["model"],
             "weights": planned["weights"],
+            "engine": planned["engine"],
+            "precision": planned["precision"],
             "batch_size": planned["batch_size"],
             "run_id": "{{ run_id }}",
         },

@@ -32,6 +32,7 @@ DATAFLOW = {
     "temp_location": "gs://acme-tmp/beam",
     "staging_location": "gs://acme-tmp/staging",
     "setup_file": "/opt/image-embeddings/setup.py",
+    "sdk_container_image": "europe-west4-docker.pkg.dev/acme-ml/images/embeddings-worker:2026-11-20",
 }
 
 # Stands in for the interpreter the operator launches: parses exactly what it was given with the
@@ -39,7 +40,9 @@ DATAFLOW = {
 LAUNCHER = """#!{python}
 import json, os, sys
 sys.path.insert(0, {root!r})
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions, GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions, WorkerOptions,
+)
 from beam_jobs.config import parse_extract_args, parse_reduce_args
 
 if sys.argv[1] == "-c":  # the provider asks the interpreter for its Beam version first
@@ -55,6 +58,9 @@ record = {{
     "runner": opts.view_as(StandardOptions).runner, "project": gcp.project, "region": gcp.region,
     "temp_location": gcp.temp_location, "staging_location": gcp.staging_location, "job_name": gcp.job_name,
     "labels": gcp.labels, "setup_file": opts.view_as(SetupOptions).setup_file,
+    "sdk_container_image": opts.view_as(WorkerOptions).sdk_container_image,
+    "experiments": opts.view_as(DebugOptions).experiments,
+    "harness_threads": opts.view_as(DebugOptions).number_of_worker_harness_threads,
 }}
 with open(os.environ["FAKE_LAUNCH_RECORD"], "w") as f:
     json.dump(record, f)
@@ -144,6 +150,8 @@ def launcher(tmp_path, monkeypatch) -> tuple[str, Path]:
                 "input": "gs://acme-images/ds=2026-11-20/*.jpg",
                 "output": "gs://acme-out/nightly/embeddings/ds=2026-11-20",
                 "weights": "gs://acme-models/resnet50_notop.h5",
+                "engine": "auto",
+                "precision": "auto",
             },
         ),
         (
@@ -183,6 +191,10 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     assert launched["temp_location"] == "gs://acme-tmp/beam"
     assert launched["staging_location"] == "gs://acme-tmp/staging"
     assert launched["setup_file"] == "/opt/image-embeddings/setup.py"
+    assert launched["sdk_container_image"] == DATAFLOW["sdk_container_image"]
+    # One SDK process per worker VM, whose engine uses every vCPU (README, "Performance").
+    assert "no_use_multiple_sdk_containers" in launched["experiments"]
+    assert launched["harness_threads"] == 4
     # Dataflow job names: lowercase letters, digits and hyphens; the provider adds a unique suffix.
     assert launched["job_name"].startswith(f"image-embeddings-{task_id.replace('_', '-')}-20261120-")
     assert all(c.islower() or c.isdigit() or c == "-" for c in launched["job_name"])

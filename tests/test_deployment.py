@@ -71,3 +71,54 @@ def test_image_names_the_setup_file_dataflow_workers_install_from():
     copied = re.search(r"^COPY .*\bsetup\.py (\S+)$", dockerfile, re.M)
     assert copied, "Dockerfile must copy setup.py into the image"
     assert setting.group(1) == copied.group(1).rstrip("/") + "/setup.py"
+
+
+DOCKER_INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
+    "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}  # fmt: skip
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined; fails on anything else."""
+    out, pending = [], ""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        pending += " " + stripped.rstrip("\\").strip() if pending else stripped.rstrip("\\").strip()
+        if stripped.endswith("\\"):
+            continue
+        keyword, _, args = pending.partition(" ")
+        assert keyword in DOCKER_INSTRUCTIONS, f"{path.name}:{number}: unknown instruction {keyword!r}"
+        assert args.strip(), f"{path.name}:{number}: {keyword} without arguments"
+        out.append((keyword, args.strip()))
+        pending = ""
+    assert not pending, f"{path.name}: ends inside a continued line"
+    return out
+
+
+def test_worker_image_is_beams_sdk_image_of_the_locked_versions_with_this_package():
+    """What Dataflow workers run (--sdk_container_image): the lock's Beam and Python, the jobs installed."""
+    import tomllib
+
+    path = Path(ROOT, "worker.Dockerfile")
+    steps = dockerfile_instructions(path)
+    assert steps[0][0] == "FROM"
+    locked = pins()
+    python = re.search(
+        r">=(\d+\.\d+)", tomllib.loads(Path(ROOT, "pyproject.toml").read_text())["project"]["requires-python"]
+    )
+    assert steps[0][1] == f"apache/beam_python{python.group(1)}_sdk:{locked['apache-beam']}"
+    copied = [args.split()[:-1] for keyword, args in steps if keyword == "COPY"]
+    for sources in copied:
+        for source in sources:
+            assert Path(ROOT, source).exists(), f"worker.Dockerfile copies {source}, which is not in the repo"
+    assert ["beam_jobs"] in copied
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    # The package's dependencies at the lock's versions, and nothing left broken.
+    assert "pip install --no-cache-dir --constraint requirements.txt ." in runs
+    assert "pip check" in runs
+    assert all(keyword != "ENTRYPOINT" for keyword, _ in steps), "the SDK image's boot entrypoint must stay"
+    for package in ("apache-beam", "tensorflow", "openvino"):
+        assert package in locked

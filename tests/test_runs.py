@@ -53,8 +53,29 @@ def test_plan_refuses_combinations_the_form_cannot_check(tmp_path):
         "temp_location": "gs://b/tmp",
         "staging_location": "gs://b/tmp",
         "setup_file": "/app/setup.py",
+        "experiments": "no_use_multiple_sdk_containers",
+        "number_of_worker_harness_threads": 4,
     }
     assert on_dataflow["embeddings_dir"] == "gs://b/out/embeddings/ds=2026-11-20"
+    assert (on_dataflow["engine"], on_dataflow["precision"]) == ("auto", "auto")
+
+
+def test_plan_with_a_worker_image_needs_no_setup_file_and_refuses_a_bad_reference(monkeypatch):
+    from image_embeddings_airflow.runs import SETUP_FILE_ENV, PlanError, build_plan
+
+    # No setup.py to be found: with a worker image none is needed.
+    monkeypatch.setenv(SETUP_FILE_ENV, "/nowhere/setup.py")
+    params = {**OK, "runner": "DataflowRunner", "output_root": "gs://b/out"}
+    image = "europe-west4-docker.pkg.dev/acme/images/embeddings-worker:2026-12-01"
+    plan = build_plan(params, "2026-11-20", "r", "gs://b/i/*", {**DATAFLOW, "sdk_container_image": image})
+    assert plan["dataflow"]["sdk_container_image"] == image
+    assert "setup_file" not in plan["dataflow"]
+    with pytest.raises(PlanError, match="no such file"):
+        build_plan(params, "2026-11-20", "r", "gs://b/i/*", DATAFLOW)
+    with pytest.raises(PlanError, match="is not a container image reference"):
+        build_plan(params, "2026-11-20", "r", "gs://b/i/*", {**DATAFLOW, "sdk_container_image": "img --evil=1"})
+    with pytest.raises(PlanError, match="precision bf16 needs engine openvino or auto"):
+        build_plan({**params, "engine": "tf", "precision": "bf16"}, "2026-11-20", "r", "gs://b/i/*", DATAFLOW)
 
 
 def test_plan_refuses_what_rendering_or_stripping_leaves_empty(tmp_path):

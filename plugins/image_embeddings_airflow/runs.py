@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from typing import Any, TypedDict
 
 from beam_jobs.contract import (
     DATAFLOW_RUNNER,
+    DATAFLOW_WORKER_OPTIONS,
+    ENGINE_AUTO,
+    ENGINE_TF,
     FAILURE_FILES,
     MAP_HTML,
     MAP_PNG,
+    PRECISION_AUTO,
+    PRECISION_BF16,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
     ExtractionSummary,
@@ -36,7 +42,9 @@ MAPS_ASSET = "image_embeddings_maps"
 PUBLISH_TASK = "publish"
 # Where Dataflow workers install the jobs from (Beam's --setup_file), when no param or Variable says.
 SETUP_FILE_ENV = "IMAGE_EMBEDDINGS_SETUP_FILE"
-DATAFLOW_SETTINGS = ("project", "region", "temp_location", "staging_location", "setup_file")
+DATAFLOW_SETTINGS = ("project", "region", "temp_location", "staging_location", "setup_file", "sdk_container_image")
+# A container image reference (registry/path[:tag][@digest]); anything else would reach the launcher's argv.
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
 
 
 class PlanError(ValueError):
@@ -50,7 +58,9 @@ class Plan(TypedDict):
         input: the glob the sensor and the extraction job read (a folder became ``<folder>/*``).
         projections: method -> its projections partition; ``projections_dir_<method>`` repeats
             each one as a top-level key, so a reduce task can take it as an XComArg.
-        dataflow: Beam options for DataflowRunner (project, region, temp/staging, setup_file); None otherwise.
+        dataflow: Beam options for DataflowRunner (project, region, temp/staging, the worker image or
+            setup_file, and the worker set-up in ``DATAFLOW_WORKER_OPTIONS``); None otherwise.
+        engine, precision: the extraction job's ``--engine`` and ``--precision``.
         input_varies_by_date: False when every date would read the same files (logged as a warning).
     """
 
@@ -64,9 +74,11 @@ class Plan(TypedDict):
     runner: str
     model: str
     weights: str
+    engine: str
+    precision: str
     batch_size: int
     max_failure_rate: float
-    dataflow: dict[str, str] | None
+    dataflow: dict[str, Any] | None
     input_varies_by_date: bool
 
 
@@ -122,6 +134,12 @@ def _problems_with_dataflow(settings: dict[str, Any], paths: dict[str, str]) -> 
         for name in ("project", "region", "temp_location")
         if not settings.get(name)
     ]
+    image = settings.get("sdk_container_image")
+    if image and not IMAGE_REFERENCE.match(str(image)):
+        problems.append(
+            f"sdk_container_image {image!r} is not a container image reference "
+            "(e.g. europe-west4-docker.pkg.dev/acme-ml/images/embeddings-worker:2026-12-01)"
+        )
     for name, value in {**paths, "temp_location": settings.get("temp_location")}.items():
         if value and not is_gcs(str(value)):
             problems.append(
@@ -152,18 +170,24 @@ def build_plan(
     elif "{{" in rendered_input or "{%" in rendered_input:
         problems.append(f"input {rendered_input!r} still holds template syntax after rendering")
     problems += _problems_with_weights(weights, runner)
+    if params.get("engine") == ENGINE_TF and params.get("precision") == PRECISION_BF16:
+        problems.append("precision bf16 needs engine openvino or auto (engine tf runs f32)")
 
     dataflow_options: dict[str, str] | None = None
     if runner == DATAFLOW_RUNNER:
         settings = dict(dataflow or {})
         problems += _problems_with_dataflow(settings, {"input": rendered_input, "output_root": output_root})
-        if not settings.get("setup_file"):
+        # The worker image already holds the jobs; a setup_file too would reinstall them on every worker.
+        if not settings.get("setup_file") and not settings.get("sdk_container_image"):
             try:
                 settings["setup_file"] = default_setup_file()
             except PlanError as exc:
                 problems.append(str(exc))
         settings["staging_location"] = settings.get("staging_location") or settings.get("temp_location")
-        dataflow_options = {name: settings[name] for name in DATAFLOW_SETTINGS if settings.get(name)}
+        dataflow_options = {
+            **DATAFLOW_WORKER_OPTIONS,
+            **{name: settings[name] for name in DATAFLOW_SETTINGS if settings.get(name)},
+        }
     if problems:
         raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
 
@@ -185,6 +209,8 @@ def build_plan(
         "runner": runner,
         "model": params["model"],
         "weights": weights if weights in KEYWORD_WEIGHTS or is_gcs(weights) else os.path.abspath(weights),
+        "engine": params.get("engine", ENGINE_AUTO),
+        "precision": params.get("precision", PRECISION_AUTO),
         "batch_size": params["batch_size"],
         "max_failure_rate": float(params["max_failure_rate"]),
         "dataflow": dataflow_options,
