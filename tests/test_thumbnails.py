@@ -77,7 +77,9 @@ def test_reads_refuse_fifos_and_oversized_files(tmp_path):
 def test_thumbnails_in_sample_order_until_the_byte_budget_is_spent():
     uris = [f"/img/{i}.png" for i in range(40)]
     one = data_uri_length(encode_thumbnail(PHOTO, 32))
-    got = gather_thumbnails(uris, ThumbnailParams(size=32, budget_bytes=5 * one + 10, threads=4), read=lambda u: PHOTO)
+    got = gather_thumbnails(
+        uris, ThumbnailParams(size=32, budget_bytes=5 * one + 10, threads=4, min_bytes_each=100), read=lambda u: PHOTO
+    )
     assert got.html == {0, 1, 2, 3, 4}  # the first five fit, in order, whatever the thread timing
     assert sorted(got.images) == [0, 1, 2, 3, 4, 5]  # the sixth was read, did not fit, and stopped the reading
     assert got.data_uri(0).startswith("data:image/webp;base64,")
@@ -119,3 +121,17 @@ def test_a_hanging_store_costs_at_most_the_time_budget():
     assert got.images == {}
     assert got.misses["time_budget"] == 16  # the reads queued or in flight when the budget ran out (4 x 4 lookahead)
     release.set()
+
+
+def test_reads_stop_after_max_reads_when_images_are_gone():
+    calls = []
+
+    def gone(uri: str) -> bytes:
+        calls.append(uri)
+        raise FileNotFoundError(uri)
+
+    params = ThumbnailParams(size=16, budget_bytes=15_000, min_count=4, threads=2)
+    assert params.max_reads == 14
+    got = gather_thumbnails([f"/{i}" for i in range(1000)], params, read=gone)
+    assert got.misses["unreadable"] == 14
+    assert len(calls) == 14

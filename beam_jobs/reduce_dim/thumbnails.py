@@ -15,6 +15,8 @@ drawn without a thumbnail and counted by reason:
 Results are accepted in sample order, so with a healthy store the same sample
 gives the same thumbnails whatever the thread timing: the HTML gets them until
 ``budget_bytes`` of data URIs are spent, the mosaic the first ``min_count``.
+At most ``max_reads`` are tried, so a night whose images are gone costs a few
+thousand failed reads, not one per point.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class ThumbnailParams:
     read_timeout_s: float = 10.0
     time_budget_s: float = 120.0
     threads: int = 16
+    min_bytes_each: int = 1500  # reads stop after min_count + budget_bytes / this many (a store of missing images)
+
+    @property
+    def max_reads(self) -> int:
+        return self.min_count + self.budget_bytes // self.min_bytes_each
 
 
 @dataclass
@@ -154,11 +161,13 @@ def gather_thumbnails(
     html_open = params.budget_bytes > 0
     lookahead = 4 * workers
 
+    limit = min(len(uris), params.max_reads)
+
     def wanted() -> bool:
-        return accepted < len(uris) and (html_open or len(out.images) < params.min_count)
+        return accepted < limit and (html_open or len(out.images) < params.min_count)
 
     while wanted():
-        while submitted < len(uris) and submitted < accepted + lookahead:
+        while submitted < limit and submitted < accepted + lookahead:
             todo.put((submitted, uris[submitted]))
             submitted += 1
         now = clock()
