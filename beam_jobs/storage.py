@@ -10,11 +10,13 @@ Locally the swap is one atomic exchange of the two directories (Linux
 ``renameat2(RENAME_EXCHANGE)``), so there is no moment without an output; where the
 file system cannot exchange, two ``os.rename`` calls (a kill between them leaves
 the previous run in a ``.old-`` folder that the next run's sweep puts back).
-Object stores (gs://) have no directory rename: see ``_swap_objects``.
+Object stores (gs://) have no directory rename: see ``_swap_objects``; the previous
+run is copied aside first, so an interrupted swap can always put it back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -123,11 +125,15 @@ def remove_tree(path: str) -> None:
         pass
 
 
-def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600) -> list[str]:
+def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600, swap_grace_s: float = 15 * 60) -> list[str]:
     """Before a run: clear what failed or killed runs left beside ``output``; returns what was done.
 
     * no ``output`` but a ``.old-`` folder (a local swap killed between its two renames):
       the newest ``.old-`` folder is put back, so the previous run is restored;
+    * on an object store, an ``output`` without ``manifest.json`` beside a whole ``.old-`` copy
+      (one with its manifest: a swap interrupted after it took the previous manifest out) gets
+      the previous run copied back, when the copy is this run's own (a retry) or older than
+      ``swap_grace_s`` (younger ones may belong to a swap still going);
     * this run's own staging and ``.old-`` folders (a retry of the same run) are removed;
     * other staging and ``.old-`` folders are removed once older than ``max_age_s``
       (younger ones may belong to a run that is still going).
@@ -135,12 +141,19 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600) -> lis
     done = []
     siblings = _siblings(output)
     olds = sorted((p for p in siblings if ".old-" in p), key=siblings.get)
+    now = time.time()
+    own = {staging_dir_for(output, token), old_dir_for(output, token)}
     if is_local(output) and not os.path.lexists(output) and olds:
         os.rename(olds[-1], output)
         done.append(f"restored {olds[-1]} -> {output}")
         siblings.pop(olds[-1])
-    now = time.time()
-    own = {staging_dir_for(output, token), old_dir_for(output, token)}
+    elif not is_local(output) and olds and not FileSystems.exists(join(output, MANIFEST)):
+        whole = [p for p in olds if FileSystems.exists(join(p, MANIFEST))]
+        settled = [p for p in whole if p in own or now - siblings[p] > swap_grace_s]
+        if settled:
+            _restore_objects(settled[-1], output)
+            done.append(f"restored {settled[-1]} -> {output}")
+            siblings.pop(settled[-1])
     for path, mtime in sorted(siblings.items()):
         if path in own or now - mtime > max_age_s:
             remove_tree(path)
@@ -237,31 +250,76 @@ def replace_directory(staging: str, output: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _copy_run(source: str, target: str) -> None:
+    """Copy every object of a published run under ``source`` to ``target`` (server-side on gs://),
+    ``manifest.json`` last: a copy that has its manifest is whole."""
+    prefix = source.rstrip("/") + "/"
+    names = [path[len(prefix) :] for path in list_files(source)]
+    data = sorted(n for n in names if n != MANIFEST)
+    if data:
+        FileSystems.copy([prefix + n for n in data], [join(target, n) for n in data])
+    if MANIFEST in names:
+        FileSystems.copy([prefix + MANIFEST], [join(target, MANIFEST)])
+
+
+def _restore_objects(old: str, output: str) -> None:
+    """Put the run kept in ``old`` back as ``output``: objects it does not have go, its objects are
+    copied over the same names, its manifest last; then ``old`` goes. Interrupted, it can be run again."""
+    keep = {path[len(old.rstrip("/")) + 1 :] for path in list_files(old)}
+    present = list_files(output)
+    stale = [path for path in present if path[len(output) + 1 :] not in keep or path.endswith("/" + MANIFEST)]
+    if stale:
+        FileSystems.delete(stale)
+    _copy_run(old, output)
+    remove_tree(old)
+
+
 def _swap_objects(staging: str, output: str) -> None:
     """The object-store swap: there is no folder rename, so objects move one by one.
 
     Order, so that a reader that waits for ``manifest.json`` (as the DAG does) only ever
-    reads one whole run: the previous manifest goes first (from then on the partition
-    reads as "not published yet"); the new objects move in, overwriting the same names
-    (a glob reader never finds a name missing); the previous run's objects the new run
-    does not have are deleted; the new manifest moves in last. The previous run's data
-    is not deleted before the new data is in place.
+    reads one whole run, and the previous run is never lost:
+
+    1. the previous run is copied aside into ``.<name>.old-<token>/`` (server-side), its
+       manifest last, so a copy with a manifest is whole; the output is untouched so far;
+    2. the previous manifest goes: from then on the partition reads as "not published yet";
+    3. the new objects move in, overwriting the same names (a glob reader never finds a name missing);
+    4. the previous run's objects the new run does not have are deleted;
+    5. the new manifest moves in last: the partition reads as the new run, whole;
+    6. the copy and what is left of staging are deleted (best effort: a failure there does
+       not fail a published run; the next sweep removes them).
+
+    Interrupted in 2-4 by an error, the previous run is copied back at once when the store
+    answers; killed there (or when it does not answer), the next run's ``sweep_leftovers``
+    copies it back before it starts.
     """
     prefix = staging.rstrip("/") + "/"
     staged = list_files(staging)
     incoming = {path[len(prefix) :]: path for path in staged}
     manifest = incoming.pop(MANIFEST, None)
     published = join(output, MANIFEST)
+    old = old_dir_for(output, _token_of(staging))
+    kept = False
     if FileSystems.exists(published):
+        remove_tree(old)  # an interrupted attempt's partial copy
+        _copy_run(output, old)
+        kept = True
         FileSystems.delete([published])
-    if incoming:
-        names = sorted(incoming)
-        FileSystems.rename([incoming[n] for n in names], [join(output, n) for n in names])
-    stale = [path for path in list_files(output) if path[len(output) + 1 :] not in incoming]
-    if stale:
-        FileSystems.delete(stale)
-    if manifest:
-        FileSystems.rename([manifest], [published])
-    leftovers = list_files(staging)
-    if leftovers:
-        FileSystems.delete(leftovers)
+    try:
+        if incoming:
+            names = sorted(incoming)
+            FileSystems.rename([incoming[n] for n in names], [join(output, n) for n in names])
+        stale = [path for path in list_files(output) if path[len(output) + 1 :] not in incoming]
+        if stale:
+            FileSystems.delete(stale)
+        if manifest:
+            FileSystems.rename([manifest], [published])
+    except BaseException:
+        if kept:
+            # Best effort: if the store is still failing, the next run's sweep restores instead.
+            with contextlib.suppress(Exception):
+                _restore_objects(old, output)
+        raise
+    remove_tree(staging)
+    if kept:
+        remove_tree(old)

@@ -35,8 +35,9 @@ def store():
 def test_object_store_swap_leaves_exactly_the_new_run_with_the_manifest_moved_last(store):
     for name in ("embeddings-00000-of-00002.parquet", "embeddings-00001-of-00002.parquet", MANIFEST):
         store.put(f"{OUT}/{name}", b"old")
-    staging = storage.staging_dir_for(OUT)
-    assert staging.startswith("memgs://bucket/out/embeddings/.ds=2026-11-20.staging-")
+    staging = storage.staging_dir_for(OUT, "tok")
+    assert staging == "memgs://bucket/out/embeddings/.ds=2026-11-20.staging-tok"
+    old = "memgs://bucket/out/embeddings/.ds=2026-11-20.old-tok"
     store.put(f"{staging}/{MANIFEST}", b"{}")
     store.put(f"{staging}/embeddings-00000-of-00001.parquet", b"new")
     store.put(f"{staging}/npy/a-0123.npy", b"new")
@@ -50,14 +51,21 @@ def test_object_store_swap_leaves_exactly_the_new_run_with_the_manifest_moved_la
         f"{OUT}/npy/a-0123.npy",
     ]
     assert all(store.objects[p][0] != b"old" for p in store.names(OUT))
-    # The old manifest goes first, the new one comes last; old data is deleted only once the new is in.
+    # The previous run is copied aside (its manifest last) before anything in the output changes; then
+    # the old manifest goes, the new objects come in, the old data goes, the new manifest comes last.
     assert store.log == [
+        ("copy", f"{old}/embeddings-00000-of-00002.parquet"),
+        ("copy", f"{old}/embeddings-00001-of-00002.parquet"),
+        ("copy", f"{old}/{MANIFEST}"),
         ("delete", f"{OUT}/{MANIFEST}"),
         ("rename", f"{OUT}/embeddings-00000-of-00001.parquet"),
         ("rename", f"{OUT}/npy/a-0123.npy"),
         ("delete", f"{OUT}/embeddings-00000-of-00002.parquet"),
         ("delete", f"{OUT}/embeddings-00001-of-00002.parquet"),
         ("rename", f"{OUT}/{MANIFEST}"),
+        ("delete", f"{old}/embeddings-00000-of-00002.parquet"),
+        ("delete", f"{old}/embeddings-00001-of-00002.parquet"),
+        ("delete", f"{old}/{MANIFEST}"),
     ]
 
 
@@ -79,32 +87,71 @@ def _what_a_reader_sees(store) -> str:
     return f"{manifest['run_id']} whole" if whole else f"mixed: manifest of {manifest['run_id']}, files {listed}"
 
 
+@pytest.mark.parametrize("transient", [True, False], ids=["store-answers-again", "store-stays-down"])
 @pytest.mark.parametrize(("old_shards", "new_shards"), [(3, 2), (2, 3), (2, 2)])
-def test_object_store_swap_interrupted_at_every_step_never_shows_a_mixed_run(store, old_shards, new_shards):
-    """A dropped connection after each single object change: the partition reads as one whole run or none."""
-    seen = []
-    for allowed in range(20):
+def test_object_store_swap_interrupted_at_every_step_never_loses_the_previous_run(
+    store, old_shards, new_shards, transient
+):
+    """A failure injected at each single object change of the swap, the store then answering again
+    at once (transient) or only for the next run (down): the partition reads as one whole run or,
+    while the store is down, as not published; after the next run's sweep, the previous run whole
+    (or the new one, when it was already in). Never a manifest over mixed or missing files, never
+    the previous run lost."""
+    seen, swept = [], []
+    for allowed in range(60):
         store.reset()
         _stage_run(store, OUT, "old", old_shards)
         staging = storage.staging_dir_for(OUT, "t")
         _stage_run(store, staging, "new", new_shards)
-        store.fail_after = allowed
+        store.fail_after, store.recover = allowed, transient
         try:
             storage.replace_directory(staging, OUT)
+            finished = True
         except Exception:  # noqa: BLE001 - the injected failure
-            seen.append(_what_a_reader_sees(store))
-            continue
+            finished = False
         store.fail_after = None
         seen.append(_what_a_reader_sees(store))
-        break
+        # The retry of this run (the same token) sweeps before it starts.
+        storage.sweep_leftovers(OUT, "t")
+        swept.append(_what_a_reader_sees(store))
+        if seen[-1] != "unpublished":
+            assert swept[-1] == seen[-1]
+        # Nothing is left beside the partition: no staging folder, no copy of the previous run.
+        assert {p.rsplit("/", 1)[0] for p in store.names("memgs://")} == {OUT}, (allowed, store.names("memgs://"))
+        if finished:
+            break
     assert seen[0] == "old whole"  # failed before any change
-    assert seen[-1] == "new whole"
-    # Between the two, the partition reads as not yet published: never a manifest over mixed files.
-    assert set(seen[1:-1]) == {"unpublished"}, seen
-    # One interruption per object change: old manifest, new shards, stale old shards (shard names
-    # embed the shard count, so all are stale when the counts differ), new manifest.
-    changes = 1 + new_shards + (0 if old_shards == new_shards else old_shards) + 1
-    assert len(seen) == changes + 1
+    assert seen[-1] == swept[-1] == "new whole"
+    assert set(swept) == {"old whole", "new whole"}, swept
+    if transient:  # the swap put the previous run back itself
+        assert set(seen) == {"old whole", "new whole"}, seen
+    else:
+        assert set(seen) == {"old whole", "unpublished", "new whole"}, seen
+    # Every object change of the swap was interrupted once: copies aside (old data + manifest), old
+    # manifest out, new shards in, stale old shards out (names embed the shard count), new manifest in,
+    # then the best-effort deletions of the copy (these do not fail the run).
+    changes = (old_shards + 1) + 1 + new_shards + (0 if old_shards == new_shards else old_shards) + 1
+    assert len(seen) >= changes + 1
+
+
+def test_a_later_run_restores_an_interrupted_object_store_swap_once_it_is_settled(store):
+    """Another run's sweep leaves a young copy alone (its swap may still be going) and restores an old one."""
+    _stage_run(store, OUT, "old", 2)
+    staging = storage.staging_dir_for(OUT, "t")
+    _stage_run(store, staging, "new", 3)
+    store.fail_after = 5  # down after the copy aside, the manifest out and one new shard in
+    with pytest.raises(Exception, match="failed"):
+        storage.replace_directory(staging, OUT)
+    store.fail_after = None
+    assert _what_a_reader_sees(store) == "unpublished"
+    storage.sweep_leftovers(OUT, "another-run")
+    assert _what_a_reader_sees(store) == "unpublished"
+    for name in store.names(storage.old_dir_for(OUT, "t")):
+        data, mime, _ = store.objects[name]
+        store.objects[name] = (data, mime, time.time() - 20 * 60)
+    storage.sweep_leftovers(OUT, "another-run")
+    assert _what_a_reader_sees(store) == "old whole"
+    assert store.names(storage.old_dir_for(OUT, "t")) == []
 
 
 def test_object_store_swap_into_a_new_partition(store):

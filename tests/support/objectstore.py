@@ -44,6 +44,9 @@ class MemObjectStore(FileSystem):
     stalls: dict[str, float] = {}
     # When set, the store fails (like a dropped connection) once this many more objects were changed.
     fail_after: int | None = None
+    # False: once failed, every later change fails too (the store stays down); True: only that one
+    # change fails and the store answers again (a transient error).
+    recover: bool = False
     _lock = threading.Lock()
 
     @classmethod
@@ -58,6 +61,7 @@ class MemObjectStore(FileSystem):
             cls.log.clear()
             cls.stalls.clear()
             cls.fail_after = None
+            cls.recover = False
 
     @classmethod
     def put(cls, path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
@@ -70,6 +74,8 @@ class MemObjectStore(FileSystem):
         """Record one object changed; fail first when the injected failure is due (caller holds the lock)."""
         if cls.fail_after is not None:
             if cls.fail_after <= 0:
+                if cls.recover:
+                    cls.fail_after = None
                 raise BeamIOError(f"{kind} failed", {path: ConnectionError("injected failure")})
             cls.fail_after -= 1
         cls.log.append((kind, path))
