@@ -1,16 +1,21 @@
-"""Extraction benchmark: prints a table. Not a test; figures vary with the machine's load.
+"""Extraction benchmark: prints tables. Not a test; figures vary with the machine's load.
 
-    python scripts/bench_extract.py [--n 500] [--seeds_n 500] [--skip_rss]
+    python scripts/bench_extract.py [--n 500] [--seeds_n 200] [--skip_modes]
 
-All in one run on the same images (real photos from PyPI packages, 0.3-3 MP):
+All in one run on the same images (real photos from PyPI packages, 0.3-3 MP), the
+same seeded ResNet50 weights file everywhere, so every row runs the identical network:
 
-  (a) model-only ceiling: the compiled model call on pre-decoded batches
-  (b) the seeds' approach: keras.utils.load_img + model.predict, one image at a time
-  (c) this job end to end: `python -m beam_jobs.extract_embeddings` with FnApiRunner, as a
-      subprocess (Python and TF import, model load, pipeline, writing Parquet all included)
+  model-only  each engine's call on pre-decoded batches (batch 32, all cores), alternating
+              rounds so load drifts hit both alike: the ceiling a job can approach
+  seeds       keras.utils.load_img + model.predict, one image at a time (the seeds' way)
+  job         `python -m beam_jobs.extract_embeddings` as a subprocess, per engine, at N and 4N
+              images: end to end, and the marginal (steady-state) rate (4N-N)/(T4N-TN), which
+              leaves out the fixed start-up cost (imports, model load and conversion)
+  modes       threads vs processes at 4N for the default engine: FnApiRunner multi_threading
+              (1 process, the engine on every core) vs multi_processing (2 processes) with the
+              engine on 1 thread each or on every core each
 
-Then peak RSS of (c) at N and 4N images. The same saved weights file is used
-everywhere, so all three run the identical network.
+Prints the CPU's model and relevant flags first.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,9 +33,12 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from beam_jobs.extract_embeddings.engines import cpu_features  # noqa: E402
 from beam_jobs.extract_embeddings.images import decode_and_resize  # noqa: E402
 from devtools.samples import SampleSpec, build_sample_images  # noqa: E402
 from scripts.benchutil import cpu_flags, run_measured  # noqa: E402
+
+ENGINES = ("auto", "tf")
 
 
 def save_weights(path: str) -> None:
@@ -42,19 +49,25 @@ def save_weights(path: str) -> None:
     model.save_weights(path)
 
 
-def bench_model_only(weights: str, files: list[str], batch: int) -> float:
+def bench_model_only(weights: str, files: list[str], batch: int, rounds: int) -> dict[str, tuple[float, dict]]:
+    """images/s of each engine on the same pre-decoded batches, alternating rounds."""
+    from beam_jobs.extract_embeddings.engines import EngineChoice
     from beam_jobs.extract_embeddings.inference import load_embedding_model
-    from beam_jobs.extract_embeddings.models import get_spec, model_id, resolve_weights
+    from beam_jobs.extract_embeddings.models import get_spec, resolve_weights
 
-    spec = get_spec("resnet50")
-    w = resolve_weights(spec, weights)
-    model = load_embedding_model("resnet50", w, model_id(spec, w))
+    w = resolve_weights(get_spec("resnet50"), weights)
+    models = {engine: load_embedding_model("resnet50", w, EngineChoice(engine)) for engine in ENGINES}
     pixels = np.stack([decode_and_resize(Path(f).read_bytes()).pixels for f in files])
-    model(pixels[:batch])  # warm-up at the real batch shape
-    start = time.perf_counter()
-    for i in range(0, len(pixels), batch):
-        model(pixels[i : i + batch])
-    return len(pixels) / (time.perf_counter() - start)
+    for model in models.values():
+        model(pixels[:batch])  # warm-up at the real batch shape
+    totals = dict.fromkeys(models, 0.0)
+    for _ in range(rounds):
+        for engine, model in models.items():
+            start = time.perf_counter()
+            for i in range(0, len(pixels), batch):
+                model(pixels[i : i + batch])
+            totals[engine] += time.perf_counter() - start
+    return {engine: (rounds * len(pixels) / totals[engine], models[engine].info) for engine in models}
 
 
 def bench_seeds(weights: str, files: list[str]) -> float:
@@ -73,105 +86,119 @@ def bench_seeds(weights: str, files: list[str]) -> float:
 
 def run_job(image_dir: str, out: str, weights: str, extra: list[str]) -> dict:
     cmd = [
-        sys.executable,
-        "-m",
-        "beam_jobs.extract_embeddings",
-        "--input",
-        os.path.join(image_dir, "*"),
-        "--output",
-        out,
-        "--weights",
-        weights,
-        "--runner",
-        "FnApiRunner",
-        *extra,
-    ]
+        sys.executable, "-m", "beam_jobs.extract_embeddings", "--input", os.path.join(image_dir, "*"),
+        "--output", out, "--weights", weights, "--runner", "FnApiRunner", *extra,
+    ]  # fmt: skip
     wall, rss_mb, _ = run_measured(cmd, ROOT)
     manifest = json.loads(Path(out, "manifest.json").read_text())
+    assert manifest["embedded"] == manifest["inputs"], manifest["failures_by_reason"]
     return {"wall": wall, "rss_mb": rss_mb, "manifest": manifest}
+
+
+def describe(manifest: dict) -> str:
+    return ", ".join(f"{e['engine']} {e['precision']}" for e in manifest["engines"]) or "-"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--seeds_n", type=int, default=500, help="images for (b); it is the slowest part")
+    ap.add_argument("--seeds_n", type=int, default=200, help="images for the seeds' way; it is the slowest per image")
     ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the model-only measurement")
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench_out"))
-    ap.add_argument("--skip_rss", action="store_true", help="skip the 4N run")
-    ap.add_argument("--job_args", default="", help="extra flags for (c), space separated")
+    ap.add_argument("--skip_modes", action="store_true", help="skip the threads-vs-processes runs")
     args = ap.parse_args()
 
     os.makedirs(args.workdir, exist_ok=True)
     weights = os.path.join(args.workdir, "resnet50-seed0.weights.h5")
     if not os.path.exists(weights):
         save_weights(weights)
-    print(f"CPU: {cpu_flags()}", flush=True)
+    print(f"CPU: {cpu_flags()}; engine-relevant flags: {' '.join(cpu_features()) or 'none'}", flush=True)
+    n, n4 = args.n, 4 * args.n
     t = time.perf_counter()
-    img_n = os.path.join(args.workdir, f"images_n{args.n}")
-    files = build_sample_images(img_n, SampleSpec(args.n, seed=1))
+    dirs = {count: os.path.join(args.workdir, f"images_n{count}") for count in (n, n4)}
+    files = build_sample_images(dirs[n], SampleSpec(n, seed=1))
+    build_sample_images(dirs[n4], SampleSpec(n4, seed=1))
     mp = []
     for f in files:
         with Image.open(f) as img:
             mp.append(img.size[0] * img.size[1] / 1e6)
     print(
-        f"images: {len(files)} in {img_n} ({min(mp):.2f}-{max(mp):.2f} MP, mean {np.mean(mp):.2f} MP; "
+        f"images: N={n} and 4N={n4} ({min(mp):.2f}-{max(mp):.2f} MP, mean {np.mean(mp):.2f} MP; "
         f"built/reused in {time.perf_counter() - t:.0f}s)",
         flush=True,
     )
-    extra = [f"--batch_size={args.batch_size}", *args.job_args.split()]
+    common = [f"--batch_size={args.batch_size}"]
 
-    # (c) first, before this process has TensorFlow loaded, so the machine is otherwise idle.
-    c = run_job(img_n, os.path.join(args.workdir, "out_n"), weights, extra)
-    c_ips = args.n / c["wall"]
-    print(f"(c) job end to end: {c['wall']:.1f}s, {c_ips:.1f} img/s, peak RSS {c['rss_mb']:.0f} MB", flush=True)
-    one = os.path.join(args.workdir, "images_one")
-    os.makedirs(one, exist_ok=True)
-    shutil.copy(files[0], one)
-    c1 = run_job(one, os.path.join(args.workdir, "out_one"), weights, extra)
-    print(f"(c) job on 1 image (fixed startup cost): {c1['wall']:.1f}s", flush=True)
-    a_ips = bench_model_only(weights, files, args.batch_size)
-    print(f"(a) model-only ceiling: {a_ips:.1f} img/s", flush=True)
-    b_ips = bench_seeds(weights, files[: args.seeds_n])
-    print(f"(b) seeds' per-image predict: {b_ips:.1f} img/s", flush=True)
+    # Jobs first, before this process loads TensorFlow, so the machine is otherwise idle.
+    jobs: dict[tuple[str, int], dict] = {}
+    for count in (n, n4):
+        for engine in ENGINES:
+            out = os.path.join(args.workdir, f"out_{engine}_{count}")
+            jobs[engine, count] = job = run_job(dirs[count], out, weights, [*common, f"--engine={engine}"])
+            print(
+                f"job --engine {engine} ({describe(job['manifest'])}) N={count}: {job['wall']:.1f}s, "
+                f"peak RSS {job['rss_mb']:.0f} MB",
+                flush=True,
+            )
+    modes: dict[str, dict] = {"multi_threading, 2 threads, 1 process (default)": jobs["auto", n4]}
+    if not args.skip_modes:
+        for label, extra in (
+            ("multi_processing, 2 processes, engine 1 thread each", ["--engine_threads=1"]),
+            ("multi_processing, 2 processes, engine on all cores each", []),
+        ):
+            out = os.path.join(args.workdir, "out_mode")
+            mode_args = [*common, "--direct_running_mode=multi_processing", "--direct_num_workers=2", *extra]
+            modes[label] = run_job(dirs[n4], out, weights, mode_args)
+            print(f"mode {label}: {modes[label]['wall']:.1f}s", flush=True)
 
-    rows = [
-        ("(a) compiled model call, pre-decoded batches", a_ips, ""),
-        ("(b) seeds: load_img + model.predict per image", b_ips, ""),
-        ("(c) this job, end to end (FnApiRunner)", c_ips, f"{c['wall']:.1f}s wall incl. startup"),
-    ]
+    model_only = bench_model_only(weights, files, args.batch_size, args.rounds)
+    for engine, (ips, info) in model_only.items():
+        print(f"model-only {engine} ({info['engine']} {info['precision']}): {ips:.1f} img/s", flush=True)
+    seeds = bench_seeds(weights, files[: args.seeds_n])
+    print(f"seeds' per-image predict: {seeds:.1f} img/s", flush=True)
+
+    # A 4N run no slower than the N run (tiny N, or a load spike) has no meaningful marginal rate.
+    marginal = {e: 3 * n / (jobs[e, n4]["wall"] - jobs[e, n]["wall"]) for e in ENGINES}
+    if min(jobs[e, n4]["wall"] - jobs[e, n]["wall"] for e in ENGINES) <= 0:
+        raise SystemExit("the 4N runs were not slower than the N runs: use a larger --n on a quieter machine")
+    default_info = model_only["auto"][1]
     print()
-    print(f"| measurement (N={args.n}, batch {args.batch_size}) | images/s | notes |")
-    print("|---|---:|---|")
-    for name, ips, note in rows:
-        print(f"| {name} | {ips:.1f} | {note} |")
-    print(f"| (c) / (a) | {c_ips / a_ips:.0%} | target >= 90% |")
-    print(f"| (c) / (b) | {c_ips / b_ips:.1f}x | target >= 4x |")
-    print(f"| (c) fixed cost: 1 image end to end | | {c1['wall']:.1f}s (imports, TF, model load, teardown) |")
-    # What the targets demand, from this run's own figures: a job pays its fixed cost once,
-    # then at best runs the model at (a).
-    floor_wall = c1["wall"] + args.n / a_ips
     print(
-        f"| floor of one job at N: fixed cost + N/(a) | {args.n / floor_wall:.1f} | "
-        f"{floor_wall:.1f}s; 90% of (a) allows {args.n / (0.9 * a_ips):.1f}s at N |"
+        f"| measurement (batch {args.batch_size}) | auto ({default_info['engine']} {default_info['precision']}) | tf |"
     )
-    print(f"| 4x (b) | {4 * b_ips:.1f} | {4 * b_ips / a_ips:.0%} of the ceiling (a) |")
-
-    if not args.skip_rss:
-        img_4n = os.path.join(args.workdir, f"images_n{4 * args.n}")
-        build_sample_images(img_4n, SampleSpec(4 * args.n, seed=1))
-        c4 = run_job(img_4n, os.path.join(args.workdir, "out_4n"), weights, extra)
-        steady = 3 * args.n / max(c4["wall"] - c["wall"], 1e-9)
-        print(f"| (c) at 4N={4 * args.n}: end to end | {4 * args.n / c4['wall']:.1f} | {c4['wall']:.1f}s wall |")
-        print(
-            f"| (c) marginal rate, (4N-N)/(T4N-TN) | {steady:.1f} | startup excluded; "
-            f"{steady / a_ips:.0%} of (a), {steady / b_ips:.1f}x (b) |"
-        )
+    print("|---|---:|---:|")
+    print(f"| model-only, pre-decoded batches, img/s | {model_only['auto'][0]:.1f} | {model_only['tf'][0]:.1f} |")
+    for count in (n, n4):
+        cells = " | ".join(f"{count / jobs[e, count]['wall']:.1f} ({jobs[e, count]['wall']:.0f} s)" for e in ENGINES)
+        print(f"| job end to end at {count}, img/s (wall) | {cells} |")
+    print(f"| job marginal rate (4N-N)/(T4N-TN), img/s | {marginal['auto']:.1f} | {marginal['tf']:.1f} |")
+    fixed = {e: jobs[e, n]["wall"] - n / marginal[e] for e in ENGINES}
+    print(f"| fixed start-up cost (T_N - N/marginal), s | {fixed['auto']:.0f} | {fixed['tf']:.0f} |")
+    for count in (n, n4):
+        print(f"| peak RSS at {count}, MB | {jobs['auto', count]['rss_mb']:.0f} | {jobs['tf', count]['rss_mb']:.0f} |")
+    growth = {e: jobs[e, n4]["rss_mb"] / jobs[e, n]["rss_mb"] - 1 for e in ENGINES}
+    print(f"| peak RSS 4N vs N | {growth['auto']:+.1%} | {growth['tf']:+.1%} |")
+    print()
+    print("| target (issue 11) | figure | met |")
+    print("|---|---:|---|")
+    checks = [
+        ("default-engine job vs --engine tf job, steady state (>= 1.5x)", marginal["auto"] / marginal["tf"], 1.5, "x"),
+        ("default-engine job vs its model-only rate (>= 90%)", marginal["auto"] / model_only["auto"][0], 0.9, "%"),
+        (f"default-engine job vs the seeds' way ({seeds:.1f} img/s) (>= 4x)", marginal["auto"] / seeds, 4.0, "x"),
+        ("peak RSS at 4N within 10% of N (default engine)", growth["auto"], None, "%"),
+    ]
+    for label, value, target, unit in checks:
+        shown = f"{value:.2f}x" if unit == "x" else f"{value:+.1%}" if target is None else f"{value:.0%}"
+        met = abs(value) <= 0.10 if target is None else value >= target
+        print(f"| {label} | {shown} | {'yes' if met else 'no'} |")
+    if len(modes) > 1:
         print()
-        print("| peak RSS | MB |")
-        print("|---|---:|")
-        print(f"| N={args.n} | {c['rss_mb']:.0f} |")
-        print(f"| 4N={4 * args.n} | {c4['rss_mb']:.0f} |")
-        print(f"| growth | {c4['rss_mb'] / c['rss_mb'] - 1:+.1%} (target within 10%) |")
+        header = "img/s end to end | peak RSS of the largest process, MB"
+        print(f"| threads vs processes, default engine, {n4} images | {header} |")
+        print("|---|---:|---:|")
+        for label, job in modes.items():
+            print(f"| {label} | {n4 / job['wall']:.1f} | {job['rss_mb']:.0f} |")
     return 0
 
 

@@ -39,14 +39,15 @@ def main() -> int:
 
     import keras
 
+    from beam_jobs.extract_embeddings.engines import EngineChoice
     from beam_jobs.extract_embeddings.images import decode_and_resize
     from beam_jobs.extract_embeddings.inference import load_embedding_model
-    from beam_jobs.extract_embeddings.models import get_spec, model_id, resolve_weights
+    from beam_jobs.extract_embeddings.models import get_spec, resolve_weights
     from devtools.samples import load_sources
 
     spec = get_spec("resnet50")
     weights = resolve_weights(spec, "random", seed=0)
-    ours = load_embedding_model("resnet50", weights, model_id(spec, weights))
+    ours = load_embedding_model("resnet50", weights, EngineChoice("tf"))
     eager_model = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None, input_shape=(224, 224, 3))
     preprocess = keras.applications.resnet50.preprocess_input
 
