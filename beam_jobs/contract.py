@@ -317,16 +317,20 @@ class ExtractionSummary(TypedDict):
     images_per_second: float | None
     seconds: float | None
     model_id: str | None
+    engines: list[dict[str, Any]]
     embeddings_dir: str
 
 
 class EmbeddingsEntry(TypedDict):
+    """The run record's extraction figures; ``engines`` as ``"openvino f32"`` (see the manifest for detail)."""
+
     dir: str
     inputs: int
     embedded: int
     failed: int
     images_per_second: float | None
     seconds: float | None
+    engines: list[str]
 
 
 class ProjectionEntry(TypedDict):

@@ -26,6 +26,8 @@ def main(output_root: str, ds: str) -> int:
         f"{embeddings['failed']} failed of {embeddings['inputs']})"
     )
     print(f"  failures:    {embeddings['dir']}/{FAILURE_FILES}")
+    if embeddings.get("engines"):
+        print(f"  engine:      {', '.join(embeddings['engines'])} ({embeddings['images_per_second']} images/s)")
     for method, projection in record["projections"].items():
         print(f"  {method:<5} map:   {projection['map_png']}")
         print(f"  {method:<5} html:  {projection['map_html']}")

@@ -136,7 +136,10 @@ def test_run_record_has_the_contract_shape():
     from image_embeddings_airflow.runs import build_plan, check_extraction, run_record
 
     plan = build_plan({**OK, "methods": ["pca", "umap"], "output_root": "/o"}, "2026-11-20", "r1", "/i/*")
-    extraction = check_extraction({"inputs": 2, "embedded": 2, "failed": 0}, 0.1, plan["embeddings_dir"])
+    ran = [{"engine": "openvino", "precision": "bf16", "guard_min_cosine": 0.99998, "cpu_features": ["amx_bf16"]}]
+    extraction = check_extraction(
+        {"inputs": 2, "embedded": 2, "failed": 0, "engines": ran}, 0.1, plan["embeddings_dir"]
+    )
     projections = {
         "pca": {"rows": 2, "seconds": 1.0, "explained_variance_ratio": [0.5, 0.25], "trustworthiness": None},
         "umap": {"rows": 2, "seconds": 2.0, "trustworthiness": 0.97},
@@ -145,6 +148,7 @@ def test_run_record_has_the_contract_shape():
     record = run_record(plan, extraction, projections, jobs)
     assert set(record) == set(RunRecord.__annotations__)
     assert set(record["embeddings"]) == set(EmbeddingsEntry.__annotations__)
+    assert record["embeddings"]["engines"] == ["openvino bf16"]
     assert record["projections"]["pca"] == {
         "dir": "/o/projections/method=pca/ds=2026-11-20",
         "rows": 2,

@@ -237,6 +237,7 @@ def check_extraction(manifest: ExtractManifest, max_failure_rate: float, where: 
         "images_per_second": manifest.get("images_per_second"),
         "seconds": manifest.get("seconds"),
         "model_id": manifest.get("model_id"),
+        "engines": manifest.get("engines", []),
         "embeddings_dir": where,
     }
     if embedded == 0:
@@ -293,6 +294,7 @@ def run_record(
             "failed": extraction["failed"],
             "images_per_second": extraction["images_per_second"],
             "seconds": extraction["seconds"],
+            "engines": [f"{e['engine']} {e['precision']}" for e in extraction.get("engines", [])],
         },
         "projections": {
             method: _projection_entry(plan["projections"][method], manifest) for method, manifest in projections.items()
