@@ -29,6 +29,7 @@ from beam_jobs.contract import (
     ENGINES,
     MAX_BATCH_SIZE,
     METHODS,
+    MODEL_CHOICES_TEXT,
     MODELS,
     OUTPUT_FORMATS,
     PRECISION_AUTO,
@@ -208,7 +209,7 @@ class ExtractConfig(JobConfig):
         "text file with one URI per line, or a CSV whose header has an 'image_uri' or 'uri' column",
         group="input (exactly one)",
     )
-    model: str = option(DEFAULT_MODEL, "embedding model", choices=MODELS)
+    model: str = option(DEFAULT_MODEL, f"embedding model: {MODEL_CHOICES_TEXT}", choices=MODELS)
     weights: str = option(
         WEIGHTS_IMAGENET,
         "'imagenet' (needs internet or the Keras cache), 'random' (seeded; for tests), "

@@ -175,9 +175,50 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
             ),
         ),
+        # The three below normalise inside the Keras model (include_preprocessing=True, their
+        # preprocess_input is the identity): the graph still takes 0-255 pixels.
+        ModelSpec(
+            name="mobilenet_v3_large",  # the cheap one: ~0.22 G multiply-adds an image
+            input_size=(224, 224),
+            embedding_dim=960,
+            pooling="avg",
+            builder="keras.applications.MobileNetV3Large",
+            preprocess="keras.applications.mobilenet_v3.preprocess_input",
+            imagenet_file="weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+            imagenet_url=(
+                "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
+                "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"
+            ),
+        ),
+        ModelSpec(
+            name="efficientnetv2_s",  # the accurate one: ~8.8 G multiply-adds at 384x384
+            input_size=(384, 384),
+            embedding_dim=1280,
+            pooling="avg",
+            builder="keras.applications.EfficientNetV2S",
+            preprocess="keras.applications.efficientnet_v2.preprocess_input",
+            imagenet_file="efficientnetv2-s_notop.h5",
+            imagenet_url=(
+                "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/efficientnetv2-s_notop.h5"
+            ),
+        ),
+        ModelSpec(
+            name="convnext_tiny",  # a modern CNN at ResNet50's cost: ~4.5 G multiply-adds
+            input_size=(224, 224),
+            embedding_dim=768,
+            pooling="avg",
+            builder="keras.applications.ConvNeXtTiny",
+            preprocess="keras.applications.convnext.preprocess_input",
+            imagenet_file="convnext_tiny_notop.h5",
+            imagenet_url="https://storage.googleapis.com/tensorflow/keras-applications/convnext/convnext_tiny_notop.h5",
+        ),
     )
 }
 MODELS = tuple(MODEL_SPECS)
+# For --model's help and the trigger form: "resnet50 (2048-d, 224x224), ..."
+MODEL_CHOICES_TEXT = ", ".join(
+    f"{s.name} ({s.embedding_dim}-d, {s.input_size[0]}x{s.input_size[1]})" for s in MODEL_SPECS.values()
+)
 DEFAULT_MODEL = "resnet50"
 
 

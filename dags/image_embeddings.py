@@ -57,6 +57,7 @@ from beam_jobs.contract import (
     JOB_REDUCE,
     MAX_BATCH_SIZE,
     METHODS,
+    MODEL_CHOICES_TEXT,
     MODELS,
     PRECISION_AUTO,
     PRECISIONS,
@@ -133,7 +134,9 @@ with DAG(
             title="Output root",
             description="Embeddings, projections and run records are written under this folder (local or gs://).",
         ),
-        "model": Param(DEFAULT_MODEL, type="string", enum=list(MODELS), description="Embedding model."),
+        "model": Param(
+            DEFAULT_MODEL, type="string", enum=list(MODELS), description=f"Embedding model: {MODEL_CHOICES_TEXT}."
+        ),
         "weights": Param(
             DEFAULT_WEIGHTS,
             type="string",

@@ -153,6 +153,39 @@ def test_an_engine_that_misses_the_guard_is_refused_when_forced_and_skipped_by_a
     np.testing.assert_allclose(fallback(pixels), tiny_fn(pixels).numpy())
 
 
+def test_an_engine_that_passes_the_probe_but_not_real_photos_is_caught_on_the_first_batch(tiny_fn, monkeypatch):
+    """The probe cannot stand for every night: the first real batch is checked against TF f32 too."""
+    real = engines.LOADERS[ENGINE_OPENVINO]
+    probe_size = len(engines.probe_batch(TINY.input_size))
+
+    def wrong_on_real_data(embed_fn, spec, choice):
+        loaded = real(embed_fn, spec, choice)
+        return EngineModel(lambda px: loaded(px) if len(px) == probe_size else -loaded(px), loaded.info)
+
+    monkeypatch.setitem(engines.LOADERS, ENGINE_OPENVINO, wrong_on_real_data)
+    pixels = photos((32, 32), 3)
+    expected = tiny_fn(pixels).numpy()
+
+    auto = load_engine(tiny_fn, TINY, EngineChoice())
+    assert auto.info["engine"] == ENGINE_OPENVINO  # passed at load
+    np.testing.assert_allclose(auto(pixels), expected)  # the first batch comes from TF, not the bad engine
+    assert (auto.info["engine"], auto.info["precision"]) == (ENGINE_TF, PRECISION_F32)
+    assert auto.info["first_batch_min_cosine"] < 0
+    assert "first real batch" in auto.info["fallbacks"][-1]
+    np.testing.assert_allclose(auto(pixels[:2]), expected[:2])  # and every batch after it
+
+    forced = load_engine(tiny_fn, TINY, EngineChoice(ENGINE_OPENVINO))
+    for _ in range(2):  # refused on the first batch and on every one after, never a mix
+        with pytest.raises(EngineError, match="failed the accuracy guard on the first real batch"):
+            forced(pixels)
+
+    monkeypatch.setitem(engines.LOADERS, ENGINE_OPENVINO, real)
+    good = load_engine(tiny_fn, TINY, EngineChoice(ENGINE_OPENVINO))
+    good(pixels)
+    assert good.info["engine"] == ENGINE_OPENVINO
+    assert good.info["first_batch_min_cosine"] >= GUARD_MIN_COSINE
+
+
 def test_auto_survives_an_engine_that_cannot_load(tiny_fn, monkeypatch):
     def broken(embed_fn, spec, choice):
         raise RuntimeError("converter bug")

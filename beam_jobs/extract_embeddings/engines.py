@@ -100,15 +100,62 @@ class EngineError(RuntimeError):
 
 
 class EngineModel:
-    """A batch function ``uint8 [N, H, W, 3] -> float32 [N, D]`` plus a description of what runs it."""
+    """A batch function ``uint8 [N, H, W, 3] -> float32 [N, D]`` plus a description of what runs it.
 
-    def __init__(self, call: Callable[[np.ndarray], np.ndarray], info: dict[str, Any]):
+    An engine other than TensorFlow is checked twice: on the probe batch when it loads, and on
+    the first real batch it embeds, against TensorFlow f32 on the same pixels (a fixed probe
+    cannot stand for every night's content). ``reference`` is that TensorFlow call; it is
+    dropped once the first batch passed. If it does not pass, ``fallback`` decides: True
+    (``auto``) runs TensorFlow from then on, False (a forced engine) refuses every batch, so
+    the night's vectors are all interchangeable or visibly failed, never a mix.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[np.ndarray], np.ndarray],
+        info: dict[str, Any],
+        reference: Callable[[np.ndarray], np.ndarray] | None = None,
+        fallback: bool = False,
+    ):
         self._call = call
         self.info = info
-        self.info_json = ""  # ``info`` as JSON, once loading is complete (the handler sets it)
+        self._reference = reference
+        self._fallback = fallback
+        self._refused: str | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self._reference is not None:
+            with self._lock:
+                if self._reference is not None:
+                    return self._first_batch(pixels)
+        if self._refused:
+            raise EngineError(self._refused)
         return self._call(pixels)
+
+    def _first_batch(self, pixels: np.ndarray) -> np.ndarray:
+        reference, self._reference = self._reference, None
+        got = self._call(pixels)
+        expected = reference(pixels)
+        cosine = min_cosine(got, expected)
+        self.info["first_batch_min_cosine"] = round(cosine, 6)
+        if cosine >= GUARD_MIN_COSINE:
+            return got
+        problem = (
+            f"{self.info['engine']} {self.info['precision']} failed the accuracy guard on the first real batch: "
+            f"min cosine to TensorFlow f32 {cosine:.6f} < {GUARD_MIN_COSINE}"
+        )
+        if not self._fallback:
+            self._refused = problem + " (forced engine: every batch refused; use --engine auto or tf)"
+            raise EngineError(self._refused)
+        LOG.warning("engine auto: %s; TensorFlow f32 runs from now on", problem)
+        self.info.update(
+            engine=ENGINE_TF,
+            precision=PRECISION_F32,
+            fallbacks=[*self.info.get("fallbacks", []), problem],
+        )
+        self._call = reference
+        return expected
 
 
 def probe_batch(input_size: tuple[int, int], count: int = 4) -> np.ndarray:
@@ -139,14 +186,14 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- TensorFlow
 
 
+def tf_call(embed_fn: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda pixels: embed_fn(pixels).numpy()
+
+
 def load_tf(embed_fn: Any, spec: ModelSpec, choice: EngineChoice) -> EngineModel:
     if choice.precision not in (PRECISION_AUTO, PRECISION_F32):
         raise EngineError(f"--engine tf runs f32 only, not --precision {choice.precision}")
-
-    def call(pixels: np.ndarray) -> np.ndarray:
-        return embed_fn(pixels).numpy()
-
-    return EngineModel(call, {"engine": ENGINE_TF, "precision": PRECISION_F32})
+    return EngineModel(tf_call(embed_fn), {"engine": ENGINE_TF, "precision": PRECISION_F32})
 
 
 # --------------------------------------------------------------------------- OpenVINO
@@ -268,6 +315,7 @@ AUTO_ORDER = (ENGINE_OPENVINO, ENGINE_TF)
 
 
 def _guarded(loaded: EngineModel, reference: np.ndarray, probe: np.ndarray) -> EngineModel:
+    """The probe check at load (the first real batch is checked again when it comes)."""
     cosine = min_cosine(loaded(probe), reference)
     loaded.info["guard_min_cosine"] = round(cosine, 6)
     if not cosine >= GUARD_MIN_COSINE:
@@ -276,6 +324,12 @@ def _guarded(loaded: EngineModel, reference: np.ndarray, probe: np.ndarray) -> E
             f"min cosine to TensorFlow f32 {cosine:.6f} < {GUARD_MIN_COSINE}"
         )
     return loaded
+
+
+def _check_first_batch(loaded: EngineModel, embed_fn: Any, fallback: bool) -> EngineModel:
+    if loaded.info["engine"] == ENGINE_TF:
+        return loaded  # TensorFlow f32 is the reference itself
+    return EngineModel(loaded._call, loaded.info, reference=tf_call(embed_fn), fallback=fallback)
 
 
 def load_engine(embed_fn: Any, spec: ModelSpec, choice: EngineChoice) -> EngineModel:
@@ -288,7 +342,7 @@ def load_engine(embed_fn: Any, spec: ModelSpec, choice: EngineChoice) -> EngineM
     if choice.engine != ENGINE_AUTO:
         loaded = _guarded(LOADERS[choice.engine](embed_fn, spec, choice), reference, probe)
         loaded.info.update(chosen_by="flag", cpu_features=features)
-        return loaded
+        return _check_first_batch(loaded, embed_fn, fallback=False)
     tried: list[str] = []
     for engine in AUTO_ORDER:
         precisions = [choice.precision]
@@ -310,5 +364,5 @@ def load_engine(embed_fn: Any, spec: ModelSpec, choice: EngineChoice) -> EngineM
             loaded.info.update(chosen_by="auto", cpu_features=features)
             if tried:
                 loaded.info["fallbacks"] = tried
-            return loaded
+            return _check_first_batch(loaded, embed_fn, fallback=True)
     raise EngineError("no engine could run the model: " + "; ".join(tried))

@@ -93,7 +93,6 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, Embedding, EngineModel
         model = load_embedding_model(self._model_name, self._weights, self._engine)
         LOG.info("model %s runs on %s", self._model_id, model.info)
         Metrics.counter(METRICS_NAMESPACE, f"engine_{model.info['engine']}_{model.info['precision']}").inc()
-        model.info_json = json.dumps(model.info, sort_keys=True)
         return model
 
     def run_inference(
@@ -104,7 +103,8 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, Embedding, EngineModel
     ) -> Iterable[Embedding]:
         self._batch_size.update(len(batch))
         vectors = model(np.stack(batch))
-        engine = model.info_json
+        # After the call: the first real batch's check may have changed what runs the model.
+        engine = json.dumps(model.info, sort_keys=True)
         return [Embedding(vec, self._model_id, engine) for vec in vectors]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
