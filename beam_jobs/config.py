@@ -27,6 +27,8 @@ from beam_jobs.contract import (
     DEFAULT_READ_TIMEOUT_S,
     ENGINE_TF,
     ENGINES,
+    HUB_PREFIX,
+    INPUT_RANGES,
     MAX_BATCH_SIZE,
     METHODS,
     MODEL_CHOICES_TEXT,
@@ -35,6 +37,7 @@ from beam_jobs.contract import (
     PRECISION_AUTO,
     PRECISION_BF16,
     PRECISIONS,
+    SAVEDMODEL_PREFIX,
     WEIGHTS_IMAGENET,
     ResizeMode,
 )
@@ -194,6 +197,15 @@ class JobConfig:
 # --------------------------------------------------------------------------- extract_embeddings
 
 
+def _model_check(model: str) -> str | None:
+    if model in MODELS:
+        return None
+    for prefix in (SAVEDMODEL_PREFIX, HUB_PREFIX):
+        if model.startswith(prefix):
+            return None if model[len(prefix) :].strip() else f"needs a path or handle after {prefix!r}"
+    return f"must be one of {', '.join(MODELS)}, savedmodel:PATH or hub:HANDLE, got {model!r}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExtractConfig(JobConfig):
     PROG: ClassVar[str] = "python -m beam_jobs.extract_embeddings"
@@ -209,7 +221,19 @@ class ExtractConfig(JobConfig):
         "text file with one URI per line, or a CSV whose header has an 'image_uri' or 'uri' column",
         group="input (exactly one)",
     )
-    model: str = option(DEFAULT_MODEL, f"embedding model: {MODEL_CHOICES_TEXT}", choices=MODELS)
+    model: str = option(
+        DEFAULT_MODEL,
+        f"embedding model: {MODEL_CHOICES_TEXT}; or savedmodel:PATH (an image feature-vector SavedModel, local "
+        "or gs://; input size and dtype from its serving signature) or hub:HANDLE",
+        check=_model_check,
+    )
+    input_range: str | None = option(
+        None,
+        "savedmodel:/hub: models: the pixel values the model expects (default: 0-255 for an integer input, "
+        "0-1 for a float one); write --input_range=-1-1 with '=' (argparse)",
+        choices=(None, *INPUT_RANGES),
+        kind=str,
+    )
     weights: str = option(
         WEIGHTS_IMAGENET,
         "'imagenet' (needs internet or the Keras cache), 'random' (seeded; for tests), "
@@ -250,6 +274,8 @@ class ExtractConfig(JobConfig):
         problems = []
         if bool(self.input) == bool(self.input_manifest):
             problems.append("give exactly one of --input (a glob) or --input_manifest (a file of URIs)")
+        if self.input_range and not self.model.startswith((SAVEDMODEL_PREFIX, HUB_PREFIX)):
+            problems.append(f"--input_range applies to savedmodel:/hub: models; {self.model} sets its own")
         if self.engine == ENGINE_TF and self.precision == PRECISION_BF16:
             problems.append("--precision bf16 needs --engine openvino or auto (--engine tf runs f32)")
         return problems

@@ -136,7 +136,11 @@ class ResizeMode(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A Keras application the extraction job can run, described without importing Keras.
+    """A model the extraction job can run, described without importing Keras.
+
+    Either a registry entry (a Keras application, ``source="keras"``) or an image feature-vector
+    SavedModel given as ``--model savedmodel:PATH`` (``source="savedmodel"``), whose input size,
+    dtype and output length are read from its serving signature at launch.
 
     Args:
         name: the ``--model`` value.
@@ -147,6 +151,11 @@ class ModelSpec:
         preprocess: dotted path of its ``preprocess_input``.
         imagenet_file: what ``keras.utils.get_file`` caches for ``weights="imagenet"``.
         imagenet_url: where Keras downloads that file from.
+        source: "keras" or "savedmodel".
+        path: savedmodel: its directory (local or gs://).
+        input_dtype: savedmodel: the signature's input dtype (``uint8``, ``float32``).
+        input_range: savedmodel: the pixel values it expects (one of ``INPUT_RANGES``).
+        fingerprint: savedmodel: its ``saved_model_checksum`` (part of the model_id).
     """
 
     name: str
@@ -157,6 +166,20 @@ class ModelSpec:
     preprocess: str
     imagenet_file: str
     imagenet_url: str
+    source: str = "keras"
+    path: str = ""
+    input_dtype: str = "float32"
+    input_range: str = ""
+    fingerprint: str = ""
+
+
+# --model savedmodel:PATH (an exported image feature-vector SavedModel, local or gs://) and
+# --model hub:HANDLE (TF Hub / Kaggle Models, resolved through tensorflow_hub when installed).
+SAVEDMODEL_PREFIX = "savedmodel:"
+HUB_PREFIX = "hub:"
+# Pixel values a SavedModel expects; the default follows its input dtype (integers: 0-255, floats: 0-1,
+# TF Hub's convention for image feature vectors).
+INPUT_RANGES = ("0-1", "0-255", "-1-1")
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {

@@ -74,9 +74,20 @@ def test_flags_are_typed_by_their_field():
 
 def test_choices_are_refused_by_the_parser_with_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:
-        parse_extract_args(["--output", "/o", "--input", "x", "--model", "vgg99"])
+        parse_extract_args(["--output", "/o", "--input", "x", "--resize_mode", "stretch"])
     assert exit_.value.code == 2
-    assert "--model" in capsys.readouterr().err
+    assert "--resize_mode" in capsys.readouterr().err
+
+
+def test_model_is_a_registry_name_or_a_savedmodel_or_hub_reference():
+    with pytest.raises(ConfigError, match=r"--model must be one of resnet50, .*savedmodel:PATH or hub:HANDLE"):
+        parse_extract_args(["--output", "/o", "--input", "x", "--model", "vgg99"])
+    with pytest.raises(ConfigError, match="--model needs a path or handle after 'savedmodel:'"):
+        parse_extract_args(["--output", "/o", "--input", "x", "--model", "savedmodel:"])
+    cfg, _ = parse_extract_args(["--output", "/o", "--input", "x", "--model", "savedmodel:/m", "--input_range=-1-1"])
+    assert (cfg.model, cfg.input_range) == ("savedmodel:/m", "-1-1")
+    with pytest.raises(ConfigError, match="--input_range applies to savedmodel:/hub: models; resnet50 sets its own"):
+        parse_extract_args(["--output", "/o", "--input", "x", "--input_range", "0-1"])
 
 
 def test_every_problem_is_listed_at_once():

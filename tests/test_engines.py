@@ -243,12 +243,13 @@ def test_job_in_worker_processes_with_auto_engine_matches_tf(sample_dir, edge_di
     bad = next(path for path, reason in expected.items() if reason.startswith("decode/"))
     os.symlink(bad, folder / os.path.basename(bad))
     out = str(tmp_path / "out")
-    run_cli(
+    done = run_cli(
         "beam_jobs.extract_embeddings",
         *("--input", f"{folder}/*", "--weights", "random", "--batch_size", "4", "--output", out),
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=2",
     )
+    assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads(Path(out, "manifest.json").read_text())
     assert (manifest["inputs"], manifest["embedded"], manifest["failed"]) == (11, 10, 1)
     assert list(manifest["failures_by_reason"]) == [expected[bad]]

@@ -15,6 +15,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindows
 
+from beam_jobs.contract import ModelSpec
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, ImageMeta, failure_record
 from beam_jobs.extract_embeddings.engines import EngineChoice
 from beam_jobs.extract_embeddings.inference import (
@@ -23,7 +24,7 @@ from beam_jobs.extract_embeddings.inference import (
     KerasEmbeddingModelHandler,
     count_through,
 )
-from beam_jobs.extract_embeddings.models import ResolvedWeights
+from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec
 
 ENGINES_TAG = "engines"
 
@@ -89,7 +90,7 @@ class EmbedImages(beam.PTransform):
 
     def __init__(
         self,
-        model: str,
+        model: str | ModelSpec,
         weights: ResolvedWeights,
         embedding_model_id: str,
         batch_size: int,
@@ -100,7 +101,7 @@ class EmbedImages(beam.PTransform):
         self._run_id = run_id
         self._handler = KeyedModelHandler(
             KerasEmbeddingModelHandler(
-                model,
+                get_spec(model) if isinstance(model, str) else model,
                 weights,
                 embedding_model_id,
                 # min == max: fixed-size batches; adaptive sizing starts at 1 and wastes the first bundles.

@@ -21,9 +21,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from beam_jobs.contract import JOB_EXTRACT
+from beam_jobs.contract import JOB_EXTRACT, ModelSpec
 from beam_jobs.extract_embeddings.engines import EngineChoice, EngineModel, load_engine
-from beam_jobs.extract_embeddings.models import ResolvedWeights, build_keras_model, get_spec, resolve_attr
+from beam_jobs.extract_embeddings.models import ResolvedWeights, build_keras_model, get_spec, preprocess_for
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = JOB_EXTRACT
@@ -52,11 +52,13 @@ def compile_embedding_fn(keras_model: Any, preprocess: Any, input_size: tuple[in
     return embed
 
 
-def load_embedding_model(model_name: str, weights: ResolvedWeights, choice: EngineChoice | None = None) -> EngineModel:
+def load_embedding_model(
+    model: str | ModelSpec, weights: ResolvedWeights, choice: EngineChoice | None = None
+) -> EngineModel:
     """Build the model and load it on the chosen engine (``auto``: decided for this CPU)."""
-    spec = get_spec(model_name)
+    spec = get_spec(model) if isinstance(model, str) else model
     keras_model = build_keras_model(spec, weights)
-    fn = compile_embedding_fn(keras_model, resolve_attr(spec.preprocess), spec.input_size)
+    fn = compile_embedding_fn(keras_model, preprocess_for(spec), spec.input_size)
     return load_engine(fn, spec, choice or EngineChoice())
 
 
@@ -65,7 +67,7 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, Embedding, EngineModel
 
     def __init__(
         self,
-        model_name: str,
+        spec: ModelSpec,
         weights: ResolvedWeights,
         model_id: str,
         *,
@@ -74,7 +76,7 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, Embedding, EngineModel
         max_batch_size: int = 32,
     ):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        self._model_name = model_name
+        self._spec = spec
         self._weights = weights
         self._model_id = model_id
         self._engine = engine or EngineChoice()
@@ -90,7 +92,7 @@ class KerasEmbeddingModelHandler(ModelHandler[np.ndarray, Embedding, EngineModel
                 # TF refuses once its runtime is initialised; the first setting stays.
                 LOG.debug("TensorFlow threads already configured")
         LOG.info("loading %s (engine %s, precision %s)", self._model_id, self._engine.engine, self._engine.precision)
-        model = load_embedding_model(self._model_name, self._weights, self._engine)
+        model = load_embedding_model(self._spec, self._weights, self._engine)
         LOG.info("model %s runs on %s", self._model_id, model.info)
         Metrics.counter(METRICS_NAMESPACE, f"engine_{model.info['engine']}_{model.info['precision']}").inc()
         return model

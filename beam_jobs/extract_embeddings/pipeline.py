@@ -49,14 +49,14 @@ def build_pipeline(
 ):
     """Wire the graph; returns the PCollection holding the committed manifest."""
     checked = checked or Preflight()
-    spec = get_spec(cfg.model)
+    spec = get_spec(cfg.model, cfg.input_range)
     embedding_model_id = model_id(spec, weights)
     read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, checked.manifest_column)
     decode = DecodeParams(spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s)
     decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
     engine = EngineChoice(cfg.engine, cfg.precision, cfg.engine_threads)
     embedded = decoded.images | "EmbedImages" >> EmbedImages(
-        cfg.model, weights, embedding_model_id, cfg.batch_size, cfg.run_id, engine
+        spec, weights, embedding_model_id, cfg.batch_size, cfg.run_id, engine
     )
     failures = (decoded[FAILURES_TAG], embedded[FAILURES_TAG]) | "AllFailures" >> beam.Flatten()
     outputs = {"rows": embedded["rows"], FAILURES_TAG: failures, "uris": read["uris"], "listed": read["listed"]}
@@ -73,7 +73,7 @@ def build_pipeline(
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, check, run and wait; returns the manifest. Raises on bad input before any work."""
     cfg, beam_args = ExtractConfig.parse(argv)
-    spec = get_spec(cfg.model)
+    spec = get_spec(cfg.model, cfg.input_range)
     weights = resolve_weights(spec, cfg.weights, cfg.seed)
     options = runtime.job_options(beam_args, cfg.detach)
     checked = preflight(cfg)
