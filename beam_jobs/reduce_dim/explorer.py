@@ -5,8 +5,8 @@ Pure rendering helpers: arrays and strings in, text or bytes out; no Beam, no I/
 The explorer is a Bokeh 3.9 document saved with ``INLINE`` resources (BokehJS is
 inside the file: no CDN, no server) and drawn with WebGL, so 10^5 points pan and
 zoom smoothly. It has: one scatter per partition (the legend hides and shows
-them), pan / wheel zoom / box select / lasso select, a hover tooltip with the
-thumbnail and URI, a panel listing the selected URIs with CSV and text
+them), pan / wheel zoom / box select / lasso select, a hover card with the
+thumbnail and URI of the point nearest the cursor, a panel listing the selected URIs with CSV and text
 downloads, a search box that rings the points whose URI contains its text, and
 a header with the run's figures.
 
@@ -176,12 +176,51 @@ document.body.dataset.explorerReady = '1';
 """.replace("SEP", "'\\x1f'")
 URI_SEPARATOR = "\x1f"
 
-TOOLTIP = """
-<div style="max-width:280px">
-  <div>@thumb{safe}</div>
-  <div style="font:11px ui-monospace,Menlo,monospace;word-break:break-all">@uri</div>
-  <div style="color:#666;font-size:11px">$name · x=@x{0.000} y=@y{0.000}</div>
-</div>
+# Hover: one card for the point nearest the cursor (Bokeh's tooltip lists every point under it, and
+# at 10^5 points that is dozens), with its thumbnail, URI and partition. Each partition's renderer
+# reports its hits; the nearest over all of them is shown. URIs are set as text, never as markup.
+HOVER_JS = """
+const st = window.__explorer_hover || (window.__explorer_hover = {hits: new Map(), card: null});
+if (!st.card) {
+  st.card = document.createElement('div');
+  st.card.id = 'explorer-hover';
+  st.card.style.cssText = 'position:fixed;z-index:10;pointer-events:none;display:none;background:#fff;' +
+    'border:1px solid #bbb;border-radius:6px;box-shadow:0 2px 10px rgba(0,0,0,.18);padding:8px;max-width:280px;' +
+    'font:12px system-ui,sans-serif';
+  document.body.appendChild(st.card);
+  document.addEventListener('mousemove', e => { st.mouse = [e.clientX, e.clientY]; });
+}
+const r = cb_data.renderer, s = r.data_source, hits = cb_data.index.indices, g = cb_data.geometry;
+if (hits.length) {
+  const xs = s.get_column('x'), ys = s.get_column('y');
+  const wx = (xr.end - xr.start) || 1, wy = (yr.end - yr.start) || 1;
+  let best = hits[0], bd = Infinity;
+  for (const i of hits) {
+    const d = ((xs[i] - g.x) / wx) ** 2 + ((ys[i] - g.y) / wy) ** 2;
+    if (d < bd) { bd = d; best = i; }
+  }
+  st.hits.set(r.id, {s, i: best, d: bd, name: r.name});
+} else {
+  st.hits.delete(r.id);
+}
+let top = null;
+for (const h of st.hits.values()) if (!top || h.d < top.d) top = h;
+const card = st.card;
+if (!top) { card.style.display = 'none'; return; }
+const x = top.s.get_column('x')[top.i], y = top.s.get_column('y')[top.i];
+card.innerHTML = (top.s.get_column('thumb')[top.i] || '') +
+  '<div style="font:11px ui-monospace,Menlo,monospace;word-break:break-all"></div><div style="color:#666"></div>';
+card.children[card.children.length - 2].textContent = top.s.get_column('uri')[top.i];
+card.children[card.children.length - 1].textContent = `${top.name} · x=${x.toFixed(3)} y=${y.toFixed(3)}`;
+const [mx, my] = st.mouse || [0, 0];
+card.style.left = (mx + 300 > window.innerWidth ? mx - 296 : mx + 16) + 'px';
+card.style.top = Math.max(8, Math.min(my - 40, window.innerHeight - 300)) + 'px';
+card.style.display = 'block';
+"""
+
+HOVER_LEAVE_JS = """
+const st = window.__explorer_hover;
+if (st) { st.hits.clear(); if (st.card) st.card.style.display = 'none'; }
 """
 
 
@@ -286,9 +325,14 @@ def render_explorer(
     plot.add_tools(
         BoxSelectTool(renderers=renderers),
         LassoSelectTool(renderers=renderers),
-        HoverTool(renderers=renderers, tooltips=TOOLTIP),
+        HoverTool(
+            renderers=renderers,
+            tooltips=None,
+            callback=CustomJS(args={"xr": plot.x_range, "yr": plot.y_range}, code=HOVER_JS),
+        ),
     )
 
+    plot.js_on_event("mouseleave", CustomJS(code=HOVER_LEAVE_JS))
     search = TextInput(name=SEARCH, placeholder="search URIs (substring)", width=300)
     search_info = Div(name=SEARCH_INFO, text="", width=300)
     search.js_on_change(

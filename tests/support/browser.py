@@ -39,11 +39,13 @@ class BrowserError(RuntimeError):
 
 
 class Browser:
-    def __init__(self, width: int = 1400, height: int = 900, binary: str | None = None):
+    def __init__(self, width: int = 1400, height: int = 900, binary: str | None = None, loopback: bool = False):
+        """``loopback``: allow http://127.0.0.1 (a test's own server); everything else stays unreachable."""
         self.binary = binary or find_chromium()
         if not self.binary:
             raise BrowserError("no chromium found (apt-get install chromium)")
         self.width, self.height = width, height
+        self.loopback = loopback
         self.requests: list[str] = []
         self.console: list[str] = []
         self._next_id = 0
@@ -76,7 +78,8 @@ class Browser:
             "--disable-component-update",
             "--disable-sync",
             "--proxy-server=127.0.0.1:9",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-bypass-list=" + ("127.0.0.1" if self.loopback else ""),
+            "--host-resolver-rules=MAP * ~NOTFOUND" + (", EXCLUDE 127.0.0.1" if self.loopback else ""),
             f"--window-size={self.width},{self.height}",
             "about:blank",
         ]
@@ -97,7 +100,7 @@ class Browser:
         self.call(
             "Network.emulateNetworkConditions",
             session=True,
-            offline=True,
+            offline=not self.loopback,
             latency=0,
             downloadThroughput=-1,
             uploadThroughput=-1,
