@@ -9,9 +9,9 @@
    page is ready (BokehJS has drawn the document and unpacked the points).
 2. The job: `python -m beam_jobs.reduce_dim --method pca` at --job_rows and --big_rows rows,
    this tree against --baseline (the commit before the explorer; extracted with git archive):
-   wall time and peak RSS of each. Synthetic URIs name no files, so thumbnail reads fail fast
-   (the number tried is capped by the budget); what the page costs is the sample, the render
-   and the write.
+   wall time and peak RSS of each (at --job_rows the fastest of --repeat alternating runs).
+   Synthetic URIs name no files, so thumbnail reads fail fast (the number tried is capped by
+   the budget); what the page costs is the sample, the render and the write.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def main() -> int:
     ap.add_argument("--big_rows", type=int, default=1_000_000)
     ap.add_argument("--skip_big", action="store_true")
     ap.add_argument("--skip_jobs", action="store_true", help="only the page table")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each job at --job_rows (fastest kept)")
     ap.add_argument("--thumbnail_budget_mb", type=float, default=8.0)
     ap.add_argument("--baseline", default=BASELINE)
     ap.add_argument("--workdir", default=os.path.join(ROOT, "bench_out", "map"))
@@ -169,11 +170,13 @@ def main() -> int:
     jobs = {}
     for rows in sizes:
         inp = embeddings(rows, args.workdir)
-        for name, tree in (("baseline", old_tree), ("explorer", ROOT)):
-            out = os.path.join(args.workdir, f"out_{name}_{rows}")
-            jobs[rows, name] = job(tree, inp, out)
-            j = jobs[rows, name]
-            print(f"{rows:,} rows, {name}: {j['wall']:.1f}s wall, {j['rss']:.0f} MB peak RSS", flush=True)
+        for attempt in range(args.repeat if rows == args.job_rows else 1):  # alternating; the fastest of each kept
+            for name, tree in (("baseline", old_tree), ("explorer", ROOT)):
+                out = os.path.join(args.workdir, f"out_{name}_{rows}")
+                j = job(tree, inp, out)
+                print(f"{rows:,} rows, {name} #{attempt + 1}: {j['wall']:.1f}s wall, {j['rss']:.0f} MB", flush=True)
+                if (rows, name) not in jobs or j["wall"] < jobs[rows, name]["wall"]:
+                    jobs[rows, name] = j
     print()
     print(f"| rows | job at {args.baseline} (wall / peak RSS) | this tree | added time | added memory | map.html |")
     print("|---:|---:|---:|---:|---:|---:|")
