@@ -7,6 +7,7 @@ fixture itself, images come from scikit-learn / scikit-image / matplotlib.
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import shutil
 import subprocess
@@ -75,9 +76,78 @@ def weights_file(tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def mixed_inputs(sample_dir, edge_dir, tmp_path_factory):
+    """Sample photos + every awkward file, in one folder, and a manifest that adds a missing path."""
+    folder = str(tmp_path_factory.mktemp("mixed") / "ds=2026-11-20")
+    os.makedirs(folder)
+    for f in glob.glob(os.path.join(sample_dir, "*")):
+        shutil.copy(f, folder)
+    _edge_folder, expected = edge_dir
+    for f in expected:
+        shutil.copy(f, folder)
+    expected = {os.path.join(folder, os.path.basename(k)): v for k, v in expected.items()}
+    for f in glob.glob(os.path.join(folder, "img_*")):
+        expected[f] = "ok"
+    missing = os.path.join(folder, "deleted_before_the_run.jpg")
+    manifest = os.path.join(os.path.dirname(folder), "manifest.txt")
+    with open(manifest, "w") as handle:
+        handle.write("\n".join([*sorted(expected), missing, sorted(expected)[0]]) + "\n")  # one duplicate
+    return folder, manifest, {**expected, missing: "read/not_found"}
+
+
+@pytest.fixture(scope="session")
+def manifest_run(mixed_inputs, weights_file, tmp_path_factory):
+    """The extraction job, launched as a user would, on every kind of input (test_extract_cli checks its
+    outputs; test_reduce_dim reduces them). Returns (output folder, {uri: expected outcome}, process)."""
+    _, manifest, expected = mixed_inputs
+    out = str(tmp_path_factory.mktemp("out") / "embeddings" / "ds=2026-11-20")
+    proc = run_cli(
+        "beam_jobs.extract_embeddings",
+        "--input_manifest",
+        manifest,
+        "--output",
+        out,
+        "--weights",
+        weights_file,
+        "--run_id",
+        "scheduled__2026-11-20",
+        "--batch_size",
+        "4",
+        "--output_format",
+        "npy",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, expected, proc
+
+
 def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a job exactly as a user (or Airflow's operator) would: python -m beam_jobs.<job>."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=900
     )
+
+
+@pytest.fixture(scope="session")
+def refused_night(airflow_db, sample_dir, tmp_path_factory):
+    """One dag.test() night whose plan refuses a weights file that does not exist, with the alerts
+    connection pointing at a real loopback webhook. test_dag checks the run's states and that nothing
+    was written; test_alerts checks the alert the failure callback posted (one run for both).
+
+    Returns (dag run, task states, output root, webhook bodies received).
+    """
+    from tests.airflow_support import Webhook, conf_for, load_dagbag, run_dag, stage_images, task_states
+
+    root = tmp_path_factory.mktemp("refused")
+    ds = "2026-11-21"
+    stage_images(sample_dir, root, ds, 2)
+    server = Webhook()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AIRFLOW_CONN_IMAGE_EMBEDDINGS_ALERTS", server.url)
+            dag = load_dagbag().dags["image_embeddings"]
+            dr = run_dag(dag, ds, conf_for(root, weights=str(root / "no-such.weights.h5")))
+    finally:
+        server.close()
+    return dr, task_states(dr), root, list(server.received)

@@ -7,7 +7,7 @@ import pytest
 # Imported at collection: importing Airflow configures its logging (replacing the root logger's
 # handlers), which must happen before caplog installs its own for a test.
 from image_embeddings_airflow.alerts import FailureAlert, deadline_missed
-from tests.airflow_support import DAG_FILE, Webhook, conf_for, load_dagbag, run_dag, stage_images
+from tests.airflow_support import DAG_FILE, Webhook
 
 
 @pytest.fixture
@@ -47,14 +47,12 @@ def test_deadline_alert_is_configured_and_its_callback_posts(webhook, monkeypatc
 
 
 @pytest.mark.slow
-def test_task_failure_is_alerted_on_the_webhook(airflow_db, sample_dir, tmp_path, webhook):
-    """A real dag.test() run whose plan fails: the task's failure callback posts one alert."""
-    dag = load_dagbag().dags["image_embeddings"]
-    ds = "2026-11-23"
-    stage_images(sample_dir, tmp_path, ds, 1)
-    dr = run_dag(dag, ds, conf_for(tmp_path, weights=str(tmp_path / "missing.weights.h5")))
+def test_task_failure_is_alerted_on_the_webhook(refused_night):
+    """A real dag.test() run whose plan fails (conftest.refused_night, shared with test_dag): the task's
+    failure callback posts one alert to the loopback webhook named by the alerts connection."""
+    dr, _, _, received = refused_night
     assert str(dr.state) == "failed"
-    task_alerts = [a for a in webhook if a["what"] == "task"]
+    task_alerts = [a for a in received if a["what"] == "task"]
     assert len(task_alerts) == 1
     alert = task_alerts[0]
     assert alert["task_id"] == "plan"

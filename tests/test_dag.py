@@ -218,17 +218,34 @@ def parquet_rows(folder: str, prefix: str) -> list[dict]:
     return rows
 
 
+NIGHT = "2026-11-20"  # 12 photos and a broken file, both methods
+RERUN = "2026-11-18"  # 3 photos, then a late one and the date run again (PCA only)
+
+
+@pytest.fixture(scope="module")
+def nights(dag, airflow_db, sample_dir, tmp_path_factory):
+    """Three dag.test() runs into one output root, asserted on by the tests below: a whole night with both
+    methods, another date, and that date re-run after a late image arrived (a backfill's re-run)."""
+    root = tmp_path_factory.mktemp("nights")
+    images = {NIGHT: stage_images(sample_dir, root, NIGHT, count=12, broken=True)}
+    night = run_dag(dag, NIGHT, conf_for(root, methods=["pca", "umap"]))
+    stage_images(sample_dir, root, RERUN, 3)
+    first = run_dag(dag, RERUN, conf_for(root))
+    images[RERUN] = stage_images(sample_dir, root, RERUN, 4)  # the late image arrives
+    again = run_dag(dag, RERUN, conf_for(root))
+    return root, images, {"night": night, "first": first, "again": again}
+
+
 @pytest.mark.slow
-def test_nightly_run_end_to_end(dag, airflow_db, sample_dir, tmp_path):
-    ds = "2026-11-20"
-    images = stage_images(sample_dir, tmp_path, ds, count=12, broken=True)
-    dr = run_dag(dag, ds, conf_for(tmp_path, methods=["pca", "umap"]))
+def test_nightly_run_end_to_end(nights):
+    root, images, runs = nights
+    ds, dr, images = NIGHT, runs["night"], images[NIGHT]
     assert str(dr.state) == "success", task_states(dr)
     # Local runner: the jobs ran inside the Beam tasks; the *_done tasks pass straight through.
     assert {t: s for t, s in task_states(dr).items() if t.endswith("_done")} == dict.fromkeys(
         ("extract_embeddings_done", "reduce_pca_done", "reduce_umap_done"), "success"
     )
-    out = tmp_path / "out"
+    out = root / "out"
     emb = out / "embeddings" / f"ds={ds}"
     rows = parquet_rows(str(emb), "embeddings")
     assert sorted(r["image_uri"] for r in rows) == images
@@ -263,38 +280,35 @@ def test_nightly_run_end_to_end(dag, airflow_db, sample_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_backfill_three_dates_and_rerun_leaves_one_copy(dag, airflow_db, sample_dir, tmp_path):
-    dates = {"2026-11-17": 3, "2026-11-18": 4, "2026-11-19": 5}
-    expected = {ds: stage_images(sample_dir, tmp_path, ds, count) for ds, count in dates.items()}
-    for ds in dates:
-        dr = run_dag(dag, ds, conf_for(tmp_path))
-        assert str(dr.state) == "success", (ds, task_states(dr))
-    # A late image arrives for the 18th and the date is re-run.
-    extra = stage_images(sample_dir, tmp_path, "2026-11-18", 6)
-    dr = run_dag(dag, "2026-11-18", conf_for(tmp_path))
-    assert str(dr.state) == "success", task_states(dr)
-    expected["2026-11-18"] = extra
-
-    out = tmp_path / "out"
-    for ds, images in expected.items():
-        emb = parquet_rows(str(out / "embeddings" / f"ds={ds}"), "embeddings")
-        proj = parquet_rows(str(out / "projections" / "method=pca" / f"ds={ds}"), "projection")
-        assert sorted(r["image_uri"] for r in emb) == images, ds
-        assert sorted(r["image_uri"] for r in proj) == images, ds
-    assert sorted(os.listdir(out / "embeddings")) == [f"ds={ds}" for ds in sorted(dates)]
-    assert sorted(os.listdir(out / "projections" / "method=pca")) == [f"ds={ds}" for ds in sorted(dates)]
+def test_rerun_of_a_date_replaces_its_partitions_whole(nights):
+    """A date run twice (a late image arrived): one copy of every row, from the second run only,
+    and exactly one folder per date under each output (no staging or trash folders beside them)."""
+    root, images, runs = nights
+    for name in ("first", "again"):
+        assert str(runs[name].state) == "success", (name, task_states(runs[name]))
+    out = root / "out"
+    emb = parquet_rows(str(out / "embeddings" / f"ds={RERUN}"), "embeddings")
+    proj = parquet_rows(str(out / "projections" / "method=pca" / f"ds={RERUN}"), "projection")
+    assert sorted(r["image_uri"] for r in emb) == images[RERUN]
+    assert sorted(r["image_uri"] for r in proj) == images[RERUN]
+    assert {r["run_id"] for r in emb} == {r["run_id"] for r in proj} == {runs["again"].run_id}
+    # The other date is untouched by the re-run.
+    night = parquet_rows(str(out / "embeddings" / f"ds={NIGHT}"), "embeddings")
+    assert sorted(r["image_uri"] for r in night) == images[NIGHT]
+    dates = sorted([f"ds={NIGHT}", f"ds={RERUN}"])
+    assert sorted(os.listdir(out / "embeddings")) == dates
+    assert sorted(os.listdir(out / "projections" / "method=pca")) == dates
+    assert sorted(os.listdir(out / "projections" / "method=umap")) == [f"ds={NIGHT}"]
 
 
 @pytest.mark.slow
-def test_invalid_param_is_refused_before_any_job_starts(dag, airflow_db, sample_dir, tmp_path):
-    ds = "2026-11-21"
-    stage_images(sample_dir, tmp_path, ds, 2)
-    dr = run_dag(dag, ds, conf_for(tmp_path, weights=str(tmp_path / "no-such.weights.h5")))
-    states = task_states(dr)
+def test_invalid_param_is_refused_before_any_job_starts(refused_night):
+    # The run (shared with test_alerts, which checks the alert it posted) is in conftest.refused_night.
+    dr, states, root, _ = refused_night
     assert str(dr.state) == "failed"
     assert states["plan"] == "failed"
     assert states["extract_embeddings"] in ("upstream_failed", "None")
-    assert not (tmp_path / "out").exists()
+    assert not (root / "out").exists()
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """Airflow's real components on loopback: api-server, scheduler and dag-processor.
 
 One night triggered through the REST API v2 (on both databases), then, on
-SQLite, a backfill of the two nights before it and a reprocessing backfill of
-one of them with a late image, all run by the scheduler.
+SQLite, one backfill over the night before it (new) and that night again
+(reprocessed, a late image having arrived), all run by the scheduler.
 
 Runs twice: on a PostgreSQL server the test starts itself from Debian's
 binaries (initdb into a temporary folder, loopback port), and on SQLite.
@@ -330,37 +330,35 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
     assert refused.value.code == 404
 
     if metadata_db is not None:
-        return  # the backfill part below runs once, on SQLite (available everywhere): ~2.5 min
-    # Backfill the two nights before, as `airflow backfill create` does (same REST endpoint).
-    nights = [(logical - timedelta(days=n)) for n in (2, 1)]
-    before = {
-        n.strftime("%Y-%m-%d"): sorted(stage(sample_dir, tmp_path, n.strftime("%Y-%m-%d"), i, 3))
-        for i, n in enumerate(nights)
+        return  # the backfill part below runs once, on SQLite (available everywhere)
+    # One backfill over the night before and this night, as `airflow backfill create
+    # --reprocess-behavior completed` does (same REST endpoint), run by the scheduler one run at a
+    # time: the night before is new; this night already succeeded and a late image has arrived since,
+    # so the backfill clears its run and runs it again, which replaces its partition whole.
+    night_before = logical - timedelta(days=1)
+    before = night_before.strftime("%Y-%m-%d")
+    expected = {
+        before: sorted(stage(sample_dir, tmp_path, before, 0, 3)),
+        ds: sorted(staged + stage(sample_dir, tmp_path, ds, 6, 1)),
     }
-
-    def backfill(start: datetime, end: datetime, reprocess: str) -> list[dict]:
-        created = af.api(
-            "POST",
-            "/api/v2/backfills",
-            {"dag_id": DAG_ID, "from_date": start.isoformat(), "to_date": end.isoformat(), "dag_run_conf": conf}
-            | {"max_active_runs": 1, "reprocess_behavior": reprocess},
-        )
-        af.wait_until(
-            "the backfill", lambda: af.api("GET", f"/api/v2/backfills/{created['id']}")["completed_at"], 480, 3
-        )
-        runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?run_type=backfill&limit=50")["dag_runs"]
-        return sorted(runs, key=lambda r: r["logical_date"])
-
-    runs = backfill(nights[0], nights[1], "none")
-    assert [(r["logical_date"][:10], r["state"]) for r in runs] == [(ds, "success") for ds in before]
-    for night, uris in before.items():
-        assert embedded_uris(out, night) == uris
-    # A late image for the second night; reprocessing that night replaces its partition whole.
-    late_night = nights[1].strftime("%Y-%m-%d")
-    before[late_night] = sorted(before[late_night] + stage(sample_dir, tmp_path, late_night, 6, 1))
-    runs = backfill(nights[1], nights[1], "completed")
-    assert {r["logical_date"][:10]: r["state"] for r in runs} == dict.fromkeys(before, "success")
-    for night, uris in before.items():
+    created = af.api(
+        "POST",
+        "/api/v2/backfills",
+        {"dag_id": DAG_ID, "from_date": night_before.isoformat(), "to_date": logical.isoformat()}
+        | {"dag_run_conf": conf, "max_active_runs": 1, "reprocess_behavior": "completed"},
+    )
+    af.wait_until("the backfill", lambda: af.api("GET", f"/api/v2/backfills/{created['id']}")["completed_at"], 480, 3)
+    runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=50")["dag_runs"]
+    assert {r["logical_date"][:10]: (r["state"], r["run_type"]) for r in runs} == dict.fromkeys(
+        expected, ("success", "backfill")
+    ), runs
+    assert [r["dag_run_id"] for r in runs if r["logical_date"][:10] == ds] == [run_id]  # cleared and re-run
+    for night, uris in expected.items():
         assert embedded_uris(out, night) == uris  # one copy of every row, the late image included
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert (manifest["inputs"], manifest["embedded"], manifest["failed"]) == (8, 7, 1)
+    # The UI lists the newest published run of each night: the re-run for this one.
     latest = af.api("GET", "/image-embeddings/api/latest")
-    assert [r["ds"] for r in latest] == [ds, *reversed(before)]
+    assert [r["ds"] for r in latest] == [ds, before]
+    assert latest[0]["embeddings"]["embedded"] == 7
+    assert latest[0]["event_id"] > event
