@@ -259,3 +259,24 @@ def test_map_labels_name_the_method_span_and_run():
     umap = map_labels("umap", "r1", 7, summary, {"fit_rows": 20_000}, 1234, None)
     assert (umap.x_label, umap.y_label) == ("UMAP 1", "UMAP 2")
     assert umap.footer == "run r1 · seed 7 · fit on 20,000 sampled rows"
+
+
+def test_map_samples_share_one_hash_and_match_a_plain_sample_whatever_the_split():
+    from beam_jobs.reduce_dim.fit import SampleFn
+    from beam_jobs.reduce_dim.outputs import MapSamplesFn
+
+    blocks = projected_blocks(500, 37)
+    fn = MapSamplesFn(trust_size=20, map_size=120, seed=3)
+    accs = [fn.create_accumulator() for _ in range(3)]
+    for k, block in enumerate(blocks):
+        accs[k % 3] = fn.add_input(accs[k % 3], block)
+    trust, points = fn.extract_output(fn.merge_accumulators(accs))
+    plain = SampleFn(120, 3, ("xy",))
+    ref = plain.extract_output(
+        plain.merge_accumulators([plain.add_input(plain.create_accumulator(), b) for b in reversed(blocks)])
+    )
+    assert len(points) == 120  # lazily trimmed while adding, exactly the capacity at the end
+    assert list(points.columns["image_uri"]) == list(ref.columns["image_uri"])
+    assert list(trust.columns["image_uri"]) == list(points.columns["image_uri"][:20])
+    assert trust.columns["x"].shape == (20, 5)
+    assert "x" not in points.columns

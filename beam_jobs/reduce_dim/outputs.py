@@ -33,7 +33,7 @@ from beam_jobs.reduce_dim.fit import SampleFn
 from beam_jobs.reduce_dim.inputs import InputSummary
 from beam_jobs.reduce_dim.maps import MapLabels, render_png
 from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, DroppedRows, Projected, projection_schema
-from beam_jobs.reduce_dim.reduction import Sample, trustworthiness
+from beam_jobs.reduce_dim.reduction import Sample, row_priority, trustworthiness
 from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, Thumbnails, gather_thumbnails
 from beam_jobs.runtime import AccountingError
 
@@ -113,6 +113,46 @@ class CoordsFn(beam.CombineFn):
         return xy, groups
 
 
+class MapSamplesFn(beam.CombineFn):
+    """Two seeded samples from one hash of each URI: (trust sample with embeddings, map sample without).
+
+    The same seed orders both alike, so the trust sample is the map sample's first rows. The map
+    sample (up to 200k+ rows) trims lazily (``Sample.slack``).
+    """
+
+    def __init__(self, trust_size: int, map_size: int, seed: int):
+        self._trust = SampleFn(trust_size, seed, ("x", "xy"))
+        self._map_size = map_size
+        self._seed = seed
+
+    def create_accumulator(self) -> tuple[Sample, Sample]:
+        return self._trust.create_accumulator(), Sample(self._map_size, slack=2.0)
+
+    def add_input(self, acc: tuple[Sample, Sample], item: Projected) -> tuple[Sample, Sample]:
+        trust, points = acc
+        rows = len(item.uris)
+        if rows == 0:
+            return acc
+        priority = row_priority(item.uris, self._seed)
+        uris = np.asarray(item.uris, dtype=object)
+        ds = np.full(rows, item.ds or NO_PARTITION, dtype=object)
+        if trust.capacity:
+            trust.add(priority, image_uri=uris, ds=ds, x=item.x, xy=item.xy)
+        if points.capacity:
+            points.add(priority, image_uri=uris, ds=ds, xy=item.xy)
+        return trust, points
+
+    def merge_accumulators(self, accs) -> tuple[Sample, Sample]:
+        trust, points = self.create_accumulator()
+        for a, b in accs:
+            trust = trust.merge(a)
+            points = points.merge(b)
+        return trust, points
+
+    def extract_output(self, acc: tuple[Sample, Sample]) -> tuple[Sample, Sample]:
+        return acc[0].sorted(), acc[1].sorted()
+
+
 def sample_thumbnails(sample: Sample, maps: MapParams) -> Thumbnails:
     """Thumbnails for the explorer's points, in sample order (``thumbnails.gather_thumbnails``)."""
     if not maps.thumbnails or not len(sample):
@@ -149,11 +189,11 @@ class WriteOutputs(beam.PTransform):
         )
         rows = projected | "RowCount" >> beam.Map(lambda b: len(b.uris)) | "SumRows" >> beam.CombineGlobally(sum)
         coords = projected | "AllCoordinates" >> beam.CombineGlobally(CoordsFn())
-        # The same seed orders both samples alike: the trust sample is the explorer sample's first rows.
-        sample = projected | "TrustSample" >> beam.CombineGlobally(
-            SampleFn(maps.trust_sample_size, maps.seed, ("x", "xy"))
+        samples = projected | "MapSamples" >> beam.CombineGlobally(
+            MapSamplesFn(maps.trust_sample_size, maps.html_points, maps.seed)
         )
-        points = projected | "MapSample" >> beam.CombineGlobally(SampleFn(maps.html_points, maps.seed, ("xy",)))
+        sample = samples | "TrustSample" >> beam.Map(lambda both: both[0])
+        points = samples | "MapSample" >> beam.Map(lambda both: both[1])
         thumbs = points | "Thumbnails" >> beam.Map(sample_thumbnails, maps)
         return {
             "rows": beam.pvalue.AsSingleton(rows),
