@@ -13,7 +13,8 @@ for every run (the one mismatch seen so far was on a freshly written folder);
 loss was seen, in this process and without the model: the local listing, the Distinct
 shuffle and the decode step (our DoFn, or with ``--stages plain`` a Map that tags every
 URI as failed, to tell our code from Beam's), on FnApiRunner multi_threading with two
-workers, counting what comes out of each. A run is ~1-2 s instead of ~11 s, so hundreds fit.
+workers (``--running_mode in_memory`` to compare), counting what comes out of each. A run of
+20,000 files takes ~10 s without the model; the losses seen so far came in runs slowed by contention.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _record(count: int, path: str) -> None:
         handle.write(str(count))
 
 
-def run_stages(folder: str, decode: str) -> dict[str, int]:
+def run_stages(folder: str, decode: str, mode: str = "multi_threading") -> dict[str, int]:
     """listing -> Distinct -> decode (ours or a plain Map), counted at each step, in this process."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -61,9 +62,7 @@ def run_stages(folder: str, decode: str) -> dict[str, int]:
     from beam_jobs.extract_embeddings.inputs import ReadImageURIs
 
     counts_dir = tempfile.mkdtemp(prefix="counts-")
-    options = PipelineOptions(
-        ["--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"]
-    )
+    options = PipelineOptions(["--runner=FnApiRunner", f"--direct_running_mode={mode}", "--direct_num_workers=2"])
     with beam.Pipeline(options=options) as p:
         read = p | ReadImageURIs(os.path.join(folder, "*"))
         if decode == "ours":
@@ -108,7 +107,7 @@ def main_stages(args) -> int:
                 folder = os.path.join(work, f"images-{run}")
                 write_files(folder, args.files)
             start = time.perf_counter()
-            counts = run_stages(folder, args.stages)
+            counts = run_stages(folder, args.stages, args.running_mode)
             seconds.append(time.perf_counter() - start)
             want = {"listed": args.files, "inputs": args.files, "decoded": 0, "failed": args.files}
             exact = counts == want
@@ -119,7 +118,8 @@ def main_stages(args) -> int:
             proc.terminate()
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"{args.runs} stage runs ({args.stages} decode) of {args.files} files (fresh folders: {args.fresh}, "
+        f"{args.runs} stage runs ({args.stages} decode, {args.running_mode}) of {args.files} files "
+        f"(fresh folders: {args.fresh}, "
         f"busy processes: {args.busy}): {mismatches} mismatches; median {sorted(seconds)[len(seconds) // 2]:.1f}s"
     )
     return 1 if mismatches else 0
@@ -133,6 +133,9 @@ def main() -> int:
     parser.add_argument("--busy", type=int, default=0)
     parser.add_argument("--job_args", default="", help="extra flags for the job, space separated")
     parser.add_argument("--stages", choices=["ours", "plain"], help="only listing, Distinct and decode, in process")
+    parser.add_argument(
+        "--running_mode", default="multi_threading", choices=["multi_threading", "in_memory"], help="with --stages"
+    )
     args = parser.parse_args()
     print(f"CPU: {cpu_flags()}", flush=True)
     if args.stages:
