@@ -41,12 +41,14 @@ Owner: ml-platform. Runbook: README.md, "Operating the DAG".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, TriggerRule, task
 
+from beam_jobs.config import ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
@@ -81,6 +83,8 @@ PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpre
 DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
+# The reduce job's own defaults for the map params (declared once, in beam_jobs.config).
+REDUCE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReduceConfig)}
 MAPS = Asset(name=MAPS_ASSET, uri="image-embeddings://maps", group="image_embeddings")
 
 default_args = {
@@ -169,6 +173,27 @@ with DAG(
             uniqueItems=True,
             title="Reduction methods",
             description="One reduce_dim task runs per selected method.",
+        ),
+        "map_points": Param(
+            REDUCE_DEFAULTS["html_points"],
+            type="integer",
+            minimum=0,
+            maximum=1_000_000,
+            description="Points drawn in the map.html explorer: every row up to this many, else a seeded sample.",
+        ),
+        "thumbnail_budget_mb": Param(
+            REDUCE_DEFAULTS["thumbnail_budget_mb"],
+            type="number",
+            minimum=0,
+            maximum=200,
+            description="MB of inline thumbnails in map.html (the file grows by about this much).",
+        ),
+        "mosaic_grid": Param(
+            REDUCE_DEFAULTS["mosaic_grid"],
+            type="integer",
+            minimum=0,
+            maximum=64,
+            description="map_mosaic.png: grid cells per side (0: no mosaic).",
         ),
         "runner": Param(DEFAULT_RUNNER, type="string", enum=list(RUNNERS), description="Beam runner for both jobs."),
         "batch_size": Param(
@@ -321,6 +346,9 @@ with DAG(
                 "input": planned["embeddings_dir"],
                 "output": planned[projections_key(method)],
                 "method": method,
+                "html_points": "{{ params.map_points }}",
+                "thumbnail_budget_mb": "{{ params.thumbnail_budget_mb }}",
+                "mosaic_grid": "{{ params.mosaic_grid }}",
                 "run_id": "{{ run_id }}",
             },
             dataflow_config=dataflow_config,

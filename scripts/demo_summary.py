@@ -31,6 +31,8 @@ def main(output_root: str, ds: str) -> int:
     for method, projection in record["projections"].items():
         print(f"  {method:<5} map:   {projection['map_png']}")
         print(f"  {method:<5} html:  {projection['map_html']}")
+        if projection.get("map_mosaic"):
+            print(f"  {method:<5} mosaic: {projection['map_mosaic']}")
         print(f"  {method:<5} rows:  {projection['dir']}/{PROJECTION_FILES} ({projection['rows']} rows)")
     print(f"  run record:  {record_path}")
     return 0

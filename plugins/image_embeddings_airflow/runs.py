@@ -20,6 +20,7 @@ from beam_jobs.contract import (
     ENGINE_TF,
     FAILURE_FILES,
     MAP_HTML,
+    MAP_MOSAIC,
     MAP_PNG,
     PRECISION_AUTO,
     PRECISION_BF16,
@@ -261,6 +262,8 @@ def _projection_entry(folder: str, manifest: ReduceManifest) -> ProjectionEntry:
         "map_png": join(folder, MAP_PNG),
         "map_html": join(folder, MAP_HTML),
     }
+    if manifest.get("mosaic_images"):
+        entry["map_mosaic"] = join(folder, MAP_MOSAIC)
     if "explained_variance_ratio" in manifest:
         entry["explained_variance_ratio"] = manifest["explained_variance_ratio"]
     if manifest.get("trustworthiness") is not None:
