@@ -93,6 +93,14 @@ def finish_extraction(
             f"listing mismatch: the input matched {local_matches} entries before the run "
             f"but only {counts['listed']} reached the pipeline"
         )
+    if local_matches is not None and inputs != local_matches:
+        # A glob lists each file once, so every listed URI must come out of the de-duplication: fewer
+        # means URIs were lost in Beam's shuffle (seen on the multi-threaded FnApiRunner under load),
+        # which would otherwise pass as "duplicate_inputs".
+        raise AccountingError(
+            f"de-duplication mismatch: the input matched {local_matches} files but {inputs} distinct URIs "
+            f"came out of the shuffle ({counts['listed']} listed)"
+        )
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
     return {
