@@ -93,13 +93,14 @@ def finish_extraction(
             f"listing mismatch: the input matched {local_matches} entries before the run "
             f"but only {counts['listed']} reached the pipeline"
         )
-    if local_matches is not None and inputs != local_matches:
+    if local_matches is not None and inputs != counts["listed"]:
         # A glob lists each file once, so every listed URI must come out of the de-duplication: fewer
         # means URIs were lost in Beam's shuffle (seen on the multi-threaded FnApiRunner under load),
-        # which would otherwise pass as "duplicate_inputs".
+        # which would otherwise pass as "duplicate_inputs". (Files that landed after the up-front count
+        # are listed and distinct too: they pass.)
         raise AccountingError(
-            f"de-duplication mismatch: the input matched {local_matches} files but {inputs} distinct URIs "
-            f"came out of the shuffle ({counts['listed']} listed)"
+            f"de-duplication mismatch: a glob lists each file once, but {counts['listed']} were listed "
+            f"and {inputs} distinct URIs came out of the shuffle"
         )
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
