@@ -134,7 +134,15 @@ class EngineModel:
         return self._call(pixels)
 
     def _first_batch(self, pixels: np.ndarray) -> np.ndarray:
-        reference, self._reference = self._reference, None
+        # Called under the lock; ``_reference`` is cleared only once the decision is made, so a
+        # second thread waits for it instead of running unchecked batches beside it.
+        reference = self._reference
+        try:
+            return self._decide(pixels, reference)
+        finally:
+            self._reference = None
+
+    def _decide(self, pixels: np.ndarray, reference: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         got = self._call(pixels)
         expected = reference(pixels)
         cosine = min_cosine(got, expected)
