@@ -186,6 +186,47 @@ def test_an_engine_that_passes_the_probe_but_not_real_photos_is_caught_on_the_fi
     assert good.info["first_batch_min_cosine"] >= GUARD_MIN_COSINE
 
 
+def test_no_thread_gets_unchecked_vectors_while_the_first_batch_is_being_checked(tiny_fn, monkeypatch):
+    """RunInference shares one model between a process's threads: the others wait for the check."""
+    import threading
+
+    real = engines.LOADERS[ENGINE_OPENVINO]
+    probe_size = len(engines.probe_batch(TINY.input_size))
+    started = threading.Event()
+
+    def slow_and_wrong(embed_fn, spec, choice):
+        loaded = real(embed_fn, spec, choice)
+
+        def call(px):
+            if len(px) == probe_size:
+                return loaded(px)
+            started.set()
+            threading.Event().wait(0.3)  # a long first batch: the other thread arrives meanwhile
+            return -loaded(px)
+
+        return EngineModel(call, loaded.info)
+
+    monkeypatch.setitem(engines.LOADERS, ENGINE_OPENVINO, slow_and_wrong)
+    model = load_engine(tiny_fn, TINY, EngineChoice())
+    pixels = photos((32, 32), 3)
+    expected = tiny_fn(pixels).numpy()
+    results = {}
+
+    def embed(name):
+        if name == "second":
+            started.wait(5)
+        results[name] = model(pixels)
+
+    threads = [threading.Thread(target=embed, args=(name,)) for name in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for name in ("first", "second"):
+        np.testing.assert_allclose(results[name], expected, err_msg=name)
+    assert model.info["engine"] == ENGINE_TF
+
+
 def test_auto_survives_an_engine_that_cannot_load(tiny_fn, monkeypatch):
     def broken(embed_fn, spec, choice):
         raise RuntimeError("converter bug")
