@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 # Runs the command as a child of a fresh interpreter, so RUSAGE_CHILDREN's peak RSS is the command's own.
 RSS_WRAPPER = (
@@ -28,17 +27,9 @@ def run_measured(cmd: list[str], cwd: str) -> tuple[float, float, str]:
 
 def cpu_flags() -> str:
     """The CPU a figure was measured on: model, cores and the vector/matrix extensions that decide speed."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    lines = text.splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
-    return f"{model}; {os.cpu_count()} cores; flags: " + (
-        " ".join(f for f in wanted if f in flags) or "none of AVX2/AVX-512/AMX"
-    )
+    from beam_jobs.extract_embeddings.engines import cpu_features, cpu_model
+
+    return f"{cpu_model()}; {os.cpu_count()} cores; flags: " + (" ".join(cpu_features()) or "none of AVX2/AVX-512/AMX")
 
 
 def extraction_command(input_glob: str, output: str, run_id: str, *extra: str) -> list[str]:

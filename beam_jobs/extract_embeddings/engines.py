@@ -76,6 +76,7 @@ def cpu_features() -> list[str]:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (for benchmark headers), "unknown" where /proc is absent."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
