@@ -157,11 +157,11 @@ def test_rows_of_different_length_inside_one_file_are_refused(tmp_path):
         _ = p | ReadEmbeddings([path], "m", dim=16, block_rows=8)
 
 
-@pytest.mark.slow  # scikit-learn's full SVD of 3000 x 2048 as the reference
+@pytest.mark.slow  # scikit-learn's covariance_eigh PCA: seconds, not a full SVD's minute at 3000 x 2048
 def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
     root, x, _, _ = clustered
     summary = inspect_inputs([root + "/ds=*"])
-    ref = PCA(n_components=2, svd_solver="full").fit(x.astype(np.float64))
+    ref = PCA(n_components=2, svd_solver="covariance_eigh").fit(x.astype(np.float64))
 
     def check(models):
         (model,) = models
