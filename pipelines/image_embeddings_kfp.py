@@ -36,7 +36,7 @@ from beam_jobs.contract import (
 )
 
 PIPELINE_NAME = "image-embeddings-nightly"
-WORKER_IMAGE = os.environ.get("IMAGE_EMBEDDINGS_WORKER_IMAGE", "image-embeddings-worker:latest")
+WORKER_IMAGE = os.environ.get("IMAGE_EMBEDDINGS_WORKER_IMAGE") or "image-embeddings-worker:latest"
 OUTPUT = os.path.join("build", "image_embeddings_pipeline.yaml")
 # The DAG's default_args: 2 retries, 2 minutes doubling up to 30 (tests/test_kfp.py compares them).
 RETRIES, BACKOFF, BACKOFF_FACTOR, BACKOFF_MAX = 2, "120s", 2.0, "1800s"
