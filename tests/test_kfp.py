@@ -8,6 +8,7 @@ and a ``dag.test()`` night on the same images, outputs compared.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -421,3 +422,131 @@ def test_dates_fill_the_input_as_the_dags_jinja_does():
     # An unresolved placeholder (kfp.local, a one-off run) is skipped; the next timestamp decides.
     assert run_date("", "{{$.pipeline_job_schedule_time_utc}}", "2026-11-21T23:30:00-02:00") == "2026-11-22"
     assert run_date(None, "") == time.strftime("%Y-%m-%d", time.gmtime())
+
+
+# --------------------------------------------------------------------------- a whole night, both orchestrators
+
+# The cheapest honest night: a few sample photos and one broken file, seeded random weights, the registry's
+# smallest model on TensorFlow (no engine choice or conversion to pay for), the same params on both sides.
+NIGHT_PARAMS = {"weights": "random", "model": "mobilenet_v3_large", "engine": "tf", "max_failure_rate": 0.5}
+
+
+def _rows(folder: str, prefix: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in sorted(glob.glob(os.path.join(folder, f"{prefix}-*.parquet"))):
+        rows += pq.read_table(path).to_pylist()
+    return sorted(rows, key=lambda row: row["image_uri"])
+
+
+@pytest.fixture(scope="module")
+def nights(dag, airflow_db, sample_dir, tmp_path_factory):
+    """The same images through the Airflow DAG (dag.test(), PCA) and the Kubeflow pipeline (kfp.local, no
+    Docker, PCA and UMAP), into two output roots. Returns (root, images, dag run, seconds per orchestrator)."""
+    from kfp import local
+    from kfp.local.orchestrator import dag_orchestrator, enhanced_dag_orchestrator
+
+    from pipelines.image_embeddings_kfp import nightly_pipeline
+    from tests.airflow_support import conf_for, run_dag, stage_images
+
+    root = tmp_path_factory.mktemp("two-orchestrators")
+    images = stage_images(sample_dir, root, DS, count=4, broken=True)  # UMAP needs 4 rows
+    seconds = {}
+    started = time.monotonic()
+    dr = run_dag(dag, DS, conf_for(root, output_root=str(root / "airflow"), methods=["pca"], **NIGHT_PARAMS))
+    seconds["airflow"] = time.monotonic() - started
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp-root"))
+    pipeline = nightly_pipeline(run_times=False)  # kfp.local cannot resolve the run-time placeholders
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        # kfp.local has two schedulers and picks the simple one when the root DAG has no loop of its own;
+        # only the other runs the loop inside the reduce-methods sub-pipeline (real KFP runs both kinds).
+        mp.setattr(dag_orchestrator, "run_dag", enhanced_dag_orchestrator.run_enhanced_dag)
+        pipeline(
+            input=str(root / "images" / "ds={{ ds }}" / "*"),
+            output_root=str(root / "kfp"),
+            methods=["pca", "umap"],
+            ds=DS,
+            **NIGHT_PARAMS,
+        )
+    seconds["kfp"] = time.monotonic() - started
+    print(f"seconds per orchestrator: {seconds}")
+    return root, images, dr, seconds
+
+
+@pytest.mark.slow
+def test_local_kfp_night_gives_the_dags_outputs(nights):
+    import numpy as np
+
+    root, images, dr, _ = nights
+    assert str(dr.state) == "success"
+    airflow, kfp_out = root / "airflow", root / "kfp"
+    emb = {name: out / "embeddings" / f"ds={DS}" for name, out in (("airflow", airflow), ("kfp", kfp_out))}
+
+    rows = {name: _rows(str(folder), "embeddings") for name, folder in emb.items()}
+    assert [r["image_uri"] for r in rows["kfp"]] == [r["image_uri"] for r in rows["airflow"]] == images
+    for a, k in zip(rows["airflow"], rows["kfp"], strict=True):
+        for column in ("model_id", "content_sha256", "width", "height"):
+            assert k[column] == a[column], column
+        assert np.array_equal(np.asarray(k["embedding"]), np.asarray(a["embedding"])), a["image_uri"]
+    assert {r["run_id"] for r in rows["airflow"]} == {dr.run_id}
+    assert {r["run_id"] for r in rows["kfp"]} != {dr.run_id}  # each orchestrator's own run id
+
+    manifests = {name: json.loads((folder / "manifest.json").read_text()) for name, folder in emb.items()}
+    for key in ("inputs", "embedded", "failed", "failures_by_reason", "model_id", "embedding_dim"):
+        assert manifests["kfp"][key] == manifests["airflow"][key], key
+    assert (manifests["kfp"]["inputs"], manifests["kfp"]["failed"]) == (len(images) + 1, 1)
+
+    pca = {
+        name: _rows(str(out / "projections" / "method=pca" / f"ds={DS}"), "projection")
+        for name, out in (("airflow", airflow), ("kfp", kfp_out))
+    }
+    assert [r["image_uri"] for r in pca["kfp"]] == images
+    for a, k in zip(pca["airflow"], pca["kfp"], strict=True):
+        assert (k["x"], k["y"]) == pytest.approx((a["x"], a["y"]), abs=1e-5)
+    umap = _rows(str(kfp_out / "projections" / "method=umap" / f"ds={DS}"), "projection")
+    assert [r["image_uri"] for r in umap] == images
+
+    records = {
+        name: json.loads((out / "runs" / f"ds={DS}" / "run.json").read_text())
+        for name, out in (("airflow", airflow), ("kfp", kfp_out))
+    }
+    kfp_record, dag_record = records["kfp"], records["airflow"]
+    assert set(kfp_record) == set(dag_record)
+    assert kfp_record["ds"] == dag_record["ds"] == DS
+    assert kfp_record["model_id"] == dag_record["model_id"]
+    for key in ("inputs", "embedded", "failed", "engines"):
+        assert kfp_record["embeddings"][key] == dag_record["embeddings"][key], key
+    assert set(kfp_record["projections"]) == {"pca", "umap"}
+    assert kfp_record["projections"]["pca"]["rows"] == dag_record["projections"]["pca"]["rows"] == len(images)
+    assert kfp_record["projections"]["pca"]["explained_variance_ratio"] == pytest.approx(
+        dag_record["projections"]["pca"]["explained_variance_ratio"]
+    )
+    assert kfp_record["projections"]["umap"]["map_html"] == str(
+        kfp_out / "projections" / "method=umap" / f"ds={DS}" / "map.html"
+    )
+
+
+@pytest.mark.slow
+def test_local_kfp_night_leaves_its_maps_and_figures_as_artifacts(nights):
+    root, images, _, _ = nights
+    kfp_root = root / "kfp-root"
+    for method in ("pca", "umap"):
+        partition = root / "kfp" / "projections" / f"method={method}" / f"ds={DS}"
+        html = [
+            p
+            for p in kfp_root.glob("**/reduce-dim/map_html")
+            if p.read_bytes() == (partition / "map.html").read_bytes()
+        ]
+        assert len(html) == 1, method
+        summary = (html[0].parent / "map_summary").read_text()
+        assert summary.startswith(f"### {method} map, ds={DS}")
+        assert f"| rows | {len(images)} |" in summary
+        assert "](data:image/png;base64," in summary
+    executor_outputs = [json.loads(p.read_text()) for p in kfp_root.glob("**/validate-extraction/executor_output.json")]
+    (validate,) = executor_outputs
+    metrics = validate["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["inputs"] == len(images) + 1
+    assert metrics["failed"] == 1
