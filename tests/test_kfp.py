@@ -424,6 +424,98 @@ def test_dates_fill_the_input_as_the_dags_jinja_does():
     assert run_date(None, "") == time.strftime("%Y-%m-%d", time.gmtime())
 
 
+# ----------------------------------------------------------------- submitting: one date, a backfill, a schedule
+
+
+class SignatureCheckedClient:
+    """Stands in for a KFP server: each call is bound to the real ``kfp.Client`` method's signature, then recorded."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    def __getattr__(self, name: str):
+        import inspect
+        from types import SimpleNamespace
+
+        real = inspect.signature(getattr(kfp.Client, name))
+
+        def call(*args, **kwargs):
+            bound = real.bind(self, *args, **kwargs)
+            self.calls.append((name, {k: v for k, v in bound.arguments.items() if k != "self"}))
+            return SimpleNamespace(run_id=f"run-{len(self.calls)}", experiment_id="exp-1")
+
+        return call
+
+
+def test_backfill_submits_one_run_per_date_with_its_date(tmp_path):
+    from pipelines.submit import dates, parse_params, submit_dates
+
+    params = parse_params(
+        ["input=gs://b/images/ds={{ ds }}/*", "output_root=gs://b/out", 'methods=["pca"]', "batch_size=64"]
+    )
+    assert params == {
+        "input": "gs://b/images/ds={{ ds }}/*",
+        "output_root": "gs://b/out",
+        "methods": ["pca"],
+        "batch_size": 64,
+    }
+    days = dates("2026-11-29", "2026-12-02")
+    assert days == ["2026-11-29", "2026-11-30", "2026-12-01", "2026-12-02"]
+    client = SignatureCheckedClient()
+    submit_dates(client, "pipeline.yaml", params, days, "image-embeddings-nightly")
+    assert [call["arguments"]["ds"] for _, call in client.calls] == days
+    assert {name for name, _ in client.calls} == {"create_run_from_pipeline_package"}
+    assert all(call["enable_caching"] is False for _, call in client.calls)
+    assert client.calls[0][1]["run_name"] == "image-embeddings-nightly-2026-11-29"
+    with pytest.raises(ValueError, match="before --from-date"):
+        dates("2026-11-30", "2026-11-01")
+    with pytest.raises(ValueError, match="smaller ranges"):
+        dates("2025-01-01", "2026-12-31")
+
+
+def test_schedule_is_one_recurring_run_without_catch_up():
+    from pipelines.submit import kfp_cron, schedule
+
+    client = SignatureCheckedClient()
+    schedule(client, "pipeline.yaml", {"input": "x"}, "0 3 * * *", "image-embeddings-nightly")
+    (_, experiment), (name, recurring) = client.calls
+    assert experiment == {"name": "image-embeddings-nightly"}
+    assert name == "create_recurring_run"
+    assert recurring["cron_expression"] == "0 0 3 * * *"  # KFP's cron has seconds first
+    assert (recurring["max_concurrency"], recurring["no_catchup"], recurring["enable_caching"]) == (1, True, False)
+    assert recurring["params"] == {"input": "x", "ds": ""}  # each run takes its scheduled date
+    with pytest.raises(ValueError, match="5 fields"):
+        kfp_cron("daily")
+
+
+@pytest.mark.slow  # importing google.cloud.aiplatform takes ~15 s here
+def test_vertex_jobs_take_the_same_arguments():
+    import inspect
+
+    from google.cloud import aiplatform
+
+    from pipelines.submit import vertex_jobs
+
+    class Recording:
+        def PipelineJob(self, **kwargs):
+            inspect.signature(aiplatform.PipelineJob).bind(**kwargs)
+            return kwargs
+
+    jobs = vertex_jobs(Recording(), "pipeline.yaml", {"input": "x"}, ["2026-11-20", ""], "gs://b/root")
+    assert [job["parameter_values"]["ds"] for job in jobs] == ["2026-11-20", ""]
+    assert {job["enable_caching"] for job in jobs} == {False}
+    assert "cron" in inspect.signature(aiplatform.PipelineJob.create_schedule).parameters
+
+
+def test_submit_refuses_a_half_range_before_contacting_anything(capsys):
+    from pipelines.submit import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--host", "http://127.0.0.1:9", "--from-date", "2026-11-01"])
+    assert exited.value.code == 2
+    assert "--from-date needs --to-date" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- a whole night, both orchestrators
 
 # The cheapest honest night: a few sample photos and one broken file, seeded random weights, the registry's
