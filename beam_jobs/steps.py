@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from beam_jobs.nightly import (
 )
 
 LOG = logging.getLogger(__name__)
+# How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).
+POKE_SECONDS = 300.0
 # Figures of the extraction manifest shown as the step's metrics (numbers only: KFP Metrics are scalars).
 EXTRACT_FIGURES = ("inputs", "embedded", "failed", "failure_rate", "images_per_second", "seconds")
 
@@ -76,6 +79,42 @@ def plan_step(params: dict[str, Any], ds: str, run_id: str, *timestamps: str) ->
         LOG.warning("input %r does not contain the run's date: every date reads the same files", plan["input"])
     LOG.info("plan for ds=%s: %s", day, plan)
     return plan
+
+
+class InputMissing(RuntimeError):
+    """The night's input glob matched nothing within the wait."""
+
+
+def count_matching(pattern: str) -> int:
+    """Files ``pattern`` matches, through Beam's FileSystems: what the extraction job will list."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        (result,) = FileSystems.match([pattern])
+    except Exception:  # noqa: BLE001 - a missing folder or bucket prefix matches nothing
+        return 0
+    return len(result.metadata_list)
+
+
+def wait_for_input(
+    plan: Plan, wait_minutes: float, poke_s: float = POKE_SECONDS, sleep: Callable[[float], None] = time.sleep
+) -> int:
+    """The DAG's wait_for_input sensor: until the plan's input matches a file; after ``wait_minutes`` (0: at once)
+    fail saying which glob was empty. Returns how many files matched."""
+    pattern = plan["input"]
+    deadline = time.monotonic() + max(float(wait_minutes), 0.0) * 60
+    while True:
+        found = count_matching(pattern)
+        LOG.info("%d file(s) match %s", found, pattern)
+        if found:
+            return found
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise InputMissing(
+                f"no input: {pattern!r} matched no file after waiting {float(wait_minutes):g} minute(s). "
+                "Have the night's images landed?"
+            )
+        sleep(min(poke_s, left))
 
 
 def _job(job: str, options: dict[str, Any], plan: Plan, step: str, resources_path: str | None) -> dict[str, Any]:

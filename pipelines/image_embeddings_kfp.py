@@ -3,7 +3,7 @@
 The same night as the Airflow DAG ``dags/image_embeddings.py``, with the same params:
 
 ```
-plan -> extract-embeddings -> validate-extraction -> for each method: reduce -> publish
+plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each method: reduce -> publish
 ```
 
 Wiring only, like the DAG file: every step calls ``beam_jobs.steps`` (the
@@ -80,6 +80,14 @@ def plan(
     return namedtuple("Plan", ["plan", "methods"])(
         {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["methods"]
     )
+
+
+@component
+def wait_for_input(plan: dict, wait_minutes: int) -> int:
+    """Until the night's images are there (the DAG's sensor); 0 minutes: fail at once when they are not."""
+    from beam_jobs.steps import wait_for_input as wait
+
+    return wait(plan, wait_minutes)
 
 
 @component
@@ -188,6 +196,7 @@ def nightly_pipeline(run_times: bool = True):
         runner: str = DEFAULT_RUNNER,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_failure_rate: float = 0.1,
+        input_wait_minutes: int = 360,
         map_points: int = REDUCE_DEFAULTS["html_points"],
         thumbnail_budget_mb: float = REDUCE_DEFAULTS["thumbnail_budget_mb"],
         mosaic_grid: int = REDUCE_DEFAULTS["mosaic_grid"],
@@ -226,7 +235,8 @@ def nightly_pipeline(run_times: bool = True):
             retries=0,
         )
         the_plan = planned.outputs["plan"]
-        extract = _retry(extract_embeddings(plan=the_plan))
+        waited = _retry(wait_for_input(plan=the_plan, wait_minutes=input_wait_minutes), retries=0)
+        extract = _retry(extract_embeddings(plan=the_plan).after(waited))
         validated = _retry(validate_extraction(plan=the_plan).after(extract), retries=0)
         reduced = reduce_methods(
             plan=the_plan,

@@ -75,7 +75,8 @@ def test_tasks_and_dependencies(compiled):
     deps = {name: set(task.get("dependentTasks", [])) for name, task in root.items()}
     assert deps == {
         "plan": set(),
-        "extract-embeddings": {"plan"},
+        "wait-for-input": {"plan"},
+        "extract-embeddings": {"plan", "wait-for-input"},
         "validate-extraction": {"plan", "extract-embeddings"},
         "reduce-methods": {"plan", "validate-extraction"},
         "publish": {"plan", "extract-embeddings", "validate-extraction", "reduce-methods"},
@@ -123,12 +124,16 @@ def test_retry_policy_matches_the_dag_and_nothing_is_cached(compiled, dag):
     for name in JOB_TASKS:
         assert tasks[name]["retryPolicy"] == expected, name
     # Decisions on parameters and data fail once, as in the DAG.
-    for name, airflow_task in (("plan", "plan"), ("validate-extraction", "validate_extraction")):
+    for name, airflow_task in (
+        ("plan", "plan"),
+        ("wait-for-input", "wait_for_input"),
+        ("validate-extraction", "validate_extraction"),
+    ):
         assert dag.get_task(airflow_task).retries == 0
         assert "retryPolicy" not in tasks[name]
     assert tasks["publish"]["retryPolicy"]["maxRetryCount"] == dag.get_task("publish").retries == 1
     # A nightly run must run its jobs, never reuse an earlier run's cached result.
-    for name in ("plan", "extract-embeddings", "validate-extraction", "reduce-dim", "publish"):
+    for name in ("plan", "wait-for-input", "extract-embeddings", "validate-extraction", "reduce-dim", "publish"):
         assert tasks[name]["cachingOptions"] == {}, name
 
 
@@ -136,12 +141,11 @@ def test_params_are_the_dags(compiled, dag):
     from beam_jobs.contract import DEFAULT_BATCH_SIZE, METHODS
 
     params = compiled["root"]["inputDefinitions"]["parameters"]
-    airflow_only = {"input_wait_minutes"}  # the DAG's sensor; here the job refuses an empty glob at once
     kfp_only = {"ds", "staging_location", "setup_file"}  # the DAG takes these from its logical date / Variables
-    assert set(params) == (set(dag.params) - airflow_only) | kfp_only
+    assert set(params) == set(dag.params) | kfp_only
     assert params["methods"]["defaultValue"] == list(METHODS) == dag.params["methods"]
     assert params["batch_size"]["defaultValue"] == DEFAULT_BATCH_SIZE == dag.params["batch_size"]
-    for name in ("model", "engine", "precision", "runner", "max_failure_rate", "mosaic_grid"):
+    for name in ("model", "engine", "precision", "runner", "max_failure_rate", "mosaic_grid", "input_wait_minutes"):
         assert params[name]["defaultValue"] == dag.params[name], name
     assert params["map_points"]["defaultValue"] == dag.params["map_points"]
     assert params["thumbnail_budget_mb"]["defaultValue"] == dag.params["thumbnail_budget_mb"]
@@ -155,7 +159,7 @@ def test_every_step_runs_in_the_worker_image(compiled):
     from pipelines.image_embeddings_kfp import WORKER_IMAGE
 
     executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 5
+    assert len(executors) == 6
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == WORKER_IMAGE, name
@@ -178,7 +182,7 @@ def test_the_image_is_chosen_when_compiling(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert text.count(f"image: {image}") == 5
+    assert text.count(f"image: {image}") == 6
     assert "image-embeddings-worker:latest" not in text
 
 
@@ -413,6 +417,26 @@ def test_plan_step_refuses_bad_params_before_any_work(tmp_path):
         plan_step(good, "20-11-2026", "run-1")
 
 
+def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp_path):
+    from beam_jobs.steps import InputMissing, wait_for_input
+
+    folder = tmp_path / f"ds={DS}"
+    plan = {"input": str(folder / "*")}
+    with pytest.raises(InputMissing, match=r"no input: '.*ds=2026-11-20/\*' matched no file after waiting 0 minute"):
+        wait_for_input(plan, 0)
+    naps: list[float] = []
+
+    def land_images(seconds: float) -> None:  # the images arrive while the step sleeps
+        naps.append(seconds)
+        folder.mkdir(exist_ok=True)
+        (folder / f"img_{len(naps)}.jpg").write_bytes(b"x")
+
+    assert wait_for_input(plan, 10, poke_s=300, sleep=land_images) == 1
+    assert naps == [300]
+    with pytest.raises(InputMissing, match=r"after waiting 0\.001 minute"):
+        wait_for_input({"input": str(tmp_path / "never" / "*")}, 0.001, poke_s=0.01)
+
+
 def test_dates_fill_the_input_as_the_dags_jinja_does():
     from beam_jobs.nightly import fill_date, run_date
 
@@ -520,7 +544,13 @@ def test_submit_refuses_a_half_range_before_contacting_anything(capsys):
 
 # The cheapest honest night: a few sample photos and one broken file, seeded random weights, the registry's
 # smallest model on TensorFlow (no engine choice or conversion to pay for), the same params on both sides.
-NIGHT_PARAMS = {"weights": "random", "model": "mobilenet_v3_large", "engine": "tf", "max_failure_rate": 0.5}
+NIGHT_PARAMS = {
+    "weights": "random",
+    "model": "mobilenet_v3_large",
+    "engine": "tf",
+    "max_failure_rate": 0.5,
+    "input_wait_minutes": 0,
+}
 
 
 def _rows(folder: str, prefix: str) -> list[dict]:
