@@ -61,6 +61,11 @@ bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, 
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_reduce.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_map.py
 
+.PHONY: kfp
+WORKER_IMAGE ?= image-embeddings-worker:latest
+kfp: $(STAMP) ## compile the Kubeflow pipeline to build/image_embeddings_pipeline.yaml (WORKER_IMAGE=registry/path:tag)
+	IMAGE_EMBEDDINGS_WORKER_IMAGE=$(WORKER_IMAGE) $(PY) -m pipelines.image_embeddings_kfp --output build/image_embeddings_pipeline.yaml
+
 lock: ## re-resolve requirements.in into the pinned requirements.txt
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
 	.lockenv/bin/pip install -q -r requirements.in $(PIP_QUIET)

@@ -13,8 +13,9 @@ WORKDIR /opt/image-embeddings
 COPY requirements.txt pyproject.toml setup.py README.md ./
 COPY beam_jobs ./beam_jobs
 # Only the package's own dependencies (not Airflow, which the lock also pins), each at the lock's
-# version: the constraint file makes pip take the very versions the launcher resolved.
-RUN pip install --no-cache-dir --constraint requirements.txt . \
+# version: the constraint file makes pip take the very versions the launcher resolved. The [kfp]
+# extra lets the same image run the Kubeflow pipeline's steps (pipelines/image_embeddings_kfp.py).
+RUN pip install --no-cache-dir --constraint requirements.txt .[kfp] \
     && pip check
 
 # Workers never report OpenVINO usage (the jobs also decline it at run time when no choice exists).

@@ -1,308 +1,49 @@
 """The nightly run's decisions as plain functions: plan, validate the extraction, build the record.
 
-Kept free of Airflow objects so tests call them directly; the DAG's tasks are
-thin wrappers that pass in params, the run's date and the manifests read.
-Layout, vocabulary and record shapes come from ``beam_jobs.contract`` (standard
-library only, so importing it keeps DAG parsing light).
+The functions live in ``beam_jobs.nightly`` (standard library only), which the
+Kubeflow pipeline's steps import too, so both orchestrators make the same
+decisions; this module re-exports them under their old names and adds the
+Airflow-only names. The DAG's tasks are thin wrappers that pass in params, the
+run's date and the manifests read.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-from typing import Any, TypedDict
-
-from beam_jobs.contract import (
-    DATAFLOW_RUNNER,
-    DATAFLOW_WORKER_OPTIONS,
-    ENGINE_AUTO,
-    ENGINE_TF,
-    FAILURE_FILES,
-    MAP_HTML,
-    MAP_MOSAIC,
-    MAP_PNG,
-    PRECISION_AUTO,
-    PRECISION_BF16,
-    WEIGHTS_IMAGENET,
-    WEIGHTS_RANDOM,
-    ExtractionSummary,
-    ExtractManifest,
-    ProjectionEntry,
-    ReduceManifest,
-    RunRecord,
-    embeddings_dir,
-    projections_dir,
+from beam_jobs.nightly import (
+    DATAFLOW_SETTINGS,
+    IMAGE_REFERENCE,
+    KEYWORD_WEIGHTS,
+    SETUP_FILE_ENV,
+    ExtractionRejected,
+    Plan,
+    PlanError,
+    build_plan,
+    check_extraction,
+    default_setup_file,
+    projections_key,
+    run_record,
 )
-from image_embeddings_airflow.paths import is_gcs, join
+
+__all__ = [
+    "DAG_ID",
+    "DATAFLOW_SETTINGS",
+    "IMAGE_REFERENCE",
+    "KEYWORD_WEIGHTS",
+    "MAPS_ASSET",
+    "PUBLISH_TASK",
+    "SETUP_FILE_ENV",
+    "ExtractionRejected",
+    "Plan",
+    "PlanError",
+    "build_plan",
+    "check_extraction",
+    "default_setup_file",
+    "projections_key",
+    "run_record",
+]
 
 # Airflow-only names (the jobs never see them).
 DAG_ID = "image_embeddings"
 # The Asset the publish task emits one event on per published run (the maps page reads them).
 MAPS_ASSET = "image_embeddings_maps"
 PUBLISH_TASK = "publish"
-# Where Dataflow workers install the jobs from (Beam's --setup_file), when no param or Variable says.
-SETUP_FILE_ENV = "IMAGE_EMBEDDINGS_SETUP_FILE"
-DATAFLOW_SETTINGS = ("project", "region", "temp_location", "staging_location", "setup_file", "sdk_container_image")
-# A container image reference (registry/path[:tag][@digest]); anything else would reach the launcher's argv.
-IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
-
-
-class PlanError(ValueError):
-    """Run parameters that cannot work; the run fails at once, before any job starts, without retries."""
-
-
-class Plan(TypedDict):
-    """What the ``plan`` task returns; each key is also its own XCom (``multiple_outputs``).
-
-    Args:
-        input: the glob the sensor and the extraction job read (a folder became ``<folder>/*``).
-        projections: method -> its projections partition; ``projections_dir_<method>`` repeats
-            each one as a top-level key, so a reduce task can take it as an XComArg.
-        dataflow: Beam options for DataflowRunner (project, region, temp/staging, the worker image or
-            setup_file, and the worker set-up in ``DATAFLOW_WORKER_OPTIONS``); None otherwise.
-        engine, precision: the extraction job's ``--engine`` and ``--precision``.
-        input_varies_by_date: False when every date would read the same files (logged as a warning).
-    """
-
-    ds: str
-    run_id: str
-    input: str
-    output_root: str
-    embeddings_dir: str
-    projections: dict[str, str]
-    methods: list[str]
-    runner: str
-    model: str
-    weights: str
-    engine: str
-    precision: str
-    batch_size: int
-    max_failure_rate: float
-    dataflow: dict[str, Any] | None
-    input_varies_by_date: bool
-
-
-def projections_key(method: str) -> str:
-    """The plan's top-level key holding ``method``'s projections partition."""
-    return f"projections_dir_{method}"
-
-
-def default_setup_file() -> str:
-    """The project's setup.py on this machine, for Dataflow workers to install the jobs from.
-
-    ``IMAGE_EMBEDDINGS_SETUP_FILE`` when set (the Docker image sets it); else the
-    setup.py beside the ``beam_jobs`` package when it is imported from a checkout
-    (an editable install). A regular install puts ``beam_jobs`` in site-packages,
-    where no setup.py exists: PlanError then says how to configure it.
-    """
-    configured = os.environ.get(SETUP_FILE_ENV)
-    if configured:
-        if not os.path.isfile(configured):
-            raise PlanError(f"{SETUP_FILE_ENV}={configured!r}: no such file (the project's setup.py)")
-        return configured
-    # find_spec locates the package without importing it (and so without importing Beam).
-    spec = importlib.util.find_spec("beam_jobs")
-    package_dirs = list(spec.submodule_search_locations or []) if spec else []
-    for package_dir in package_dirs:
-        beside = os.path.join(os.path.dirname(package_dir), "setup.py")
-        if os.path.isfile(beside):
-            return beside
-    raise PlanError(
-        f"DataflowRunner needs setup_file, the project's setup.py that Dataflow workers install the jobs from: "
-        f"beam_jobs is installed at {package_dirs or 'an unknown place'} with no setup.py beside it. "
-        f"Set the environment variable {SETUP_FILE_ENV} on the Airflow workers or the Airflow Variable "
-        "'image_embeddings_setup_file' to its path"
-    )
-
-
-KEYWORD_WEIGHTS = (WEIGHTS_IMAGENET, WEIGHTS_RANDOM)
-
-
-def _problems_with_weights(weights: str, runner: str) -> list[str]:
-    if weights in KEYWORD_WEIGHTS:
-        return []
-    if runner == DATAFLOW_RUNNER and not is_gcs(weights):
-        return [f"weights {weights!r}: Dataflow workers need a gs:// path to the weights file"]
-    if not is_gcs(weights) and not os.path.isfile(weights):
-        return [f"weights file {weights!r} does not exist"]
-    return []
-
-
-def _problems_with_dataflow(settings: dict[str, Any], paths: dict[str, str]) -> list[str]:
-    problems = [
-        f"DataflowRunner needs {name}: set the '{name}' param or the Airflow Variable 'image_embeddings_{name}'"
-        for name in ("project", "region", "temp_location")
-        if not settings.get(name)
-    ]
-    image = settings.get("sdk_container_image")
-    if image and not IMAGE_REFERENCE.match(str(image)):
-        problems.append(
-            f"sdk_container_image {image!r} is not a container image reference "
-            "(e.g. europe-west4-docker.pkg.dev/acme-ml/images/embeddings-worker:2026-12-01)"
-        )
-    for name, value in {**paths, "temp_location": settings.get("temp_location")}.items():
-        if value and not is_gcs(str(value)):
-            problems.append(
-                f"{name} {value!r} must be a gs:// path with DataflowRunner (workers cannot see local files)"
-            )
-    return problems
-
-
-def build_plan(
-    params: dict[str, Any], ds: str, run_id: str, rendered_input: str, dataflow: dict[str, Any] | None = None
-) -> Plan:
-    """Check what the params' schemas cannot (fields together, files) and resolve every path of the run.
-
-    ``params`` have passed the DAG's Param schemas (Airflow validates a run's
-    conf when the run is created), so methods, runner, model, batch size and
-    failure rate are known to be in range here. ``rendered_input`` is
-    ``params["input"]`` with the run's date filled in. ``dataflow`` holds
-    project, region, temp_location, staging_location and setup_file (from params
-    or Airflow Variables); it is only used with DataflowRunner.
-    """
-    problems: list[str] = []
-    methods, runner, weights = list(params["methods"]), params["runner"], str(params["weights"])
-    output_root = str(params["output_root"]).rstrip("/")
-    if not output_root:
-        problems.append("output_root is required")
-    if not rendered_input.strip():
-        problems.append("input is required (a glob of the night's images)")
-    elif "{{" in rendered_input or "{%" in rendered_input:
-        problems.append(f"input {rendered_input!r} still holds template syntax after rendering")
-    problems += _problems_with_weights(weights, runner)
-    if params.get("engine") == ENGINE_TF and params.get("precision") == PRECISION_BF16:
-        problems.append("precision bf16 needs engine openvino or auto (engine tf runs f32)")
-
-    dataflow_options: dict[str, str] | None = None
-    if runner == DATAFLOW_RUNNER:
-        settings = dict(dataflow or {})
-        problems += _problems_with_dataflow(settings, {"input": rendered_input, "output_root": output_root})
-        # The worker image already holds the jobs; a setup_file too would reinstall them on every worker.
-        if not settings.get("setup_file") and not settings.get("sdk_container_image"):
-            try:
-                settings["setup_file"] = default_setup_file()
-            except PlanError as exc:
-                problems.append(str(exc))
-        settings["staging_location"] = settings.get("staging_location") or settings.get("temp_location")
-        dataflow_options = {
-            **DATAFLOW_WORKER_OPTIONS,
-            **{name: settings[name] for name in DATAFLOW_SETTINGS if settings.get(name)},
-        }
-    if problems:
-        raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
-
-    if not is_gcs(output_root):
-        output_root = os.path.abspath(output_root)
-    input_glob = rendered_input if is_gcs(rendered_input) else os.path.abspath(rendered_input)
-    if rendered_input.endswith("/"):
-        # A folder or gs:// prefix means the files directly in it, for the sensor and the job alike.
-        input_glob = input_glob.rstrip("/") + "/*"
-    projections = {method: projections_dir(output_root, method, ds) for method in methods}
-    plan: Plan = {
-        "ds": ds,
-        "run_id": run_id,
-        "input": input_glob,
-        "output_root": output_root,
-        "embeddings_dir": embeddings_dir(output_root, ds),
-        "projections": projections,
-        "methods": methods,
-        "runner": runner,
-        "model": params["model"],
-        "weights": weights if weights in KEYWORD_WEIGHTS or is_gcs(weights) else os.path.abspath(weights),
-        "engine": params.get("engine", ENGINE_AUTO),
-        "precision": params.get("precision", PRECISION_AUTO),
-        "batch_size": params["batch_size"],
-        "max_failure_rate": float(params["max_failure_rate"]),
-        "dataflow": dataflow_options,
-        "input_varies_by_date": ds in rendered_input or ds.replace("-", "") in rendered_input,
-    }
-    # One top-level key per method's partition: the reduce tasks take them as XComArgs.
-    return {**plan, **{projections_key(method): folder for method, folder in projections.items()}}
-
-
-class ExtractionRejected(ValueError):
-    """The extraction ran but its result must not be published."""
-
-
-def check_extraction(manifest: ExtractManifest, max_failure_rate: float, where: str) -> ExtractionSummary:
-    """The extraction manifest's figures, or ExtractionRejected saying what is wrong."""
-    inputs, embedded, failed = manifest["inputs"], manifest["embedded"], manifest["failed"]
-    rate = failed / inputs if inputs else 0.0
-    summary: ExtractionSummary = {
-        "inputs": inputs,
-        "embedded": embedded,
-        "failed": failed,
-        "failure_rate": round(rate, 4),
-        "failures_by_reason": manifest.get("failures_by_reason", {}),
-        "images_per_second": manifest.get("images_per_second"),
-        "seconds": manifest.get("seconds"),
-        "model_id": manifest.get("model_id"),
-        "engines": manifest.get("engines", []),
-        "embeddings_dir": where,
-    }
-    if embedded == 0:
-        raise ExtractionRejected(
-            f"nothing was embedded: {inputs} input(s), {failed} failed {summary['failures_by_reason']}; "
-            f"see {join(where, FAILURE_FILES)}"
-        )
-    if rate > max_failure_rate:
-        raise ExtractionRejected(
-            f"{failed} of {inputs} inputs failed ({rate:.1%}), over max_failure_rate {max_failure_rate:.1%}: "
-            f"{summary['failures_by_reason']}; see {join(where, FAILURE_FILES)}"
-        )
-    return summary
-
-
-def _projection_entry(folder: str, manifest: ReduceManifest) -> ProjectionEntry:
-    entry: ProjectionEntry = {
-        "dir": folder,
-        "rows": manifest.get("rows"),
-        "seconds": manifest.get("seconds"),
-        "map_png": join(folder, MAP_PNG),
-        "map_html": join(folder, MAP_HTML),
-    }
-    if manifest.get("mosaic_images"):
-        entry["map_mosaic"] = join(folder, MAP_MOSAIC)
-    if "explained_variance_ratio" in manifest:
-        entry["explained_variance_ratio"] = manifest["explained_variance_ratio"]
-    if manifest.get("trustworthiness") is not None:
-        entry["trustworthiness"] = manifest["trustworthiness"]
-    return entry
-
-
-def run_record(
-    plan: Plan,
-    extraction: ExtractionSummary,
-    projections: dict[str, ReduceManifest],
-    jobs: dict[str, dict[str, Any] | None] | None = None,
-) -> RunRecord:
-    """What a published run says about itself: counts, throughput and where the maps are.
-
-    ``projections`` maps each method run to its manifest; ``jobs`` maps Beam
-    task ids to their ``*_done`` results, and the Dataflow ones (those with a
-    job id) are recorded with their job metrics.
-    """
-    dataflow_jobs = {task: job for task, job in (jobs or {}).items() if job and job.get("job_id")}
-    record: RunRecord = {
-        "ds": plan["ds"],
-        "run_id": plan["run_id"],
-        "runner": plan["runner"],
-        "input": plan["input"],
-        "model_id": extraction["model_id"],
-        "embeddings": {
-            "dir": plan["embeddings_dir"],
-            "inputs": extraction["inputs"],
-            "embedded": extraction["embedded"],
-            "failed": extraction["failed"],
-            "images_per_second": extraction["images_per_second"],
-            "seconds": extraction["seconds"],
-            "engines": [f"{e['engine']} {e['precision']}" for e in extraction.get("engines", [])],
-        },
-        "projections": {
-            method: _projection_entry(plan["projections"][method], manifest) for method, manifest in projections.items()
-        },
-    }
-    if dataflow_jobs:
-        record["dataflow_jobs"] = dataflow_jobs
-    return record

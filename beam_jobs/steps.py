@@ -1,0 +1,205 @@
+"""The nightly pipeline's steps for orchestrators that run them as Python in the worker image (Kubeflow).
+
+Each function is one step of ``pipelines/image_embeddings_kfp.py``, whose
+components only pass values in and name the files their outputs go to. The
+decisions are the ones the Airflow DAG makes, from ``beam_jobs.nightly``; the
+jobs are launched as the DAG launches them (``beam_jobs.launch``). Outputs go
+where the DAG writes them (``<output_root>/embeddings/ds=...`` and so on); the
+orchestrator's artifacts point at them and carry the manifests' figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from beam_jobs.contract import JOB_EXTRACT, JOB_REDUCE, MANIFEST, MAP_HTML, MAP_PNG, run_record_path
+from beam_jobs.launch import extract_options, gcp_resources, job_command, reduce_options, run_step
+from beam_jobs.nightly import (
+    DATAFLOW_SETTINGS,
+    Plan,
+    PlanError,
+    build_plan,
+    check_extraction,
+    fill_date,
+    join,
+    param_problems,
+    run_date,
+    run_record,
+)
+
+LOG = logging.getLogger(__name__)
+# How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).
+POKE_SECONDS = 300.0
+# Figures of the extraction manifest shown as the step's metrics (numbers only: KFP Metrics are scalars).
+EXTRACT_FIGURES = ("inputs", "embedded", "failed", "failure_rate", "images_per_second", "seconds")
+
+
+def from_struct(value: Any) -> Any:
+    """``value`` as it was before it crossed the orchestrator as a protobuf Struct, whose numbers are all
+    doubles: whole numbers become ints again (``--batch_size=32``, not ``32.0``)."""
+    if isinstance(value, dict):
+        return {key: from_struct(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_struct(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read()
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    from beam_jobs.storage import read_json
+
+    return read_json(path)
+
+
+def plan_step(params: dict[str, Any], ds: str, run_id: str, *timestamps: str) -> Plan:
+    """The run's plan from its params: the DAG's Param schema checks, then ``build_plan`` (the DAG's plan task).
+
+    ``ds`` wins when given; else the run's date comes from ``timestamps`` (scheduled, then created time).
+    Raises PlanError listing every problem before any job starts.
+    """
+    problems = param_problems(params)
+    if problems:
+        raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
+    day = run_date(ds, *timestamps)
+    dataflow = {name: params.get(name) or None for name in DATAFLOW_SETTINGS}
+    plan = build_plan(params, day, run_id, fill_date(str(params["input"]), day), dataflow)
+    if not plan["input_varies_by_date"]:
+        LOG.warning("input %r does not contain the run's date: every date reads the same files", plan["input"])
+    LOG.info("plan for ds=%s: %s", day, plan)
+    return plan
+
+
+class InputMissing(RuntimeError):
+    """The night's input glob matched nothing within the wait."""
+
+
+def count_matching(pattern: str) -> int:
+    """Files ``pattern`` matches, through Beam's FileSystems: what the extraction job will list."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        (result,) = FileSystems.match([pattern])
+    except Exception:  # noqa: BLE001 - a missing folder or bucket prefix matches nothing
+        return 0
+    return len(result.metadata_list)
+
+
+def wait_for_input(
+    plan: Plan, wait_minutes: float, poke_s: float = POKE_SECONDS, sleep: Callable[[float], None] = time.sleep
+) -> int:
+    """The DAG's wait_for_input sensor: until the plan's input matches a file; after ``wait_minutes`` (0: at once)
+    fail saying which glob was empty. Returns how many files matched."""
+    pattern = plan["input"]
+    deadline = time.monotonic() + max(float(wait_minutes), 0.0) * 60
+    while True:
+        found = count_matching(pattern)
+        LOG.info("%d file(s) match %s", found, pattern)
+        if found:
+            return found
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise InputMissing(
+                f"no input: {pattern!r} matched no file after waiting {float(wait_minutes):g} minute(s). "
+                "Have the night's images landed?"
+            )
+        sleep(min(poke_s, left))
+
+
+def _job(job: str, options: dict[str, Any], plan: Plan, step: str, resources_path: str | None) -> dict[str, Any]:
+    def record(job_id: str) -> None:
+        # Written as soon as the job exists, so the job is linked while the step waits.
+        settings = plan["dataflow"] or {}
+        if resources_path:
+            with open(resources_path, "w", encoding="utf-8") as handle:
+                handle.write(gcp_resources(settings["project"], settings["region"], job_id))
+
+    if resources_path:
+        with open(resources_path, "w", encoding="utf-8") as handle:
+            handle.write("{}")
+    return run_step(job_command(job, options, plan, step), plan, on_job_id=record)
+
+
+def extract_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
+    """Run the extraction job for the plan; on Dataflow until its job ends. Returns its Dataflow job, if any."""
+    plan = from_struct(plan)
+    return _job(JOB_EXTRACT, extract_options(plan), plan, "extract-embeddings", resources_path)
+
+
+def validate_step(plan: Plan, log_metric: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """The DAG's validate task: the manifest through ``check_extraction``; figures to ``log_metric`` first."""
+    plan = from_struct(plan)
+    manifest = _read_json(join(plan["embeddings_dir"], MANIFEST))
+    inputs = manifest.get("inputs") or 0
+    figures = {**manifest, "failure_rate": (manifest.get("failed", 0) / inputs) if inputs else 0.0}
+    for name in EXTRACT_FIGURES:
+        if log_metric and isinstance(figures.get(name), int | float):
+            log_metric(name, figures[name])
+    return check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
+
+
+def reduce_step(
+    plan: Plan,
+    method: str,
+    html_points: int,
+    thumbnail_budget_mb: float,
+    mosaic_grid: int,
+    resources_path: str | None = None,
+) -> dict[str, Any]:
+    """Run the reduce job for one method of the plan. Returns its Dataflow job, if any."""
+    plan = from_struct(plan)
+    options = reduce_options(plan, method, html_points, thumbnail_budget_mb, mosaic_grid)
+    return _job(JOB_REDUCE, options, plan, f"reduce-{method}", resources_path)
+
+
+def projection_report(
+    plan: Plan, method: str, html_path: str | None, markdown_path: str | None, log_metric: Callable | None = None
+) -> dict[str, Any]:
+    """The method's manifest; its figures to ``log_metric``, map.html copied to ``html_path`` and a Markdown
+    summary with map.png inline to ``markdown_path`` (what the orchestrator's UI shows)."""
+    plan = from_struct(plan)
+    folder = plan["projections"][method]
+    manifest = _read_json(join(folder, MANIFEST))
+    figures = {"rows": manifest.get("rows"), "seconds": manifest.get("seconds")}
+    figures["trustworthiness"] = manifest.get("trustworthiness")
+    for axis, ratio in enumerate(manifest.get("explained_variance_ratio") or []):
+        figures[f"explained_variance_ratio_{axis + 1}"] = ratio
+    for name, value in figures.items():
+        if log_metric and isinstance(value, int | float):
+            log_metric(name, value)
+    if html_path:
+        with open(html_path, "wb") as handle:
+            handle.write(_read_bytes(join(folder, MAP_HTML)))
+    if markdown_path:
+        png = base64.b64encode(_read_bytes(join(folder, MAP_PNG))).decode("ascii")
+        rows = "\n".join(f"| {name} | {value} |" for name, value in figures.items() if value is not None)
+        text = (
+            f"### {method} map, ds={plan['ds']}\n\n| figure | value |\n|---|---|\n{rows}\n\n"
+            f"Outputs: `{folder}`\n\n![{method} map](data:image/png;base64,{png})\n"
+        )
+        with open(markdown_path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return manifest
+
+
+def publish_step(plan: Plan, extraction: dict[str, Any], jobs: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The DAG's publish task: ``run_record`` from the manifests, written to ``runs/ds=.../run.json``."""
+    from beam_jobs.storage import write_json
+
+    plan, extraction, jobs = from_struct(plan), from_struct(extraction), from_struct(jobs)
+    projections = {method: _read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
+    record = run_record(plan, extraction, projections, jobs)
+    write_json(run_record_path(plan["output_root"], plan["ds"]), record)
+    LOG.info("published ds=%s: %s", plan["ds"], record)
+    return record

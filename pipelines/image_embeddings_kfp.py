@@ -1,0 +1,273 @@
+"""The nightly image-embeddings pipeline on Kubeflow Pipelines (KFP v2; Vertex AI Pipelines runs it too).
+
+The same night as the Airflow DAG ``dags/image_embeddings.py``, with the same params:
+
+```
+plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each method: reduce -> publish
+```
+
+Wiring only, like the DAG file: every step calls ``beam_jobs.steps`` (the
+DAG's decisions from ``beam_jobs.nightly``; the jobs launched as
+``python -m beam_jobs.<job>`` by ``beam_jobs.launch``) inside the worker image
+built from ``worker.Dockerfile``, the image Dataflow workers run.
+
+Compile with ``make kfp`` (``build/image_embeddings_pipeline.yaml``); the
+README's "Running on Kubeflow Pipelines / Vertex AI" shows how to upload,
+schedule and backfill it. The components' image is ``IMAGE_EMBEDDINGS_WORKER_IMAGE``
+at compile time.
+"""
+
+# No `from __future__ import annotations`: KFP reads the components' annotations as types.
+import argparse
+import os
+from typing import NamedTuple
+
+from kfp import compiler, dsl
+from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output, OutputPath
+
+from beam_jobs.config import ReduceConfig
+from beam_jobs.contract import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ENGINE,
+    DEFAULT_MODEL,
+    DEFAULT_RUNNER,
+    METHODS,
+    PRECISION_AUTO,
+)
+
+PIPELINE_NAME = "image-embeddings-nightly"
+WORKER_IMAGE = os.environ.get("IMAGE_EMBEDDINGS_WORKER_IMAGE") or "image-embeddings-worker:latest"
+OUTPUT = os.path.join("build", "image_embeddings_pipeline.yaml")
+# The DAG's default_args: 2 retries, 2 minutes doubling up to 30 (tests/test_kfp.py compares them).
+RETRIES, BACKOFF, BACKOFF_FACTOR, BACKOFF_MAX = 2, "120s", 2.0, "1800s"
+REDUCE_DEFAULTS = {name: getattr(ReduceConfig, name) for name in ("html_points", "thumbnail_budget_mb", "mosaic_grid")}
+
+# The worker image has kfp installed (the [kfp] extra): no pip install when a step starts.
+component = dsl.component(base_image=WORKER_IMAGE, install_kfp_package=False)
+
+
+@component
+def plan(
+    input: str,
+    output_root: str,
+    model: str,
+    weights: str,
+    engine: str,
+    precision: str,
+    methods: list,
+    runner: str,
+    batch_size: int,
+    max_failure_rate: float,
+    project: str,
+    region: str,
+    temp_location: str,
+    staging_location: str,
+    sdk_container_image: str,
+    setup_file: str,
+    ds: str,
+    run_id: str,
+    scheduled_time: str,
+    created_time: str,
+) -> NamedTuple("Plan", plan=dict, methods=list):
+    """Check the params together and resolve the run's paths (the DAG's plan task); fails at once."""
+    from collections import namedtuple
+
+    from beam_jobs.steps import plan_step
+
+    params = {k: v for k, v in locals().items() if k not in ("ds", "run_id", "scheduled_time", "created_time")}
+    resolved = plan_step(params, ds, run_id, scheduled_time, created_time)
+    # KFP structs hold no nulls: no Dataflow settings travel as {}.
+    return namedtuple("Plan", ["plan", "methods"])(
+        {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["methods"]
+    )
+
+
+@component
+def wait_for_input(plan: dict, wait_minutes: int) -> int:
+    """Until the night's images are there (the DAG's sensor); 0 minutes: fail at once when they are not."""
+    from beam_jobs.steps import wait_for_input as wait
+
+    return wait(plan, wait_minutes)
+
+
+@component
+def extract_embeddings(plan: dict, embeddings: Output[Dataset], gcp_resources: OutputPath(str)) -> dict:
+    """python -m beam_jobs.extract_embeddings; on Dataflow until the job ends (cancelled if this step is)."""
+    from beam_jobs.steps import extract_step
+
+    job = extract_step(plan, gcp_resources)
+    embeddings.uri = plan["embeddings_dir"]
+    embeddings.metadata.update({"ds": plan["ds"], "model": plan["model"], **job})
+    return job
+
+
+@component
+def validate_extraction(plan: dict, metrics: Output[Metrics]) -> dict:
+    """The manifest's figures as metrics, then check_extraction: too many failures fail the run."""
+    from beam_jobs.steps import validate_step
+
+    return dict(validate_step(plan, metrics.log_metric))
+
+
+@component
+def reduce_dim(
+    plan: dict,
+    method: str,
+    map_points: int,
+    thumbnail_budget_mb: float,
+    mosaic_grid: int,
+    projections: Output[Dataset],
+    metrics: Output[Metrics],
+    map_html: Output[HTML],
+    map_summary: Output[Markdown],
+    gcp_resources: OutputPath(str),
+) -> dict:
+    """python -m beam_jobs.reduce_dim --method <method>; the map as HTML, the figures as metrics."""
+    from beam_jobs.steps import projection_report, reduce_step
+
+    job = reduce_step(plan, method, map_points, thumbnail_budget_mb, mosaic_grid, gcp_resources)
+    projection_report(plan, method, map_html.path, map_summary.path, metrics.log_metric)
+    projections.uri = plan["projections"][method]
+    projections.metadata.update({"ds": plan["ds"], "method": method, **job})
+    return {"task": f"reduce_{method}", **job}
+
+
+@component
+def publish(plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list) -> dict:
+    """The run record (counts, throughput, where the maps are) to <output_root>/runs/ds=<ds>/run.json."""
+    from beam_jobs.steps import publish_step
+
+    jobs = {"extract_embeddings": extract_job, **{job.pop("task"): job for job in reduce_jobs}}
+    return publish_step(plan, extraction, jobs)
+
+
+def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
+    # Nightly runs must run again, never come from KFP's cache of an earlier run with the same params.
+    task.set_caching_options(False)
+    if retries:
+        task.set_retry(
+            num_retries=retries,
+            backoff_duration=BACKOFF,
+            backoff_factor=BACKOFF_FACTOR,
+            backoff_max_duration=BACKOFF_MAX,
+        )
+    return task
+
+
+@dsl.pipeline(name="reduce-methods", description="One reduce_dim step per selected method, in parallel")
+def reduce_methods(
+    plan: dict, methods: list, map_points: int, thumbnail_budget_mb: float, mosaic_grid: int
+) -> list[dict]:
+    # A pipeline of its own so the step after it (publish) depends on one task: kfp.local runs loops
+    # only after every plain task of the same DAG.
+    with dsl.ParallelFor(methods, name="methods") as method:
+        reduce = _retry(
+            reduce_dim(
+                plan=plan,
+                method=method,
+                map_points=map_points,
+                thumbnail_budget_mb=thumbnail_budget_mb,
+                mosaic_grid=mosaic_grid,
+            )
+        )
+    return dsl.Collected(reduce.outputs["Output"])
+
+
+def nightly_pipeline(run_times: bool = True):
+    """The pipeline. ``run_times=False`` leaves out the run's scheduled and creation times, which
+    ``kfp.local`` cannot resolve: local runs then name their date with ``ds``."""
+    times = (
+        (dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER)
+        if run_times
+        else ("", "")
+    )
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME, description="Embed the night's images, reduce to 2D (PCA, UMAP), publish the maps"
+    )
+    def image_embeddings(
+        input: str,
+        output_root: str,
+        weights: str = "imagenet",
+        model: str = DEFAULT_MODEL,
+        engine: str = DEFAULT_ENGINE,
+        precision: str = PRECISION_AUTO,
+        methods: list = list(METHODS),  # noqa: B006 - a KFP default value, never mutated
+        runner: str = DEFAULT_RUNNER,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        max_failure_rate: float = 0.1,
+        input_wait_minutes: int = 360,
+        map_points: int = REDUCE_DEFAULTS["html_points"],
+        thumbnail_budget_mb: float = REDUCE_DEFAULTS["thumbnail_budget_mb"],
+        mosaic_grid: int = REDUCE_DEFAULTS["mosaic_grid"],
+        project: str = "",
+        region: str = "",
+        temp_location: str = "",
+        staging_location: str = "",
+        sdk_container_image: str = WORKER_IMAGE,
+        setup_file: str = "",
+        ds: str = "",
+    ):
+        """``input`` may hold ``{{ ds }}`` (the run's date); ``ds`` empty: the recurring run's scheduled date."""
+        planned = _retry(
+            plan(
+                input=input,
+                output_root=output_root,
+                model=model,
+                weights=weights,
+                engine=engine,
+                precision=precision,
+                methods=methods,
+                runner=runner,
+                batch_size=batch_size,
+                max_failure_rate=max_failure_rate,
+                project=project,
+                region=region,
+                temp_location=temp_location,
+                staging_location=staging_location,
+                sdk_container_image=sdk_container_image,
+                setup_file=setup_file,
+                ds=ds,
+                run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                scheduled_time=times[0],
+                created_time=times[1],
+            ),
+            retries=0,
+        )
+        the_plan = planned.outputs["plan"]
+        waited = _retry(wait_for_input(plan=the_plan, wait_minutes=input_wait_minutes), retries=0)
+        extract = _retry(extract_embeddings(plan=the_plan).after(waited))
+        validated = _retry(validate_extraction(plan=the_plan).after(extract), retries=0)
+        reduced = reduce_methods(
+            plan=the_plan,
+            methods=planned.outputs["methods"],
+            map_points=map_points,
+            thumbnail_budget_mb=thumbnail_budget_mb,
+            mosaic_grid=mosaic_grid,
+        ).after(validated)
+        _retry(
+            publish(
+                plan=the_plan,
+                extraction=validated.outputs["Output"],
+                extract_job=extract.outputs["Output"],
+                reduce_jobs=reduced.output,
+            ),
+            retries=1,
+        )
+
+    return image_embeddings
+
+
+image_embeddings = nightly_pipeline()
+
+
+def compile_pipeline(path: str = OUTPUT) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    compiler.Compiler().compile(image_embeddings, package_path=path)
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Compile the nightly pipeline to KFP v2 YAML.")
+    parser.add_argument("--output", default=OUTPUT)
+    print(compile_pipeline(parser.parse_args().output))
