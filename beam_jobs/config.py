@@ -343,3 +343,54 @@ def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]
 
 def parse_reduce_args(argv: list[str] | None) -> tuple[ReduceConfig, list[str]]:
     return ReduceConfig.parse(argv)
+
+
+# --------------------------------------------------------------------------- build_index
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig(JobConfig):
+    PROG: ClassVar[str] = "python -m beam_jobs.build_index"
+    DESCRIPTION: ClassVar[str] = (
+        "Build the night's nearest-neighbour index (faiss) over a window of embeddings partitions, "
+        "with the near-duplicate and exact-duplicate report."
+    )
+
+    inputs: tuple[str, ...] = option(
+        help="the night's embeddings partition (…/embeddings/ds=YYYY-MM-DD); repeat to add more",
+        flag="input",
+        kind=tuple,
+        check=_inputs_check,
+    )
+    window_days: int = option(
+        1,
+        "index this many nights ending with the input's ds: the earlier ds= partitions beside it that exist",
+        check=between(1, 366),
+    )
+    extend: bool = option(
+        True,
+        "reuse the newest earlier index partition beside --output when it fits (same model and kind, "
+        "centroids trained on nights mostly still in the window): drop the nights that left the window, "
+        "add only the new ones (--no-extend: rebuild)",
+    )
+    model_id: str | None = option(None, "use only rows of this model_id (needed when the input mixes models)")
+    exact_below: int = option(
+        20_000, "windows with fewer rows get an exact (flat) index instead of IVF", check=at_least(0)
+    )
+    nlist: int = option(0, "IVF lists; 0 = about 4 sqrt(rows)", check=at_least(0))
+    nprobe: int = option(0, "IVF lists scanned per query; 0 = nlist/64, at least 8", check=at_least(0))
+    duplicate_threshold: float = option(
+        0.95,
+        "cosine similarity at or above which two images count as near-duplicates (the night's rows against "
+        "the window); 0 = no near-duplicate report",
+        check=between(0.0, 1.0),
+    )
+    recall_sample: int = option(
+        200, "rows of the night searched exactly to measure the index's recall@10; 0 = skip", check=at_least(0)
+    )
+    seed: int = option(0, "seeds the training sample, k-means and the recall sample")
+    block_rows: int = option(8192, "rows per staged block (speed vs memory)", check=at_least(1))
+
+
+def parse_index_args(argv: list[str] | None) -> tuple[IndexConfig, list[str]]:
+    return IndexConfig.parse(argv)

@@ -77,12 +77,30 @@ def run_record_path(output_root: str, ds: str) -> str:
     return _join(output_root, "runs", partition(ds), RUN_RECORD)
 
 
+# The similarity index of a night (beam_jobs.build_index): <output_root>/index/ds=YYYY-MM-DD/
+INDEX_FILE = "index.faiss"  # faiss index over the window's vectors (ids: ann.py)
+INDEX_ROWS = "rows.parquet"  # id -> image_uri, ds, content_sha256 of every indexed row
+DUPLICATES_FILE = "duplicates.parquet"  # exact (same content_sha256) and near-duplicate pairs
+DUPLICATE_COLUMNS = (
+    ("kind", "string"),  # "exact" (same bytes) or "near" (cosine >= the threshold)
+    ("image_uri", "string"),  # a row of the night
+    ("other_uri", "string"),  # a row of the window (the night included)
+    ("other_ds", "string"),
+    ("score", "float32"),  # cosine similarity (1.0 for exact duplicates)
+)
+
+
+def index_dir(output_root: str, ds: str) -> str:
+    return _join(output_root, "index", partition(ds))
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 JOB_EXTRACT = "extract_embeddings"
 JOB_REDUCE = "reduce_dim"
 # Beam Metrics namespaces: the job's own name (Airflow reads these back from Dataflow).
-METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE)
+JOB_INDEX = "build_index"
+METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE, JOB_INDEX)
 
 METHODS = ("pca", "umap")
 DEFAULT_RUNNER = "FnApiRunner"  # local, in-process (Beam's DirectRunner would first try to download Prism)
@@ -370,6 +388,61 @@ class ReduceManifest(TypedDict):
     metrics: NotRequired[dict[str, Any]]
 
 
+class IndexManifest(TypedDict):
+    """``manifest.json`` of an index partition (``beam_jobs.build_index``).
+
+    Args:
+        library: e.g. "faiss-cpu 1.15.1"; parameters: kind (flat | ivf), dim, nlist, nprobe, train_rows, storage.
+        rows: rows in the index (the whole window); partitions: the nights it holds;
+            partitions_read: the nights this run read (only the new ones when it extended an earlier index).
+        mode: "rebuilt" or "extended" (then extended_from names the earlier index partition).
+        recall_at_10: the index's top 10 against exact search for ``recall_sample`` rows of the nights read,
+            excluding the query row itself (None when skipped).
+        exact_duplicate_rows: rows of the nights read whose content_sha256 another row of the window shares;
+            near_duplicate_pairs: pairs at cosine >= duplicate_threshold (exact duplicates not repeated).
+    """
+
+    job: str
+    run_id: str
+    output: str
+    library: str
+    parameters: dict[str, Any]
+    model_id: str
+    embedding_dim: int
+    rows: int
+    window_days: int
+    partitions: list[str]
+    partitions_read: list[str]
+    mode: str
+    extended_from: str | None
+    rows_read: int
+    rows_dropped: dict[str, int]
+    build_seconds: float
+    recall_at_10: float | None
+    recall_sample: int
+    duplicate_threshold: float
+    exact_duplicate_rows: int
+    exact_duplicate_groups: int
+    near_duplicate_pairs: int
+    files: dict[str, str]
+    started_at: str
+    finished_at: str
+    seconds: float
+    metrics: NotRequired[dict[str, Any]]
+
+
+class IndexEntry(TypedDict):
+    """The run record's index figures (``nightly.index_entry``)."""
+
+    dir: str
+    rows: int
+    mode: str
+    recall_at_10: float | None
+    build_seconds: float
+    exact_duplicate_rows: int
+    near_duplicate_pairs: int
+
+
 class ExtractionSummary(TypedDict):
     """What the DAG's ``validate_extraction`` task keeps of an extraction manifest."""
 
@@ -424,3 +497,4 @@ class RunRecord(TypedDict):
     embeddings: EmbeddingsEntry
     projections: dict[str, ProjectionEntry]
     dataflow_jobs: NotRequired[dict[str, dict[str, Any]]]
+    index: NotRequired[IndexEntry]

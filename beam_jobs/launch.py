@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from beam_jobs.contract import DATAFLOW_RUNNER, JOB_EXTRACT, JOB_REDUCE
+from beam_jobs.contract import DATAFLOW_RUNNER, JOB_EXTRACT, JOB_INDEX, JOB_REDUCE
 
 LOG = logging.getLogger(__name__)
 JOB_ID_LINE = re.compile(r"Created job with id: \[([^\]]+)\]")
@@ -119,10 +119,21 @@ def reduce_options(
     }
 
 
+def index_options(plan: dict[str, Any]) -> dict[str, Any]:
+    """The index job's flags for a plan: what the DAG's ``build_index`` task passes."""
+    return {
+        "input": plan["embeddings_dir"],
+        "output": plan["index_dir"],
+        "window_days": plan["index_window_days"],
+        "duplicate_threshold": plan["duplicate_threshold"],
+        "run_id": plan["run_id"],
+    }
+
+
 def job_command(job: str, options: dict[str, Any], plan: dict[str, Any], step: str) -> list[str]:
     """``python -m beam_jobs.<job>`` with the job's flags, the runner and, on Dataflow, the plan's Dataflow
     options, a job name and ``--detach``."""
-    if job not in (JOB_EXTRACT, JOB_REDUCE):
+    if job not in (JOB_EXTRACT, JOB_REDUCE, JOB_INDEX):
         raise ValueError(f"unknown job {job!r}")
     flags = {**options, "runner": plan["runner"]}
     if plan["runner"] == DATAFLOW_RUNNER:

@@ -37,10 +37,13 @@ from beam_jobs.contract import (
     WEIGHTS_RANDOM,
     ExtractionSummary,
     ExtractManifest,
+    IndexEntry,
+    IndexManifest,
     ProjectionEntry,
     ReduceManifest,
     RunRecord,
     embeddings_dir,
+    index_dir,
     projections_dir,
 )
 
@@ -95,6 +98,10 @@ class Plan(TypedDict):
     max_failure_rate: float
     dataflow: dict[str, Any] | None
     input_varies_by_date: bool
+    index: bool
+    index_dir: str
+    index_window_days: int
+    duplicate_threshold: float
 
 
 def projections_key(method: str) -> str:
@@ -230,9 +237,33 @@ def build_plan(
         "max_failure_rate": float(params["max_failure_rate"]),
         "dataflow": dataflow_options,
         "input_varies_by_date": ds in rendered_input or ds.replace("-", "") in rendered_input,
+        **index_settings(params, output_root, ds),
     }
     # One top-level key per method's partition: the reduce tasks take them as XComArgs.
     return {**plan, **{projections_key(method): folder for method, folder in projections.items()}}
+
+
+def index_settings(params: dict[str, Any], output_root: str, ds: str) -> dict[str, Any]:
+    """The plan's similarity-index keys (params of older runs lack them: the defaults apply)."""
+    return {
+        "index": bool(params.get("index", True)),
+        "index_dir": index_dir(output_root, ds),
+        "index_window_days": int(params.get("index_window_days", 1)),
+        "duplicate_threshold": float(params.get("duplicate_threshold", 0.95)),
+    }
+
+
+def index_entry(folder: str, manifest: IndexManifest) -> IndexEntry:
+    """The run record's index figures, from the index job's manifest."""
+    return {
+        "dir": folder,
+        "rows": manifest["rows"],
+        "mode": manifest["mode"],
+        "recall_at_10": manifest.get("recall_at_10"),
+        "build_seconds": manifest["build_seconds"],
+        "exact_duplicate_rows": manifest["exact_duplicate_rows"],
+        "near_duplicate_pairs": manifest["near_duplicate_pairs"],
+    }
 
 
 class ExtractionRejected(ValueError):
@@ -290,6 +321,7 @@ def run_record(
     extraction: ExtractionSummary,
     projections: dict[str, ReduceManifest],
     jobs: dict[str, dict[str, Any] | None] | None = None,
+    index: IndexManifest | None = None,
 ) -> RunRecord:
     """What a published run says about itself: counts, throughput and where the maps are.
 
@@ -319,6 +351,8 @@ def run_record(
     }
     if dataflow_jobs:
         record["dataflow_jobs"] = dataflow_jobs
+    if index is not None:
+        record["index"] = index_entry(plan["index_dir"], index)
     return record
 
 

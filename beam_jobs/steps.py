@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from beam_jobs.contract import JOB_EXTRACT, JOB_REDUCE, MANIFEST, MAP_HTML, MAP_PNG, run_record_path
-from beam_jobs.launch import extract_options, gcp_resources, job_command, reduce_options, run_step
+from beam_jobs.contract import JOB_EXTRACT, JOB_INDEX, JOB_REDUCE, MANIFEST, MAP_HTML, MAP_PNG, run_record_path
+from beam_jobs.launch import extract_options, gcp_resources, index_options, job_command, reduce_options, run_step
 from beam_jobs.nightly import (
     DATAFLOW_SETTINGS,
     Plan,
@@ -163,6 +163,19 @@ def reduce_step(
     return _job(JOB_REDUCE, options, plan, f"reduce-{method}", resources_path)
 
 
+def index_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
+    """Run the similarity-index job when the plan asks for one (param ``index``); else nothing.
+    Returns its Dataflow job, if any."""
+    plan = from_struct(plan)
+    if not plan.get("index"):
+        if resources_path:
+            with open(resources_path, "w", encoding="utf-8") as handle:
+                handle.write("{}")
+        LOG.info("index off for ds=%s: no build_index job", plan["ds"])
+        return {}
+    return _job(JOB_INDEX, index_options(plan), plan, "build-index", resources_path)
+
+
 def projection_report(
     plan: Plan, method: str, html_path: str | None, markdown_path: str | None, log_metric: Callable | None = None
 ) -> dict[str, Any]:
@@ -199,7 +212,8 @@ def publish_step(plan: Plan, extraction: dict[str, Any], jobs: dict[str, dict[st
 
     plan, extraction, jobs = from_struct(plan), from_struct(extraction), from_struct(jobs)
     projections = {method: _read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
-    record = run_record(plan, extraction, projections, jobs)
+    index = _read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
+    record = run_record(plan, extraction, projections, jobs, index=index)
     write_json(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
     return record

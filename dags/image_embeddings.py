@@ -11,6 +11,7 @@ the location of the maps.
 plan -> wait_for_input -> extract_embeddings -> extract_embeddings_done -> validate_extraction
      -> choose_methods -> reduce_pca -> reduce_pca_done   -> publish
                        -> reduce_umap -> reduce_umap_done -/
+     -> choose_index   -> build_index -> build_index_done -/   (param `index`)
 ```
 
 On `DataflowRunner` each Beam task submits its job and the `*_done` task
@@ -24,6 +25,7 @@ re-runs and `airflow backfill create` never leave two copies):
 
 - `<output_root>/embeddings/ds=YYYY-MM-DD/` embeddings Parquet, failures JSONL, manifest.json
 - `<output_root>/projections/method=<m>/ds=YYYY-MM-DD/` projection Parquet, map.png, map.html
+- `<output_root>/index/ds=YYYY-MM-DD/` similarity index (faiss), rows, near/exact duplicates, manifest.json
 - `<output_root>/runs/ds=YYYY-MM-DD/run.json` the published record
 
 **Trigger form**: `input` may use `{{ ds }}` (the run's date); `methods` picks
@@ -48,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, TriggerRule, task
 
-from beam_jobs.config import ReduceConfig
+from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
@@ -56,6 +58,7 @@ from beam_jobs.contract import (
     DEFAULT_RUNNER,
     ENGINES,
     JOB_EXTRACT,
+    JOB_INDEX,
     JOB_REDUCE,
     MAX_BATCH_SIZE,
     METHODS,
@@ -85,6 +88,7 @@ DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 LOG = logging.getLogger(__name__)
 # The reduce job's own defaults for the map params (declared once, in beam_jobs.config).
 REDUCE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReduceConfig)}
+INDEX_DEFAULTS = {f.name: f.default for f in dataclasses.fields(IndexConfig)}
 MAPS = Asset(name=MAPS_ASSET, uri="image-embeddings://maps", group="image_embeddings")
 
 default_args = {
@@ -194,6 +198,26 @@ with DAG(
             minimum=0,
             maximum=64,
             description="map_mosaic.png: grid cells per side (0: no mosaic).",
+        ),
+        "index": Param(
+            True,
+            type="boolean",
+            title="Similarity index",
+            description="Build the night's nearest-neighbour index and duplicate report (build_index task).",
+        ),
+        "index_window_days": Param(
+            INDEX_DEFAULTS["window_days"],
+            type="integer",
+            minimum=1,
+            maximum=366,
+            description="Nights the index holds, ending with this one (the earlier index is extended when it can).",
+        ),
+        "duplicate_threshold": Param(
+            INDEX_DEFAULTS["duplicate_threshold"],
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Cosine similarity from which two images count as near-duplicates (0: no report).",
         ),
         "runner": Param(DEFAULT_RUNNER, type="string", enum=list(RUNNERS), description="Beam runner for both jobs."),
         "batch_size": Param(
@@ -359,6 +383,28 @@ with DAG(
     ]
     reducers_done = [job_done(reducer.task_id) for reducer in reducers]
 
+    @task.branch(retries=0)
+    def choose_index(index: bool) -> list[str]:
+        return ["build_index"] if index else []
+
+    indexer = NightlyBeamOperator(
+        task_id="build_index",
+        job=JOB_INDEX,
+        runner="{{ params.runner }}",
+        py_interpreter=PYTHON,
+        pipeline_options={
+            "input": planned["embeddings_dir"],
+            "output": planned["index_dir"],
+            "window_days": planned["index_window_days"],
+            "duplicate_threshold": planned["duplicate_threshold"],
+            "run_id": "{{ run_id }}",
+        },
+        dataflow_config=dataflow_config,
+        dataflow_options=planned["dataflow"],
+        execution_timeout=timedelta(hours=2),
+    )
+    indexer_done = job_done(indexer.task_id)
+
     @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
     def publish(plan: dict, extraction: dict, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
@@ -372,8 +418,11 @@ with DAG(
             emit_projection(method, manifest)
         # The *_done results of the Beam tasks that ran (pulled here: the set depends on the methods).
         beam_tasks = [extract.task_id, *(f"reduce_{method}" for method in plan["methods"])]
+        if plan.get("index"):
+            beam_tasks.append("build_index")
         jobs = {beam_task: context["ti"].xcom_pull(task_ids=f"{beam_task}_done") for beam_task in beam_tasks}
-        record = run_record(plan, extraction, projections, jobs)
+        index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
+        record = run_record(plan, extraction, projections, jobs, index=index)
         write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
         embeddings = record["embeddings"]
@@ -386,6 +435,8 @@ with DAG(
         )
         for method, entry in record["projections"].items():
             LOG.info("  %s: %s rows; map %s and %s", method, entry["rows"], entry["map_png"], entry["map_html"])
+        if "index" in record:
+            LOG.info("  index: %s", record["index"])
         return record
 
     validated = validate_extraction(planned)
@@ -393,4 +444,6 @@ with DAG(
     planned >> wait_for_input >> extract >> extract_done >> validated >> branch >> reducers
     for reducer, done in zip(reducers, reducers_done, strict=True):
         reducer >> done
-    reducers_done >> publish(planned, validated)
+    published = publish(planned, validated)
+    reducers_done >> published
+    validated >> choose_index(planned["index"]) >> indexer >> indexer_done >> published

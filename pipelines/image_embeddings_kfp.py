@@ -4,7 +4,11 @@ The same night as the Airflow DAG ``dags/image_embeddings.py``, with the same pa
 
 ```
 plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each method: reduce -> publish
+                                                                    -> build-index ----------------/
 ```
+
+``build-index`` always appears; with ``index`` off it starts no job (a ``dsl.If`` around it would
+need its own sub-pipeline for ``publish`` to wait on it, as the reduce loop has).
 
 Wiring only, like the DAG file: every step calls ``beam_jobs.steps`` (the
 DAG's decisions from ``beam_jobs.nightly``; the jobs launched as
@@ -25,7 +29,7 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output, OutputPath
 
-from beam_jobs.config import ReduceConfig
+from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
@@ -41,6 +45,7 @@ OUTPUT = os.path.join("build", "image_embeddings_pipeline.yaml")
 # The DAG's default_args: 2 retries, 2 minutes doubling up to 30 (tests/test_kfp.py compares them).
 RETRIES, BACKOFF, BACKOFF_FACTOR, BACKOFF_MAX = 2, "120s", 2.0, "1800s"
 REDUCE_DEFAULTS = {name: getattr(ReduceConfig, name) for name in ("html_points", "thumbnail_budget_mb", "mosaic_grid")}
+INDEX_DEFAULTS = {name: getattr(IndexConfig, name) for name in ("window_days", "duplicate_threshold")}
 
 # The worker image has kfp installed (the [kfp] extra): no pip install when a step starts.
 component = dsl.component(base_image=WORKER_IMAGE, install_kfp_package=False)
@@ -58,6 +63,9 @@ def plan(
     runner: str,
     batch_size: int,
     max_failure_rate: float,
+    index: bool,
+    index_window_days: int,
+    duplicate_threshold: float,
     project: str,
     region: str,
     temp_location: str,
@@ -133,11 +141,24 @@ def reduce_dim(
 
 
 @component
-def publish(plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list) -> dict:
+def build_index(plan: dict, index: Output[Dataset], gcp_resources: OutputPath(str)) -> dict:
+    """python -m beam_jobs.build_index when the plan's ``index`` is on: the night's similarity index."""
+    from beam_jobs.steps import index_step
+
+    job = index_step(plan, gcp_resources)
+    index.uri = plan["index_dir"]
+    index.metadata.update({"ds": plan["ds"], "built": bool(plan["index"]), **job})
+    return job
+
+
+@component
+def publish(plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list, index_job: dict) -> dict:
     """The run record (counts, throughput, where the maps are) to <output_root>/runs/ds=<ds>/run.json."""
     from beam_jobs.steps import publish_step
 
     jobs = {"extract_embeddings": extract_job, **{job.pop("task"): job for job in reduce_jobs}}
+    if plan["index"]:
+        jobs["build_index"] = index_job
     return publish_step(plan, extraction, jobs)
 
 
@@ -196,6 +217,9 @@ def nightly_pipeline(run_times: bool = True):
         runner: str = DEFAULT_RUNNER,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_failure_rate: float = 0.1,
+        index: bool = True,
+        index_window_days: int = INDEX_DEFAULTS["window_days"],
+        duplicate_threshold: float = INDEX_DEFAULTS["duplicate_threshold"],
         input_wait_minutes: int = 360,
         map_points: int = REDUCE_DEFAULTS["html_points"],
         thumbnail_budget_mb: float = REDUCE_DEFAULTS["thumbnail_budget_mb"],
@@ -221,6 +245,9 @@ def nightly_pipeline(run_times: bool = True):
                 runner=runner,
                 batch_size=batch_size,
                 max_failure_rate=max_failure_rate,
+                index=index,
+                index_window_days=index_window_days,
+                duplicate_threshold=duplicate_threshold,
                 project=project,
                 region=region,
                 temp_location=temp_location,
@@ -245,12 +272,14 @@ def nightly_pipeline(run_times: bool = True):
             thumbnail_budget_mb=thumbnail_budget_mb,
             mosaic_grid=mosaic_grid,
         ).after(validated)
+        indexed = _retry(build_index(plan=the_plan).after(validated))
         _retry(
             publish(
                 plan=the_plan,
                 extraction=validated.outputs["Output"],
                 extract_job=extract.outputs["Output"],
                 reduce_jobs=reduced.output,
+                index_job=indexed.outputs["Output"],
             ),
             retries=1,
         )

@@ -121,6 +121,20 @@ def manifest_run(mixed_inputs, weights_file, tmp_path_factory):
     return out, expected, proc
 
 
+@pytest.fixture(scope="session")
+def photo_index(manifest_run):
+    """The index job run as Airflow runs it, on the extraction output of the sample photos (test_build_index
+    queries it with the search command, test_search_page from the maps page). Returns (index folder, manifest)."""
+    import json
+
+    embeddings, _, _ = manifest_run
+    out = os.path.join(os.path.dirname(os.path.dirname(embeddings)), "index", "ds=2026-11-20")
+    proc = run_cli("beam_jobs.build_index", "--input", embeddings, "--output", out, "--run_id", "scheduled__x")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "manifest.json")) as handle:
+        return out, json.load(handle)
+
+
 def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a job exactly as a user (or Airflow's operator) would: python -m beam_jobs.<job>."""
     full_env = {**os.environ, **(env or {})}

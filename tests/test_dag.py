@@ -18,7 +18,7 @@ import pytest
 
 from tests.airflow_support import DAG_FILE, conf_for, load_dagbag, run_dag, stage_images, task_states
 
-BEAM_TASKS = {"extract_embeddings", "reduce_pca", "reduce_umap"}
+BEAM_TASKS = {"extract_embeddings", "reduce_pca", "reduce_umap", "build_index"}
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +102,17 @@ def test_structure(dag):
 
     # The Beam tasks and *_done sensors take plan's values as XComArgs, which makes them its
     # direct downstream too (besides the chain plan -> wait_for_input -> ...).
-    assert down("plan") == {"wait_for_input", "validate_extraction", "choose_methods", "publish"} | {
+    assert down("plan") == {"wait_for_input", "validate_extraction", "choose_methods", "choose_index", "publish"} | {
         *BEAM_TASKS,
         *(f"{t}_done" for t in BEAM_TASKS),
     }
     assert down("wait_for_input") == {"extract_embeddings"}
     assert down("extract_embeddings") == {"extract_embeddings_done"}
     assert down("extract_embeddings_done") == {"validate_extraction"}
-    assert down("validate_extraction") == {"choose_methods", "publish"}
+    assert down("validate_extraction") == {"choose_methods", "choose_index", "publish"}
+    assert down("choose_index") == {"build_index"}
+    assert down("build_index") == {"build_index_done"}
+    assert down("build_index_done") == {"publish"}
     assert down("choose_methods") == {"reduce_pca", "reduce_umap"}
     assert down("reduce_pca") == {"reduce_pca_done"}
     assert down("reduce_umap") == {"reduce_umap_done"}
@@ -127,7 +130,7 @@ def test_retries_backoff_and_fail_fast_tasks(dag):
             assert task.max_retry_delay.total_seconds() == 1800
             assert task.execution_timeout is not None
     # Decisions on parameters and data are not transient: they fail once, without retries.
-    for task_id in ("plan", "wait_for_input", "validate_extraction", "choose_methods"):
+    for task_id in ("plan", "wait_for_input", "validate_extraction", "choose_methods", "choose_index"):
         assert dag.get_task(task_id).retries == 0
 
 
@@ -138,6 +141,7 @@ def test_beam_tasks_launch_the_job_modules(dag):
         ("extract_embeddings", "beam_jobs.extract_embeddings"),
         ("reduce_pca", "beam_jobs.reduce_dim"),
         ("reduce_umap", "beam_jobs.reduce_dim"),
+        ("build_index", "beam_jobs.build_index"),
     ):
         task = dag.get_task(task_id)
         assert isinstance(task, NightlyBeamOperator)
@@ -228,7 +232,7 @@ def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     methods, another date, and that date re-run after a late image arrived (a backfill's re-run)."""
     root = tmp_path_factory.mktemp("nights")
     images = {NIGHT: stage_images(sample_dir, root, NIGHT, count=12, broken=True)}
-    night = run_dag(dag, NIGHT, conf_for(root, methods=["pca", "umap"]))
+    night = run_dag(dag, NIGHT, conf_for(root, methods=["pca", "umap"], index=True))
     stage_images(sample_dir, root, RERUN, 3)
     first = run_dag(dag, RERUN, conf_for(root))
     images[RERUN] = stage_images(sample_dir, root, RERUN, 4)  # the late image arrives
@@ -243,7 +247,7 @@ def test_nightly_run_end_to_end(nights):
     assert str(dr.state) == "success", task_states(dr)
     # Local runner: the jobs ran inside the Beam tasks; the *_done tasks pass straight through.
     assert {t: s for t, s in task_states(dr).items() if t.endswith("_done")} == dict.fromkeys(
-        ("extract_embeddings_done", "reduce_pca_done", "reduce_umap_done"), "success"
+        ("extract_embeddings_done", "reduce_pca_done", "reduce_umap_done", "build_index_done"), "success"
     )
     out = root / "out"
     emb = out / "embeddings" / f"ds={ds}"
@@ -262,6 +266,12 @@ def test_nightly_run_end_to_end(nights):
     assert set(record["projections"]) == {"pca", "umap"}
     assert record["projections"]["umap"]["map_html"].endswith(f"method=umap/ds={ds}/map.html")
     assert "dataflow_jobs" not in record
+    # The index branch: the night's 12 images, exact search at this size, counts in the record.
+    index = json.loads((out / "index" / f"ds={ds}" / "manifest.json").read_text())
+    assert (index["rows"], index["parameters"]["kind"], index["run_id"]) == (12, "flat", dr.run_id)
+    assert record["index"]["rows"] == 12
+    assert record["index"]["dir"].endswith(f"index/ds={ds}")
+    assert record["index"]["near_duplicate_pairs"] == index["near_duplicate_pairs"]
 
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session

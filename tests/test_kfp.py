@@ -25,7 +25,7 @@ kfp = pytest.importorskip("kfp")  # the [kfp] extra; `make install` installs it
 
 DS = "2026-11-20"
 DATAFLOW = {"project": "acme-ml", "region": "europe-west4", "temp_location": "gs://acme-tmp/beam"}
-JOB_TASKS = ("extract-embeddings", "reduce-dim")
+JOB_TASKS = ("extract-embeddings", "reduce-dim", "build-index")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_tasks_and_dependencies(compiled):
         "extract-embeddings": {"plan", "wait-for-input"},
         "validate-extraction": {"plan", "extract-embeddings"},
         "reduce-methods": {"plan", "validate-extraction"},
-        "publish": {"plan", "extract-embeddings", "validate-extraction", "reduce-methods"},
+        "build-index": {"plan", "validate-extraction"},
+        "publish": {"plan", "extract-embeddings", "validate-extraction", "reduce-methods", "build-index"},
     }
     # One reduce per selected method: a loop over the plan's methods inside the reduce-methods pipeline.
     inner = compiled["components"]["comp-reduce-methods"]["dag"]["tasks"]
@@ -135,6 +136,7 @@ def test_retry_policy_matches_the_dag_and_nothing_is_cached(compiled, dag):
     # A nightly run must run its jobs, never reuse an earlier run's cached result.
     for name in ("plan", "wait-for-input", "extract-embeddings", "validate-extraction", "reduce-dim", "publish"):
         assert tasks[name]["cachingOptions"] == {}, name
+    assert tasks["build-index"]["cachingOptions"] == {}
 
 
 def test_params_are_the_dags(compiled, dag):
@@ -145,7 +147,18 @@ def test_params_are_the_dags(compiled, dag):
     assert set(params) == set(dag.params) | kfp_only
     assert params["methods"]["defaultValue"] == list(METHODS) == dag.params["methods"]
     assert params["batch_size"]["defaultValue"] == DEFAULT_BATCH_SIZE == dag.params["batch_size"]
-    for name in ("model", "engine", "precision", "runner", "max_failure_rate", "mosaic_grid", "input_wait_minutes"):
+    for name in (
+        "model",
+        "engine",
+        "precision",
+        "runner",
+        "max_failure_rate",
+        "mosaic_grid",
+        "input_wait_minutes",
+        "index",
+        "index_window_days",
+        "duplicate_threshold",
+    ):
         assert params[name]["defaultValue"] == dag.params[name], name
     assert params["map_points"]["defaultValue"] == dag.params["map_points"]
     assert params["thumbnail_budget_mb"]["defaultValue"] == dag.params["thumbnail_budget_mb"]
@@ -159,7 +172,7 @@ def test_every_step_runs_in_the_worker_image(compiled):
     from pipelines.image_embeddings_kfp import WORKER_IMAGE
 
     executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 6
+    assert len(executors) == 7
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == WORKER_IMAGE, name
@@ -212,7 +225,7 @@ def _rendered_flags(dag, task_id: str, plan: dict) -> list[str]:
 
 
 def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
-    from beam_jobs.launch import extract_options, job_command, reduce_options
+    from beam_jobs.launch import extract_options, index_options, job_command, reduce_options
     from beam_jobs.nightly import build_plan
 
     params = {name: dag.params[name] for name in dag.params}
@@ -228,6 +241,9 @@ def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
         command = job_command("reduce_dim", options, plan, f"reduce-{method}")
         assert command[:3] == [sys.executable, "-m", "beam_jobs.reduce_dim"]
         assert sorted(command[3:]) == sorted(_rendered_flags(dag, f"reduce_{method}", plan))
+    index = job_command("build_index", index_options(plan), plan, "build-index")
+    assert index[:3] == [sys.executable, "-m", "beam_jobs.build_index"]
+    assert sorted(index[3:]) == sorted(_rendered_flags(dag, "build_index", plan))
 
 
 def test_dataflow_command_submits_detached_with_the_plans_settings():
@@ -545,6 +561,7 @@ def test_submit_refuses_a_half_range_before_contacting_anything(capsys):
 # The cheapest honest night: a few sample photos and one broken file, seeded random weights, the registry's
 # smallest model on TensorFlow (no engine choice or conversion to pay for), the same params on both sides.
 NIGHT_PARAMS = {
+    "index": True,  # the build-index step once through each orchestrator
     "weights": "random",
     "model": "mobilenet_v3_large",
     "engine": "tf",
@@ -646,6 +663,10 @@ def test_local_kfp_night_gives_the_dags_outputs(nights):
     assert kfp_record["projections"]["pca"]["explained_variance_ratio"] == pytest.approx(
         dag_record["projections"]["pca"]["explained_variance_ratio"]
     )
+    for key in ("rows", "mode", "exact_duplicate_rows", "near_duplicate_pairs"):
+        assert kfp_record["index"][key] == dag_record["index"][key], key
+    assert kfp_record["index"]["rows"] == len(images)
+    assert kfp_record["index"]["dir"] == str(kfp_out / "index" / f"ds={DS}")
     assert kfp_record["projections"]["umap"]["map_html"] == str(
         kfp_out / "projections" / "method=umap" / f"ds={DS}" / "map.html"
     )

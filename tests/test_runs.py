@@ -132,7 +132,7 @@ def test_check_extraction_summarises_or_rejects():
 
 
 def test_run_record_has_the_contract_shape():
-    from beam_jobs.contract import EmbeddingsEntry, RunRecord
+    from beam_jobs.contract import EmbeddingsEntry, IndexEntry, RunRecord
     from image_embeddings_airflow.runs import build_plan, check_extraction, run_record
 
     plan = build_plan({**OK, "methods": ["pca", "umap"], "output_root": "/o"}, "2026-11-20", "r1", "/i/*")
@@ -145,9 +145,23 @@ def test_run_record_has_the_contract_shape():
         "umap": {"rows": 2, "seconds": 2.0, "trustworthiness": 0.97},
     }
     jobs = {"extract_embeddings": {"job_id": "j1", "state": "JOB_STATE_DONE"}, "reduce_pca": {"job_id": None}}
-    record = run_record(plan, extraction, projections, jobs)
+    index = {
+        "rows": 2,
+        "mode": "rebuilt",
+        "recall_at_10": None,
+        "build_seconds": 0.1,
+        "exact_duplicate_rows": 1,
+        "near_duplicate_pairs": 3,
+        "parameters": {"kind": "flat"},
+    }
+    record = run_record(plan, extraction, projections, jobs, index=index)
     assert set(record) == set(RunRecord.__annotations__)
     assert set(record["embeddings"]) == set(EmbeddingsEntry.__annotations__)
+    assert set(record["index"]) == set(IndexEntry.__annotations__)
+    assert record["index"]["dir"] == "/o/index/ds=2026-11-20"
+    assert (record["index"]["exact_duplicate_rows"], record["index"]["near_duplicate_pairs"]) == (1, 3)
+    assert plan["index"] is True  # params of runs from before the index existed: on, with the defaults
+    assert (plan["index_window_days"], plan["duplicate_threshold"]) == (1, 0.95)
     assert record["embeddings"]["engines"] == ["openvino bf16"]
     assert record["projections"]["pca"] == {
         "dir": "/o/projections/method=pca/ds=2026-11-20",

@@ -218,6 +218,25 @@ card.style.top = Math.max(8, Math.min(my - 40, window.innerHeight - 300)) + 'px'
 card.style.display = 'block';
 """
 
+# Click: the point nearest the click (within ~2% of the view) is announced to the page that embeds the
+# explorer (the Airflow "Embedding maps" page searches the night's index for it). postMessage works from
+# the sandboxed frame; the parent checks that the message comes from its frame.
+TAP_JS = """
+const wx = (xr.end - xr.start) || 1, wy = (yr.end - yr.start) || 1;
+let best = null, bd = 0.02 ** 2;
+for (const s of sources) {
+  const xs = s.get_column('x'), ys = s.get_column('y'), us = s.get_column('uri');
+  for (let i = 0; i < xs.length; i++) {
+    const d = ((xs[i] - cb_obj.x) / wx) ** 2 + ((ys[i] - cb_obj.y) / wy) ** 2;
+    if (d < bd) { bd = d; best = {uri: us[i], partition: s.tags[0].partition}; }
+  }
+}
+if (best) {
+  window.__explorer_tapped = best.uri;
+  window.parent.postMessage({type: 'image-embeddings:point', uri: best.uri, partition: best.partition}, '*');
+}
+"""
+
 HOVER_LEAVE_JS = """
 const st = window.__explorer_hover;
 if (st) { st.hits.clear(); if (st.card) st.card.style.display = 'none'; }
@@ -333,6 +352,7 @@ def render_explorer(
     )
 
     plot.js_on_event("mouseleave", CustomJS(code=HOVER_LEAVE_JS))
+    plot.js_on_event("tap", CustomJS(args={"sources": sources, "xr": plot.x_range, "yr": plot.y_range}, code=TAP_JS))
     search = TextInput(name=SEARCH, placeholder="search URIs (substring)", width=300)
     search_info = Div(name=SEARCH_INFO, text="", width=300)
     search.js_on_change(

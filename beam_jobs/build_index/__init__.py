@@ -1,0 +1,1 @@
+"""The similarity-index job: ``python -m beam_jobs.build_index`` (see ``pipeline.py``)."""
