@@ -269,6 +269,11 @@ class ExtractConfig(JobConfig):
         choices=PRECISIONS,
     )
     engine_threads: int = option(0, "inference threads per worker process; 0 = all its cores", check=at_least(0))
+    skip_known: bool = option(
+        False,
+        "reuse the vector of an image whose bytes (content_sha256) were already embedded with the same model_id, "
+        "in an earlier ds= partition beside --output or under another URI tonight, instead of computing it again",
+    )
 
     def cross_field_problems(self) -> list[str]:
         problems = []

@@ -303,6 +303,10 @@ class ExtractManifest(TypedDict):
         engine, precision: what was asked (``auto`` or a forced value).
         engines: what ran, one entry per distinct worker set-up: engine, precision, the accuracy
             guard's min cosine, the CPU features that decided, and the fallbacks taken.
+        reused, computed: of the embedded rows, those whose vector was reused (``--skip_known``: the same bytes
+            embedded with the same model_id in an earlier partition, listed in known_partitions, or under
+            another URI this night) and those the model computed (embedded = reused + computed).
+            NotRequired: older manifests lack them.
         metrics: the pipeline's Beam counters, added by the launcher once the job is done
             (absent with ``--detach``: then the Airflow sensor reads them from Dataflow).
     """
@@ -314,8 +318,12 @@ class ExtractManifest(TypedDict):
     inputs: int
     duplicate_inputs: int
     embedded: int
+    reused: NotRequired[int]
+    computed: NotRequired[int]
     failed: int
     failures_by_reason: dict[str, int]
+    skip_known: NotRequired[bool]
+    known_partitions: NotRequired[list[str]]
     model: str
     model_id: str
     weights: str

@@ -100,6 +100,7 @@ def extract_options(plan: dict[str, Any]) -> dict[str, Any]:
         "input": plan["input"],
         "output": plan["embeddings_dir"],
         **{key: plan[key] for key in keys},
+        "skip_known": bool(plan.get("skip_known", True)),
         "run_id": plan["run_id"],
     }
 

@@ -80,6 +80,7 @@ class Plan(TypedDict):
             setup_file, and the worker set-up in ``DATAFLOW_WORKER_OPTIONS``); None otherwise.
         engine, precision: the extraction job's ``--engine`` and ``--precision``.
         input_varies_by_date: False when every date would read the same files (logged as a warning).
+        skip_known: the extraction job's ``--skip_known`` (vectors of content embedded before are reused).
     """
 
     ds: str
@@ -95,6 +96,7 @@ class Plan(TypedDict):
     engine: str
     precision: str
     batch_size: int
+    skip_known: bool
     max_failure_rate: float
     dataflow: dict[str, Any] | None
     input_varies_by_date: bool
@@ -234,6 +236,8 @@ def build_plan(
         "engine": params.get("engine", ENGINE_AUTO),
         "precision": params.get("precision", PRECISION_AUTO),
         "batch_size": params["batch_size"],
+        # Params of runs created before it existed lack it: on, as for new nightly runs.
+        "skip_known": bool(params.get("skip_known", True)),
         "max_failure_rate": float(params["max_failure_rate"]),
         "dataflow": dataflow_options,
         "input_varies_by_date": ds in rendered_input or ds.replace("-", "") in rendered_input,
@@ -422,6 +426,9 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     batch_size = params.get("batch_size")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH_SIZE:
         problems.append(f"batch_size {batch_size!r} must be an integer from 1 to {MAX_BATCH_SIZE}")
+    for name in ("skip_known", "index"):
+        if name in params and not isinstance(params[name], bool):
+            problems.append(f"{name} {params[name]!r} must be true or false")
     rate = params.get("max_failure_rate")
     if not _number(rate) or not 0 <= rate <= 1:
         problems.append(f"max_failure_rate {rate!r} must be a number from 0 to 1")

@@ -35,7 +35,7 @@ LOG = logging.getLogger(__name__)
 # How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).
 POKE_SECONDS = 300.0
 # Figures of the extraction manifest shown as the step's metrics (numbers only: KFP Metrics are scalars).
-EXTRACT_FIGURES = ("inputs", "embedded", "failed", "failure_rate", "images_per_second", "seconds")
+EXTRACT_FIGURES = ("inputs", "embedded", "reused", "computed", "failed", "failure_rate", "images_per_second", "seconds")
 
 
 def from_struct(value: Any) -> Any:

@@ -199,6 +199,15 @@ with DAG(
             maximum=64,
             description="map_mosaic.png: grid cells per side (0: no mosaic).",
         ),
+        "skip_known": Param(
+            True,
+            type="boolean",
+            title="Reuse known embeddings",
+            description=(
+                "An image whose bytes were already embedded with the same model in an earlier night (or under "
+                "another URI tonight) gets that vector again instead of being recomputed."
+            ),
+        ),
         "index": Param(
             True,
             type="boolean",
@@ -310,6 +319,7 @@ with DAG(
             "engine": planned["engine"],
             "precision": planned["precision"],
             "batch_size": planned["batch_size"],
+            "skip_known": planned["skip_known"],
             "run_id": "{{ run_id }}",
         },
         dataflow_config=dataflow_config,

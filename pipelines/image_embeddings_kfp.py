@@ -62,6 +62,7 @@ def plan(
     methods: list,
     runner: str,
     batch_size: int,
+    skip_known: bool,
     max_failure_rate: float,
     index: bool,
     index_window_days: int,
@@ -216,6 +217,7 @@ def nightly_pipeline(run_times: bool = True):
         methods: list = list(METHODS),  # noqa: B006 - a KFP default value, never mutated
         runner: str = DEFAULT_RUNNER,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        skip_known: bool = True,
         max_failure_rate: float = 0.1,
         index: bool = True,
         index_window_days: int = INDEX_DEFAULTS["window_days"],
@@ -244,6 +246,7 @@ def nightly_pipeline(run_times: bool = True):
                 methods=methods,
                 runner=runner,
                 batch_size=batch_size,
+                skip_known=skip_known,
                 max_failure_rate=max_failure_rate,
                 index=index,
                 index_window_days=index_window_days,

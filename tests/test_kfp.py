@@ -155,6 +155,7 @@ def test_params_are_the_dags(compiled, dag):
         "max_failure_rate",
         "mosaic_grid",
         "input_wait_minutes",
+        "skip_known",
         "index",
         "index_window_days",
         "duplicate_threshold",
@@ -195,7 +196,7 @@ def test_the_image_is_chosen_when_compiling(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert text.count(f"image: {image}") == 6
+    assert text.count(f"image: {image}") == 7
     assert "image-embeddings-worker:latest" not in text
 
 

@@ -21,7 +21,7 @@ from beam_jobs.contract import (
     FailureRecord,
     ResizeMode,
 )
-from beam_jobs.extract_embeddings.images import ImageError, decode_and_resize
+from beam_jobs.extract_embeddings.images import ImageError, decode_and_resize, sha256_hex
 from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
 
 FAILURES_TAG = "failures"
@@ -136,14 +136,24 @@ class DecodeImageFn(beam.DoFn):
         Metrics.counter(METRICS_NAMESPACE, f"failed_{stage}_{reason}").inc()
         return beam.pvalue.TaggedOutput(FAILURES_TAG, failure_record(uri, stage, reason, message, self._run_id))
 
-    def process(self, uri: str) -> Iterator[Any]:
+    def _read_bytes(self, uri: str) -> bytes | beam.pvalue.TaggedOutput:
+        """The input's bytes, or the failure record saying why they could not be read."""
         try:
             data = read_input(uri, self._params.max_bytes, self._params.read_timeout_s)
         except ImageError as exc:
-            yield self._fail(uri, exc.stage, exc.reason, exc.message)
-            return
+            return self._fail(uri, exc.stage, exc.reason, exc.message)
         self._read.inc()
         self._bytes.update(len(data))
+        return data
+
+    def process(self, uri: str) -> Iterator[Any]:
+        data = self._read_bytes(uri)
+        if isinstance(data, beam.pvalue.TaggedOutput):
+            yield data
+            return
+        yield from self._decode(uri, data)
+
+    def _decode(self, uri: str, data: bytes) -> Iterator[Any]:
         start = time.perf_counter()
         try:
             params = self._params
@@ -164,6 +174,28 @@ def _exists(uri: str) -> bool:
         return FileSystems.exists(uri)
     except Exception:  # noqa: BLE001
         return False
+
+
+class ReadAndHashFn(DecodeImageFn):
+    """URI -> (content_sha256, (URI, bytes)): the input read once, so that only unknown content is decoded.
+
+    The bytes travel on to the join with the known hashes and, for content not embedded before,
+    to ``DecodeBytesFn``: no input is read twice. A read failure -> a record on FAILURES_TAG.
+    """
+
+    def process(self, uri: str) -> Iterator[Any]:
+        data = self._read_bytes(uri)
+        if isinstance(data, beam.pvalue.TaggedOutput):
+            yield data
+            return
+        yield sha256_hex(data), (uri, data)
+
+
+class DecodeBytesFn(DecodeImageFn):
+    """(URI, bytes already read) -> (ImageMeta, pixels); a bad image -> a record on FAILURES_TAG."""
+
+    def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
+        yield from self._decode(*item)
 
 
 class DecodeImages(beam.PTransform):

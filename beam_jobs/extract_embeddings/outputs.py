@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -24,6 +25,7 @@ from beam_jobs.contract import (
     FailureRecord,
 )
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG
+from beam_jobs.extract_embeddings.known import partitions_of
 from beam_jobs.runtime import AccountingError
 
 
@@ -52,9 +54,14 @@ def failure_key(record: FailureRecord) -> str:
     return f"{record['stage']}/{record['error']}"
 
 
-def run_settings(cfg: ExtractConfig, embedding_model_id: str, embedding_dim: int) -> dict[str, Any]:
-    """The manifest fields fixed before the run starts (what was asked and which model ran)."""
+def run_settings(
+    cfg: ExtractConfig, embedding_model_id: str, embedding_dim: int, known: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The manifest fields fixed before the run starts (what was asked, which model ran, which earlier
+    partitions ``--skip_known`` looked vectors up in)."""
     return {
+        "skip_known": cfg.skip_known,
+        "known_partitions": partitions_of(known),
         "input": cfg.input or cfg.input_manifest,
         "model": cfg.model,
         "model_id": embedding_model_id,
@@ -104,11 +111,14 @@ def finish_extraction(
         )
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
+    reused = counts.get("reused", 0)
     return {
         **settings,
         "inputs": inputs,
         "duplicate_inputs": counts["listed"] - inputs,
         "embedded": embedded,
+        "reused": reused,
+        "computed": embedded - reused,
         "failed": failed,
         "failures_by_reason": failure_keys,
         "engines": [json.loads(e) for e in sorted(engines)],
@@ -164,6 +174,8 @@ class WriteOutputs(beam.PTransform):
             name: pc | f"Count_{name}" >> beam.combiners.Count.Globally()
             for name, pc in (("inputs", uris), ("listed", listed), ("embedded", rows), ("failed", failures))
         }
+        if "reused" in pcolls:
+            counted["reused"] = pcolls["reused"] | "Count_reused" >> beam.combiners.Count.Globally()
         counts = (
             [pc | f"Key_{name}" >> beam.Map(lambda v, name=name: (name, v)) for name, pc in counted.items()]
             | "FlattenCounts" >> beam.Flatten()

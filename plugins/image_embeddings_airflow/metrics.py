@@ -13,7 +13,16 @@ from beam_jobs.contract import ExtractManifest, ReduceManifest
 
 PREFIX = "image_embeddings"
 # Keys of ExtractManifest (plus the failure rate derived from it) and of ReduceManifest.
-EXTRACTION_FIGURES = ("inputs", "embedded", "failed", "images_per_second", "seconds", "failure_rate")
+EXTRACTION_FIGURES = (
+    "inputs",
+    "embedded",
+    "reused",
+    "computed",
+    "failed",
+    "images_per_second",
+    "seconds",
+    "failure_rate",
+)
 PROJECTION_FIGURES = ("rows", "seconds", "rows_per_second")
 
 

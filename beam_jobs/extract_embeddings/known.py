@@ -1,0 +1,217 @@
+"""``--skip_known``: content embedded before with the same model gets that vector again, not a new one.
+
+A join on ``content_sha256``, so it scales with the number of known hashes without any
+worker holding them all:
+
+  ReadAndHash   decode.py  URI -> (sha256, (URI, bytes)); each input is read once
+  KnownVectors  here       the earlier partitions' rows of this model_id, read as Parquet row groups
+                           (only the hash, model_id, embedding, width and height columns), one vector
+                           per hash kept by a combiner (the earliest night's), so what is shuffled is
+                           one vector per distinct known hash
+  SplitByKnown  here       CoGroupByKey of tonight's hashes with the known ones: a known hash -> a
+                           reused row per URI; an unknown one -> its first URI (sorted) is decoded
+                           and embedded, the other URIs with the same bytes wait for that vector
+  CopyVectors   here       the vectors computed tonight joined with the waiting URIs: each gets a
+                           copy; when the computation failed, each gets a failure record naming it
+
+Tonight's partition stays complete: every input URI still ends in exactly one of the rows or
+the failures, and a reused vector is the stored float32 one, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
+from apache_beam.metrics import Metrics
+
+from beam_jobs import storage
+from beam_jobs.contract import EMBEDDING_FILES
+from beam_jobs.extract_embeddings.decode import FAILURES_TAG, failure_record
+from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
+
+KNOWN_COLUMNS = ["content_sha256", "model_id", "embedding", "width", "height"]
+REUSED_TAG = "reused"
+COMPUTE_TAG = "compute"
+PENDING_TAG = "pending"
+# A URI whose bytes equal another URI's of tonight whose embedding failed.
+SAME_CONTENT_FAILED = ("reuse", "same_content_failed")
+
+
+def _partition_folder(path: str) -> str:
+    return path.rsplit("/", 1)[0]
+
+
+def known_files(output: str) -> list[str]:
+    """Embeddings files of the other ``ds=`` partitions beside ``output`` (listing only).
+
+    Hidden folders (staging and trash of running or killed jobs) are not partitions; the output's own
+    partition is left out: it is replaced by this run.
+    """
+    parent, own = output.rstrip("/").rsplit("/", 1)
+    pattern = storage.join(parent, "ds=*", EMBEDDING_FILES)
+    try:
+        (found,) = FileSystems.match([pattern])
+    except Exception:  # noqa: BLE001 - no earlier partition matches nothing
+        return []
+    files = []
+    for meta in found.metadata_list:
+        folder = _partition_folder(meta.path)
+        name = folder.rsplit("/", 1)[-1]
+        if name != own and name.startswith("ds="):
+            files.append(meta.path)
+    return sorted(files)
+
+
+def partitions_of(files: Sequence[str]) -> list[str]:
+    """The partition folder names (``ds=...``) the files sit in."""
+    return sorted({_partition_folder(f).rsplit("/", 1)[-1] for f in files})
+
+
+def table_to_known(item: tuple[str, Any], model_id: str) -> Iterator[tuple[str, tuple]]:
+    """One Parquet row group -> (sha256, (partition, vector, width, height)) for rows of ``model_id``."""
+    path, table = item
+    night = _partition_folder(path).rsplit("/", 1)[-1]
+    shas = table.column("content_sha256").to_pylist()
+    models = table.column("model_id").to_pylist()
+    widths = table.column("width").to_pylist()
+    heights = table.column("height").to_pylist()
+    embeddings = table.column("embedding").combine_chunks()
+    for i, (sha, model) in enumerate(zip(shas, models, strict=True)):
+        if model != model_id or not sha:
+            continue
+        vector = np.asarray(embeddings[i].values.to_numpy(zero_copy_only=False), dtype=np.float32)
+        if vector.size and np.isfinite(vector).all():
+            yield sha, (night, vector, widths[i], heights[i])
+
+
+class EarliestNight(beam.CombineFn):
+    """Of the stored vectors for one hash, the earliest night's: the same choice on every run."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, best, value):
+        return value if best is None or value[0] < best[0] else best
+
+    def merge_accumulators(self, accumulators):
+        best = None
+        for acc in accumulators:
+            if acc is not None:
+                best = self.add_input(best, acc)
+        return best
+
+    def extract_output(self, best):
+        return best
+
+
+class KnownVectors(beam.PTransform):
+    """Embeddings files -> (sha256, (partition, vector, width, height)), one per hash, for ``model_id``."""
+
+    def __init__(self, files: Sequence[str], model_id: str):
+        super().__init__()
+        self._files = list(files)
+        self._model_id = model_id
+
+    def expand(self, pbegin):
+        model_id = self._model_id
+        return (
+            pbegin
+            | "KnownFiles" >> beam.Create(self._files)
+            | "ReadKnown" >> ReadAllFromParquetBatched(columns=KNOWN_COLUMNS, with_filename=True)
+            | "KnownRows" >> beam.FlatMap(table_to_known, model_id)
+            | "OnePerHash" >> beam.CombinePerKey(EarliestNight())
+        )
+
+
+class SplitByKnownFn(beam.DoFn):
+    """One hash's URIs of tonight and its stored vector (if any) -> reused rows, the URI to compute, and
+    the URIs that wait for it."""
+
+    def __init__(self, model_id: str, run_id: str):
+        self._model_id = model_id
+        self._run_id = run_id
+
+    def setup(self):
+        self._reused = Metrics.counter(METRICS_NAMESPACE, "reused")
+        self._reused_same_night = Metrics.counter(METRICS_NAMESPACE, "reused_same_night")
+
+    def process(self, item: tuple[str, dict[str, list]]) -> Iterator[Any]:
+        sha, groups = item
+        tonight = sorted(groups["tonight"], key=lambda uri_data: uri_data[0])
+        if not tonight:
+            return
+        known = [k for k in groups["known"] if k is not None]
+        if known:
+            _night, vector, width, height = known[0]
+            for uri, _data in tonight:
+                self._reused.inc()
+                yield beam.pvalue.TaggedOutput(REUSED_TAG, self._row(uri, sha, vector, width, height))
+            return
+        yield beam.pvalue.TaggedOutput(COMPUTE_TAG, tonight[0])
+        for uri, _data in tonight[1:]:
+            self._reused_same_night.inc()
+            yield beam.pvalue.TaggedOutput(PENDING_TAG, (sha, uri))
+
+    def _row(self, uri: str, sha: str, vector, width: int, height: int) -> dict[str, Any]:
+        return {
+            "image_uri": uri,
+            "embedding": vector,
+            "model_id": self._model_id,
+            "content_sha256": sha,
+            "width": width,
+            "height": height,
+            "run_id": self._run_id,
+        }
+
+
+class SplitByKnown(beam.PTransform):
+    """{"tonight": (sha, (uri, bytes)), "known": (sha, stored)} -> reused rows, compute (uri, bytes),
+    pending (sha, uri)."""
+
+    def __init__(self, model_id: str, run_id: str):
+        super().__init__()
+        self._fn = SplitByKnownFn(model_id, run_id)
+
+    def expand(self, pcolls):
+        joined = pcolls | "JoinOnHash" >> beam.CoGroupByKey()
+        split = joined | "Split" >> beam.ParDo(self._fn).with_outputs(REUSED_TAG, COMPUTE_TAG, PENDING_TAG)
+        return {REUSED_TAG: split[REUSED_TAG], COMPUTE_TAG: split[COMPUTE_TAG], PENDING_TAG: split[PENDING_TAG]}
+
+
+def copy_vectors(item: tuple[str, dict[str, list]], run_id: str) -> Iterator[Any]:
+    """Rows computed tonight for one hash, and the URIs waiting for it -> a copy each, or a record each."""
+    _sha, groups = item
+    rows, waiting = groups["rows"], sorted(groups["pending"])
+    if not waiting:
+        return
+    if rows:
+        source = rows[0]
+        for uri in waiting:
+            Metrics.counter(METRICS_NAMESPACE, "reused").inc()
+            yield {**source, "image_uri": uri}
+        return
+    stage, error = SAME_CONTENT_FAILED
+    for uri in waiting:
+        Metrics.counter(METRICS_NAMESPACE, "failed").inc()
+        Metrics.counter(METRICS_NAMESPACE, f"failed_{stage}_{error}").inc()
+        message = "same bytes as another input of this night whose embedding failed (see its record)"
+        yield beam.pvalue.TaggedOutput(FAILURES_TAG, failure_record(uri, stage, error, message, run_id))
+
+
+class CopyVectors(beam.PTransform):
+    """{"rows": tonight's computed rows, "pending": (sha, uri)} -> ``rows`` copies and ``failures``."""
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self._run_id = run_id
+
+    def expand(self, pcolls):
+        keyed = pcolls["rows"] | "KeyBySha" >> beam.Map(lambda row: (row["content_sha256"], row))
+        joined = {"rows": keyed, "pending": pcolls[PENDING_TAG]} | "JoinComputed" >> beam.CoGroupByKey()
+        out = joined | "Copy" >> beam.FlatMap(copy_vectors, self._run_id).with_outputs(FAILURES_TAG, main="rows")
+        return {"rows": out.rows, FAILURES_TAG: out[FAILURES_TAG]}
