@@ -340,6 +340,36 @@ class ReduceConfig(JobConfig):
     mosaic_grid: int = option(24, "map_mosaic.png: grid cells per side; 0 = no mosaic", check=between(0, 64))
     mosaic_cell: int = option(48, "map_mosaic.png: pixels per grid cell", check=between(16, 256))
     trust_sample_size: int = option(1000, "rows used to compute trustworthiness; 0 = skip", check=at_least(0))
+    reference: str | None = option(
+        None,
+        "a saved reference reducer (folder): only transform with it, so nights share one 2D frame, and measure "
+        "drift against it; refused when its model_id, embedding length or method differ",
+        group="reference frame",
+    )
+    fit_reference: bool = option(
+        False,
+        "with --reference: when the folder holds no reducer yet, fit one (on the input and --fit_window_days) "
+        "and save it there",
+        group="reference frame",
+    )
+    save_reference: str | None = option(
+        None, "fit as usual and save the reducer, with its provenance, to this folder", group="reference frame"
+    )
+    fit_window_days: int = option(
+        1,
+        "when fitting a reference: the input's night and the earlier ds= partitions beside it within this many "
+        "days (the projection is still of the input only)",
+        check=between(1, 366),
+        group="reference frame",
+    )
+
+    def cross_field_problems(self) -> list[str]:
+        problems = []
+        if self.reference and self.save_reference:
+            problems.append("give --reference (use a saved reducer) or --save_reference (save a new one), not both")
+        if self.fit_reference and not self.reference:
+            problems.append("--fit_reference needs --reference (the folder to fit into when it holds none)")
+        return problems
 
 
 def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]]:

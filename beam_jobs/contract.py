@@ -94,6 +94,24 @@ def index_dir(output_root: str, ds: str) -> str:
     return _join(output_root, "index", partition(ds))
 
 
+# A saved reference reducer (beam_jobs.reduce_dim.reference): one 2D frame across nights, and what
+# drift is measured against. <output_root>/references/method=<m>/<label>/ with reference.json.
+REFERENCE_FILE = "reference.json"
+REFERENCE_FORMAT = "image-embeddings-reducer"
+REFERENCE_VERSION = 1
+# The DAG's reference_policy: refit every night (no reference), a fixed reference fitted once and
+# reused, or a rolling one refitted every K nights on the last N nights.
+POLICY_REFIT = "refit"
+POLICY_FIXED = "fixed"
+POLICY_ROLLING = "rolling"
+REFERENCE_POLICIES = (POLICY_REFIT, POLICY_FIXED, POLICY_ROLLING)
+
+
+def references_dir(output_root: str, method: str, label: str) -> str:
+    """``label``: ``fixed``, or ``ds=YYYY-MM-DD`` (a rolling reference, by the night it was fitted for)."""
+    return _join(output_root, "references", f"method={method}", label)
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 JOB_EXTRACT = "extract_embeddings"
@@ -360,6 +378,10 @@ class ReduceManifest(TypedDict):
         html_points: points in map.html; thumbnails: of them with an inline thumbnail;
             thumbnail_misses: reads that gave none, by reason (``unreadable``, ``timeout``, ``time_budget``);
             mosaic_images: images in map_mosaic.png (0 when none was drawn).
+        reference: with --reference / --save_reference, the saved reducer the coordinates are in (dir, mode
+            "loaded" or "fitted", version, method, model_id, partitions fitted on, seed, fit rows, run id).
+        drift: with a reference, tonight against it (``reduce_dim.drift.drift_stats``): mean_shift(_relative),
+            mmd2 and mmd_p_value, novelty_rate and its threshold, the rows compared.
     """
 
     job: str
@@ -388,6 +410,8 @@ class ReduceManifest(TypedDict):
     thumbnails: int
     thumbnail_misses: NotRequired[dict[str, int]]
     mosaic_images: NotRequired[int]
+    reference: NotRequired[dict[str, Any]]
+    drift: NotRequired[dict[str, Any]]
     files: OutputFiles
     started_at: str
     finished_at: str
@@ -485,6 +509,8 @@ class ProjectionEntry(TypedDict):
     map_png: str
     map_html: str
     map_mosaic: NotRequired[str]
+    reference: NotRequired[dict[str, Any]]
+    drift: NotRequired[dict[str, Any]]
     explained_variance_ratio: NotRequired[list[float]]
     trustworthiness: NotRequired[float]
 

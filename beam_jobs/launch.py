@@ -116,6 +116,9 @@ def reduce_options(
         "html_points": html_points,
         "thumbnail_budget_mb": thumbnail_budget_mb,
         "mosaic_grid": mosaic_grid,
+        "reference": (plan.get("references") or {}).get(method, ""),
+        "fit_reference": bool(plan.get("fit_reference", False)),
+        "fit_window_days": plan.get("reference_window_days", 1),
         "run_id": plan["run_id"],
     }
 

@@ -29,9 +29,13 @@ from beam_jobs.contract import (
     MAX_BATCH_SIZE,
     METHODS,
     MODELS,
+    POLICY_FIXED,
+    POLICY_REFIT,
+    POLICY_ROLLING,
     PRECISION_AUTO,
     PRECISION_BF16,
     PRECISIONS,
+    REFERENCE_POLICIES,
     RUNNERS,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
@@ -44,7 +48,9 @@ from beam_jobs.contract import (
     RunRecord,
     embeddings_dir,
     index_dir,
+    partition,
     projections_dir,
+    references_dir,
 )
 
 GCS = "gs://"
@@ -104,11 +110,24 @@ class Plan(TypedDict):
     index_dir: str
     index_window_days: int
     duplicate_threshold: float
+    reference_policy: str
+    references: dict[str, str]
+    fit_reference: bool
+    reference_window_days: int
+    reference_every_days: int
+    drift_p_value: float
+    novelty_rate_alert: float
+    mean_shift_alert: float
 
 
 def projections_key(method: str) -> str:
     """The plan's top-level key holding ``method``'s projections partition."""
     return f"projections_dir_{method}"
+
+
+def reference_key(method: str) -> str:
+    """The plan's top-level key holding ``method``'s reference folder (empty with reference_policy refit)."""
+    return f"reference_dir_{method}"
 
 
 def default_setup_file() -> str:
@@ -222,6 +241,7 @@ def build_plan(
         # A folder or gs:// prefix means the files directly in it, for the sensor and the job alike.
         input_glob = input_glob.rstrip("/") + "/*"
     projections = {method: projections_dir(output_root, method, ds) for method in methods}
+    frame = reference_settings(params, output_root, ds, methods)
     plan: Plan = {
         "ds": ds,
         "run_id": run_id,
@@ -242,9 +262,14 @@ def build_plan(
         "dataflow": dataflow_options,
         "input_varies_by_date": ds in rendered_input or ds.replace("-", "") in rendered_input,
         **index_settings(params, output_root, ds),
+        **frame,
     }
-    # One top-level key per method's partition: the reduce tasks take them as XComArgs.
-    return {**plan, **{projections_key(method): folder for method, folder in projections.items()}}
+    # One top-level key per method's partition and reference: the reduce tasks take them as XComArgs.
+    return {
+        **plan,
+        **{projections_key(method): folder for method, folder in projections.items()},
+        **{reference_key(method): folder for method, folder in frame["references"].items()},
+    }
 
 
 def index_settings(params: dict[str, Any], output_root: str, ds: str) -> dict[str, Any]:
@@ -268,6 +293,83 @@ def index_entry(folder: str, manifest: IndexManifest) -> IndexEntry:
         "exact_duplicate_rows": manifest["exact_duplicate_rows"],
         "near_duplicate_pairs": manifest["near_duplicate_pairs"],
     }
+
+
+# --------------------------------------------------------------------------- the 2D frame and drift
+
+# Defaults of the DAG's reference and drift params (the KFP pipeline takes the same).
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "reference_policy": POLICY_REFIT,
+    "reference": "",
+    "reference_window_days": 7,
+    "reference_every_days": 7,
+}
+# An alert fires when tonight's MMD p-value is below drift_p_value, or its novelty rate or relative mean
+# shift is above its threshold (0 switches that one off). The run itself never fails for drift.
+DRIFT_DEFAULTS: dict[str, float] = {"drift_p_value": 0.01, "novelty_rate_alert": 0.1, "mean_shift_alert": 0.5}
+EPOCH = date(1970, 1, 1)
+
+
+def rolling_anchor(ds: str, every_days: int) -> str:
+    """The night a rolling reference in use on ``ds`` was fitted for: the latest date <= ds whose day
+    number (since 1970-01-01) is a multiple of ``every_days``. Backfills of a date find the same one."""
+    day = date.fromisoformat(ds)
+    offset = (day - EPOCH).days % max(int(every_days), 1)
+    return date.fromordinal(day.toordinal() - offset).isoformat()
+
+
+def reference_settings(params: dict[str, Any], output_root: str, ds: str, methods: list[str]) -> dict[str, Any]:
+    """The plan's frame keys: per method the reference folder the reduce job uses (empty with ``refit``).
+
+    ``fixed``: the ``reference`` param's folder (per method below it), else
+    ``<output_root>/references/method=<m>/fixed``; fitted the first night it is missing, on that night and
+    the ``reference_window_days`` before it, then reused every night, backfills included.
+    ``rolling``: ``<output_root>/references/method=<m>/ds=<anchor>``, the anchor being the night the
+    reference was fitted for (every ``reference_every_days`` nights); fitted on the anchor's night and the
+    ``reference_window_days`` before it when missing.
+    """
+    policy = str(params.get("reference_policy") or REFERENCE_DEFAULTS["reference_policy"])
+    window = int(params.get("reference_window_days") or REFERENCE_DEFAULTS["reference_window_days"])
+    every = int(params.get("reference_every_days") or REFERENCE_DEFAULTS["reference_every_days"])
+    chosen = str(params.get("reference") or "").rstrip("/")
+    folders: dict[str, str] = {}
+    for method in methods:
+        if policy == POLICY_FIXED:
+            folders[method] = (
+                join(chosen, f"method={method}") if chosen else references_dir(output_root, method, "fixed")
+            )
+        elif policy == POLICY_ROLLING:
+            folders[method] = references_dir(output_root, method, partition(rolling_anchor(ds, every)))
+        else:
+            folders[method] = ""
+    thresholds = {name: float(params.get(name, default)) for name, default in DRIFT_DEFAULTS.items()}
+    return {
+        "reference_policy": policy,
+        "references": folders,
+        "fit_reference": policy != POLICY_REFIT,
+        "reference_window_days": window,
+        "reference_every_days": every,
+        **thresholds,
+    }
+
+
+def drift_alerts(drift: dict[str, Any] | None, thresholds: dict[str, Any]) -> list[str]:
+    """What in tonight's drift figures crosses a threshold (empty: nothing to alert on)."""
+    if not drift:
+        return []
+    out = []
+    alpha = float(thresholds.get("drift_p_value", DRIFT_DEFAULTS["drift_p_value"]))
+    if alpha > 0 and drift.get("mmd_p_value") is not None and drift["mmd_p_value"] < alpha:
+        out.append(
+            f"MMD p-value {drift['mmd_p_value']:.4g} < {alpha:g}: tonight's embeddings differ from the reference"
+        )
+    novelty = float(thresholds.get("novelty_rate_alert", DRIFT_DEFAULTS["novelty_rate_alert"]))
+    if novelty > 0 and (drift.get("novelty_rate") or 0) > novelty:
+        out.append(f"novelty rate {drift['novelty_rate']:.1%} > {novelty:.1%}: images unlike any in the reference")
+    shift = float(thresholds.get("mean_shift_alert", DRIFT_DEFAULTS["mean_shift_alert"]))
+    if shift > 0 and (drift.get("mean_shift_relative") or 0) > shift:
+        out.append(f"mean embedding moved {drift['mean_shift_relative']:.3g} x the reference's spread (> {shift:g})")
+    return out
 
 
 class ExtractionRejected(ValueError):
@@ -317,6 +419,10 @@ def _projection_entry(folder: str, manifest: ReduceManifest) -> ProjectionEntry:
         entry["explained_variance_ratio"] = manifest["explained_variance_ratio"]
     if manifest.get("trustworthiness") is not None:
         entry["trustworthiness"] = manifest["trustworthiness"]
+    # The frame the coordinates are in, and tonight's drift against it.
+    for key in ("reference", "drift"):
+        if manifest.get(key):
+            entry[key] = manifest[key]
     return entry
 
 
@@ -410,7 +516,13 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     for name in ("input", "output_root", "weights"):
         if not str(params.get(name) or "").strip():
             problems.append(f"{name} is required")
-    choices = {"model": MODELS, "runner": RUNNERS, "engine": ENGINES, "precision": PRECISIONS}
+    choices = {
+        "model": MODELS,
+        "runner": RUNNERS,
+        "engine": ENGINES,
+        "precision": PRECISIONS,
+        "reference_policy": REFERENCE_POLICIES,
+    }
     for name, allowed in choices.items():
         if name in params and params[name] not in allowed:
             problems.append(f"{name} {params[name]!r} is not one of {', '.join(allowed)}")

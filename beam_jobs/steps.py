@@ -24,6 +24,7 @@ from beam_jobs.nightly import (
     PlanError,
     build_plan,
     check_extraction,
+    drift_alerts,
     fill_date,
     join,
     param_problems,
@@ -186,6 +187,8 @@ def projection_report(
     manifest = _read_json(join(folder, MANIFEST))
     figures = {"rows": manifest.get("rows"), "seconds": manifest.get("seconds")}
     figures["trustworthiness"] = manifest.get("trustworthiness")
+    for name in ("mean_shift_relative", "mmd_p_value", "novelty_rate"):
+        figures[f"drift_{name}"] = (manifest.get("drift") or {}).get(name)
     for axis, ratio in enumerate(manifest.get("explained_variance_ratio") or []):
         figures[f"explained_variance_ratio_{axis + 1}"] = ratio
     for name, value in figures.items():
@@ -216,4 +219,10 @@ def publish_step(plan: Plan, extraction: dict[str, Any], jobs: dict[str, dict[st
     record = run_record(plan, extraction, projections, jobs, index=index)
     write_json(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
+    for method, manifest in projections.items():
+        # As in the DAG, drift never fails the run; here the alert is a warning in the step's log.
+        for problem in drift_alerts(manifest.get("drift"), plan):
+            LOG.warning(
+                "ALERT drift ds=%s %s reference %s: %s", plan["ds"], method, manifest["reference"]["dir"], problem
+            )
     return record

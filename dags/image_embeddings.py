@@ -66,6 +66,7 @@ from beam_jobs.contract import (
     MODELS,
     PRECISION_AUTO,
     PRECISIONS,
+    REFERENCE_POLICIES,
     RUNNERS,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
@@ -74,7 +75,15 @@ from beam_jobs.contract import (
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK, projections_key
+from image_embeddings_airflow.runs import (
+    DAG_ID,
+    DRIFT_DEFAULTS,
+    MAPS_ASSET,
+    PUBLISH_TASK,
+    REFERENCE_DEFAULTS,
+    projections_key,
+    reference_key,
+)
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
@@ -207,6 +216,61 @@ with DAG(
                 "An image whose bytes were already embedded with the same model in an earlier night (or under "
                 "another URI tonight) gets that vector again instead of being recomputed."
             ),
+        ),
+        "reference_policy": Param(
+            REFERENCE_DEFAULTS["reference_policy"],
+            type="string",
+            enum=list(REFERENCE_POLICIES),
+            title="2D frame",
+            description=(
+                "'refit': each night's maps get their own axes; 'fixed': one saved reducer (fitted the first night "
+                "it is missing, on reference_window_days nights) reused every night, backfills included; 'rolling': "
+                "refitted every reference_every_days nights on the last reference_window_days nights. With a "
+                "reference, each night's drift against it is measured."
+            ),
+        ),
+        "reference": Param(
+            REFERENCE_DEFAULTS["reference"],
+            type="string",
+            description=(
+                "fixed: the folder of the saved reducers (method=<m>/ below it); empty: <output_root>/references."
+            ),
+        ),
+        "reference_window_days": Param(
+            REFERENCE_DEFAULTS["reference_window_days"],
+            type="integer",
+            minimum=1,
+            maximum=366,
+            description="Nights a reference is fitted on: the night it is fitted and the ones before it.",
+        ),
+        "reference_every_days": Param(
+            REFERENCE_DEFAULTS["reference_every_days"],
+            type="integer",
+            minimum=1,
+            maximum=366,
+            description="rolling: a new reference every this many nights.",
+        ),
+        "drift_p_value": Param(
+            DRIFT_DEFAULTS["drift_p_value"],
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Alert when the MMD test's p-value against the reference is below this (0: never).",
+        ),
+        "novelty_rate_alert": Param(
+            DRIFT_DEFAULTS["novelty_rate_alert"],
+            type="number",
+            minimum=0,
+            maximum=1,
+            description=(
+                "Alert when more than this share of the night's images are unlike any reference image (0: never)."
+            ),
+        ),
+        "mean_shift_alert": Param(
+            DRIFT_DEFAULTS["mean_shift_alert"],
+            type="number",
+            minimum=0,
+            description="Alert when the mean embedding moves more than this times the reference's spread (0: never).",
         ),
         "index": Param(
             True,
@@ -383,6 +447,10 @@ with DAG(
                 "html_points": "{{ params.map_points }}",
                 "thumbnail_budget_mb": "{{ params.thumbnail_budget_mb }}",
                 "mosaic_grid": "{{ params.mosaic_grid }}",
+                # The plan's frame: the reference folder ("" with reference_policy refit), fitted when missing.
+                "reference": planned[reference_key(method)],
+                "fit_reference": planned["fit_reference"],
+                "fit_window_days": planned["reference_window_days"],
                 "run_id": "{{ run_id }}",
             },
             dataflow_config=dataflow_config,
@@ -419,13 +487,18 @@ with DAG(
     def publish(plan: dict, extraction: dict, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
         from beam_jobs.contract import MANIFEST, run_record_path
+        from image_embeddings_airflow.alerts import drift_alert_payload, post_alert
         from image_embeddings_airflow.metrics import emit_projection
         from image_embeddings_airflow.paths import join, read_json, write_json
-        from image_embeddings_airflow.runs import run_record
+        from image_embeddings_airflow.runs import drift_alerts, run_record
 
         projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
         for method, manifest in projections.items():
             emit_projection(method, manifest)
+            # Drift never fails the run: crossing a threshold posts an alert through the failure notifier's hook.
+            problems = drift_alerts(manifest.get("drift"), plan)
+            if problems:
+                post_alert(drift_alert_payload(plan, method, manifest, problems, context["run_id"]))
         # The *_done results of the Beam tasks that ran (pulled here: the set depends on the methods).
         beam_tasks = [extract.task_id, *(f"reduce_{method}" for method in plan["methods"])]
         if plan.get("index"):

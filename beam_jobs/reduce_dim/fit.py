@@ -23,6 +23,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.runners.worker.statecache import CacheAware
 
+from beam_jobs.reduce_dim.drift import Moments
 from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, Block, Projected
 from beam_jobs.reduce_dim.reduction import (
     MIN_FIT_ROWS,
@@ -96,6 +97,25 @@ class SampleFn(beam.CombineFn):
 
     def extract_output(self, acc: Sample) -> Sample:
         return acc.sorted()
+
+
+class MomentsFn(beam.CombineFn):
+    """Count, sum and squared norms of every row (Blocks or Projected): the mean embedding and spread for drift."""
+
+    def create_accumulator(self) -> Moments:
+        return Moments()
+
+    def add_input(self, acc: Moments, item: Block | Projected) -> Moments:
+        return acc.add(item.x)
+
+    def merge_accumulators(self, accs) -> Moments:
+        out = Moments()
+        for acc in accs:
+            out = out.merge(acc)
+        return out
+
+    def extract_output(self, acc: Moments) -> Moments:
+        return acc
 
 
 def check_fit_rows(method: str, fit_rows: int, input_rows: int | None) -> None:

@@ -40,8 +40,11 @@ def colours(count: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(i / max(count - 1, 1))) for i in range(count)]
 
 
-def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabels) -> bytes:
-    """Scatter of every point, coloured by partition (``groups``: one label per point)."""
+def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabels, reference=None) -> bytes:
+    """Scatter of every point, coloured by partition (``groups``: one label per point).
+
+    ``reference`` (an ``explorer.Layer``): drawn first, in grey, so tonight's points sit on top of it.
+    """
     # The object API, not pyplot: no process-wide backend switch (this also runs inside
     # callers' processes) and no global figure state shared between worker threads.
     from matplotlib.cm import ScalarMappable
@@ -57,6 +60,17 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
     fig = Figure(figsize=(10, 7.5), dpi=120, layout="constrained")
     ax = fig.subplots()
     groups = np.asarray([str(g) for g in groups])
+    if reference is not None and len(reference):
+        ax.scatter(
+            reference.x,
+            reference.y,
+            s=max(size * 0.6, 1.0),
+            c="#b0b0b0",
+            alpha=0.5,
+            linewidths=0,
+            rasterized=True,
+            label=f"{reference.label} ({len(reference):,})",
+        )
     for name, colour in zip(names, palette, strict=True):
         mask = groups == name
         ax.scatter(
@@ -78,7 +92,8 @@ def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabe
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    if 1 < len(names) <= 20:
+    with_reference = reference is not None and len(reference) > 0
+    if (len(names) > 1 or with_reference) and len(names) <= 20:
         ax.legend(title="partition", markerscale=max(1.0, 6 / np.sqrt(size)), fontsize=9, frameon=False, loc="best")
     elif len(names) > 20:
         sm = ScalarMappable(cmap="viridis", norm=Normalize(0, len(names) - 1))

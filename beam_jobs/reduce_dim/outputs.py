@@ -11,13 +11,14 @@ map.html (the explorer) and map_mosaic.png into the staging directory and
 returns the job's manifest fields; Commit writes manifest.json and swaps the
 directory in.
 
-Drift statistics against a reference run (a later issue) belong beside
-``sample_trustworthiness``: computed from the same seeded sample, passed to
-Commit as one more side input, recorded as one more manifest block.
+With a reference (``--reference`` / ``--save_reference``) the commit step also saves the reducer
+fitted by this run (``reference.save_reference``), compares tonight's seeded sample and moments with
+the reference (``drift.drift_stats``) and draws the reference's cloud in grey beneath tonight's points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -294,7 +295,8 @@ def write_maps(
 ) -> int:
     """map.png (every point), map.html (the explorer) and map_mosaic.png into ``staging``; returns mosaic images."""
     xy, groups = coords
-    storage.write_bytes(storage.join(staging, MAP_PNG), render_png(xy[:, 0], xy[:, 1], groups, labels))
+    png = render_png(xy[:, 0], xy[:, 1], groups, labels, reference)
+    storage.write_bytes(storage.join(staging, MAP_PNG), png)
     c = points.columns
     shown = len(points)
     explorer = ExplorerPoints(
@@ -317,6 +319,67 @@ def write_maps(
     return used
 
 
+# Rows of the reference's seeded sample kept with it: its grey cloud on the maps and its drift sample.
+REFERENCE_SAMPLE = 2000
+
+
+def reference_and_drift(
+    frame,
+    settings: dict[str, Any],
+    run_id: str,
+    seed: int,
+    model=None,
+    reference_sample: Sample | None = None,
+    reference_moments=None,
+    tonight_sample: Sample | None = None,
+    tonight_moments=None,
+) -> tuple[dict[str, Any], Layer | None]:
+    """The manifest's ``reference`` and ``drift`` blocks, and the grey layer for the maps.
+
+    "fitted": the drift space and the cloud from the reference's sample, saved with the model to the
+    reference folder. "loaded": read back (each file's sha256 checked). Then tonight against it.
+    """
+    from beam_jobs.reduce_dim.drift import build_drift_space, drift_stats
+    from beam_jobs.reduce_dim.reference import load_reference, reference_entry, save_reference
+
+    if not frame.mode:
+        return {}, None
+    if frame.mode == "fitted":
+        x = reference_sample.columns["x"]
+        space = build_drift_space(x, reference_moments)
+        cloud = np.asarray(model.transform(x), np.float32)[:, :2]
+        provenance = {
+            "method": settings["method"],
+            "parameters": {k: v for k, v in settings["parameters"].items() if k not in THUMBNAIL_SETTINGS},
+            "model_id": settings["model_id"],
+            "embedding_dim": settings["embedding_dim"],
+            "partitions": frame.fit_summary.partitions if frame.fit_summary else settings["partitions"],
+            "seed": seed,
+            "run_id": run_id,
+        }
+        info = save_reference(frame.folder, model, space, cloud, provenance)
+    else:
+        loaded = load_reference(frame.folder, frame.info)
+        info, space, cloud = loaded.info, loaded.drift, loaded.cloud
+    tonight_x = tonight_sample.columns["x"] if len(tonight_sample) else np.empty((0, space.axes.shape[1]), np.float32)
+    drift = drift_stats(space, tonight_x, tonight_moments, seed)
+    parts = info.get("partitions") or []
+    label = f"reference ({parts[0]} .. {parts[-1]})" if len(parts) > 1 else f"reference ({', '.join(parts)})"
+    layer = Layer(label, cloud[:, 0], cloud[:, 1]) if len(cloud) else None
+    return {"reference": reference_entry(info, frame.folder, frame.mode), "drift": drift}, layer
+
+
+# The map settings are not part of a reducer's provenance.
+THUMBNAIL_SETTINGS = (
+    "html_points",
+    "thumbnails",
+    "thumbnail_budget_mb",
+    "thumbnail_time_budget_s",
+    "mosaic_grid",
+    "trust_sample_size",
+)
+
+
 def finish_reduction(
     staging: str,
     *,
@@ -334,6 +397,12 @@ def finish_reduction(
     points: Sample,
     thumbs: Thumbnails,
     files: list[str],
+    frame=None,
+    model=None,
+    reference_sample: Sample | None = None,
+    reference_moments=None,
+    tonight_sample: Sample | None = None,
+    tonight_moments=None,
 ) -> ReduceManifest:
     """The commit step's check, maps and manifest fields.
 
@@ -349,7 +418,24 @@ def finish_reduction(
     shown, with_thumbs = len(points), len(thumbs.html)
     facts = header_facts(rows, dropped.count, extraction_figures(summary.files), shown, with_thumbs)
     labels = map_labels(method, run_id, maps.seed, summary, info, rows, trust)
-    mosaic = write_maps(staging, labels, coords, points, thumbs, maps, rows=rows, facts=facts)
+    frame_fields, layer = (
+        reference_and_drift(
+            frame,
+            settings,
+            run_id,
+            maps.seed,
+            model,
+            reference_sample,
+            reference_moments,
+            tonight_sample,
+            tonight_moments,
+        )
+        if frame is not None
+        else ({}, None)
+    )
+    if layer is not None:
+        labels = dataclasses.replace(labels, footer=labels.footer + f" · frame: {frame_fields['reference']['dir']}")
+    mosaic = write_maps(staging, labels, coords, points, thumbs, maps, rows=rows, facts=facts, reference=layer)
     outputs = {"map_png": MAP_PNG, "map_html": MAP_HTML, **({"map_mosaic": MAP_MOSAIC} if mosaic else {})}
     return {
         **settings,
@@ -363,6 +449,7 @@ def finish_reduction(
         "thumbnails": with_thumbs,
         "thumbnail_misses": dict(thumbs.misses),
         "mosaic_images": mosaic,
+        **frame_fields,
         "files": {"projections": sorted(os.path.basename(f) for f in files), **outputs},
         "rows_per_second": round(rows / seconds, 1),
     }  # type: ignore[typeddict-item]  # job, run_id, output and timings come from runtime.Commit

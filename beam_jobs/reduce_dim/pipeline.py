@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -32,12 +33,52 @@ import apache_beam as beam
 from beam_jobs import runtime, storage
 from beam_jobs.config import ReduceConfig
 from beam_jobs.contract import JOB_REDUCE, MAP_PNG
-from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, Project, describe_model
+from beam_jobs.reduce_dim.drift import DRIFT_SAMPLE
+from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, MomentsFn, Project, SampleFn, describe_model
 from beam_jobs.reduce_dim.inputs import InputSummary, ReadEmbeddings, inspect_inputs, require_rows
-from beam_jobs.reduce_dim.outputs import MapParams, WriteOutputs, finish_reduction
+from beam_jobs.reduce_dim.outputs import REFERENCE_SAMPLE, MapParams, WriteOutputs, finish_reduction
+from beam_jobs.reduce_dim.reference import check_reference, has_reference, load_reference, read_info
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    """The launcher's decision about the 2D frame.
+
+    mode: "" (fit on the input, no reference), "loaded" (transform with the reducer saved in ``folder``)
+    or "fitted" (fit on ``fit_summary``'s rows and save the reducer to ``folder``).
+    """
+
+    mode: str = ""
+    folder: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    fit_summary: InputSummary | None = None
+
+
+def fit_inputs(cfg: ReduceConfig) -> list[str]:
+    """The partitions a reference is fitted on: the input's, and with --fit_window_days > 1 the earlier
+    ds= partitions beside it within that many days that exist."""
+    if cfg.fit_window_days <= 1:
+        return list(cfg.inputs)
+    from beam_jobs.build_index.window import window_partitions
+
+    _night, folders = window_partitions(cfg.inputs, cfg.fit_window_days)
+    return list(folders.values())
+
+
+def plan_frame(cfg: ReduceConfig, summary: InputSummary) -> Frame:
+    """Load, check or plan the reference before any work; a reference that does not fit is refused here."""
+    if cfg.reference and (not cfg.fit_reference or has_reference(cfg.reference)):
+        info = read_info(cfg.reference)
+        check_reference(info, cfg.reference, cfg.method, summary.model_id, summary.dim)
+        return Frame("loaded", cfg.reference, info)
+    folder = cfg.reference or cfg.save_reference
+    if not folder:
+        return Frame()
+    fit_summary = inspect_inputs(fit_inputs(cfg), summary.model_id)
+    return Frame("fitted", folder, {}, fit_summary)
 
 
 def run_settings(cfg: ReduceConfig, summary: InputSummary) -> dict[str, Any]:
@@ -70,19 +111,42 @@ def run_settings(cfg: ReduceConfig, summary: InputSummary) -> dict[str, Any]:
     }
 
 
-def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, staging: str):
-    """Wire the graph; returns the PCollection holding the committed manifest."""
+def build_pipeline(
+    p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, staging: str, frame: Frame | None = None
+):
+    """Wire the graph; returns the PCollection holding the committed manifest.
+
+    ``frame``: what the launcher decided about a reference reducer (None: fit on the input, as always).
+    """
+    frame = frame or Frame()
     read = functools.partial(ReadEmbeddings, summary.files, summary.model_id, summary.dim, cfg.block_rows)
-    fit_blocks = p | "ReadEmbeddings" >> read()
-    # The fitted model (a saved reference reducer, when one is added, is loaded here instead).
-    if cfg.method == "pca":
-        model = fit_blocks | "FitPCA" >> FitPCA(2, input_rows=summary.rows)
-    else:
-        # 0 = no pre-PCA: --pca_dims 0, or embeddings no longer than --pca_dims.
-        pca_dims = cfg.pca_dims if cfg.pca_dims < summary.dim else 0
-        model = fit_blocks | "FitUMAP" >> FitUMAP(
-            cfg.fit_sample_size, cfg.seed, pca_dims, cfg.n_neighbors, cfg.min_dist, input_rows=summary.rows
+    sides: dict[str, Any] = {}
+    if frame.mode == "loaded":
+        model = (
+            p
+            | "ReferenceDir" >> beam.Create([frame.folder])
+            | "LoadReference" >> beam.Map(lambda folder, info: load_reference(folder, info).model, frame.info)
         )
+    else:
+        fit_summary = frame.fit_summary or summary
+        fit_read = functools.partial(ReadEmbeddings, fit_summary.files, summary.model_id, summary.dim, cfg.block_rows)
+        fit_blocks = p | "ReadEmbeddings" >> fit_read()
+        if cfg.method == "pca":
+            model = fit_blocks | "FitPCA" >> FitPCA(2, input_rows=fit_summary.rows)
+        else:
+            # 0 = no pre-PCA: --pca_dims 0, or embeddings no longer than --pca_dims.
+            pca_dims = cfg.pca_dims if cfg.pca_dims < summary.dim else 0
+            model = fit_blocks | "FitUMAP" >> FitUMAP(
+                cfg.fit_sample_size, cfg.seed, pca_dims, cfg.n_neighbors, cfg.min_dist, input_rows=fit_summary.rows
+            )
+        if frame.mode == "fitted":
+            sides["reference_sample"] = beam.pvalue.AsSingleton(
+                fit_blocks | "ReferenceSample" >> beam.CombineGlobally(SampleFn(REFERENCE_SAMPLE, cfg.seed, ("x",)))
+            )
+            sides["reference_moments"] = beam.pvalue.AsSingleton(
+                fit_blocks | "ReferenceMoments" >> beam.CombineGlobally(MomentsFn())
+            )
+            sides["model"] = beam.pvalue.AsSingleton(model)
     info = model | "DescribeModel" >> beam.Map(describe_model)
     # The second read reports the rows it left out for NaN/inf values: the first leaves out the same rows.
     blocks, dropped = p | "ReadEmbeddingsAgain" >> read(report_dropped=True)
@@ -100,6 +164,13 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
         mosaic_cell=cfg.mosaic_cell,
     )
     written = projected | "WriteOutputs" >> WriteOutputs(staging, cfg.method, cfg.run_id, cfg.num_shards, maps)
+    if frame.mode:
+        sides["tonight_sample"] = beam.pvalue.AsSingleton(
+            projected | "DriftSample" >> beam.CombineGlobally(SampleFn(DRIFT_SAMPLE, cfg.seed, ("x",)))
+        )
+        sides["tonight_moments"] = beam.pvalue.AsSingleton(
+            projected | "DriftMoments" >> beam.CombineGlobally(MomentsFn())
+        )
     finish = functools.partial(
         finish_reduction,
         settings=run_settings(cfg, summary),
@@ -107,8 +178,9 @@ def build_pipeline(p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, s
         method=cfg.method,
         run_id=cfg.run_id,
         maps=maps,
+        frame=frame,
     )
-    sides = {"info": beam.pvalue.AsSingleton(info), "dropped": beam.pvalue.AsSingleton(dropped), **written}
+    sides.update(info=beam.pvalue.AsSingleton(info), dropped=beam.pvalue.AsSingleton(dropped), **written)
     return p | "Commit" >> Commit(JOB_REDUCE, cfg, staging, finish, **sides)
 
 
@@ -119,7 +191,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # at 100k rows (19.7 s and 21.8 s against 16.4 s; README, performance).
     options = runtime.job_options(beam_args, cfg.detach, running_mode="in_memory")
     summary = inspect_inputs(cfg.inputs, cfg.model_id)
-    require_rows(summary, cfg.method, cfg.fit_sample_size)
+    frame = plan_frame(cfg, summary)
+    require_rows(frame.fit_summary or summary, cfg.method, cfg.fit_sample_size)
     LOG.info(
         "reduce_dim run_id=%s method=%s rows=%d files=%d model_id=%s partitions=%s output=%s",
         cfg.run_id,
@@ -130,7 +203,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         summary.partitions,
         cfg.output,
     )
-    manifest = runtime.launch(JOB_REDUCE, cfg, options, lambda p, staging: build_pipeline(p, cfg, summary, staging))
+    manifest = runtime.launch(
+        JOB_REDUCE, cfg, options, lambda p, staging: build_pipeline(p, cfg, summary, staging, frame)
+    )
     if not cfg.detach:
         LOG.info(
             "reduce_dim done: method=%s rows=%d in %.1fs (%.0f rows/s) trustworthiness=%s map=%s",

@@ -46,6 +46,28 @@ def alert_payload(context: dict[str, Any], what: str) -> dict[str, Any]:
     return payload
 
 
+def drift_alert_payload(
+    plan: dict[str, Any], method: str, manifest: dict[str, Any], problems: list[str], run_id: str
+) -> dict[str, Any]:
+    """An alert for a night whose embeddings drifted from the reference (the run itself succeeded)."""
+    reference = manifest.get("reference") or {}
+    payload = {
+        "what": "drift",
+        "dag_id": "image_embeddings",
+        "run_id": run_id,
+        "ds": plan.get("ds"),
+        "method": method,
+        "reference": reference.get("dir"),
+        "drift": manifest.get("drift"),
+        "problems": problems,
+    }
+    payload["text"] = (
+        f":large_yellow_circle: image_embeddings {run_id} ds={plan.get('ds')}: drift against the {method} "
+        f"reference {reference.get('dir')}: " + "; ".join(problems)
+    )
+    return payload
+
+
 class FailureAlert(BaseNotifier):
     """Notifier for task and DAG-run failures (``on_failure_callback``)."""
 

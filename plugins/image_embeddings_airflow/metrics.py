@@ -24,6 +24,8 @@ EXTRACTION_FIGURES = (
     "failure_rate",
 )
 PROJECTION_FIGURES = ("rows", "seconds", "rows_per_second")
+# Of ReduceManifest["drift"], emitted as image_embeddings.drift_<method>.<name> when a reference was used.
+DRIFT_FIGURES = ("mean_shift", "mean_shift_relative", "mmd2", "mmd_p_value", "novelty_rate")
 
 
 def emit(stage: str, figures: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, float]:
@@ -47,4 +49,7 @@ def emit_extraction(manifest: ExtractManifest) -> dict[str, float]:
 
 
 def emit_projection(method: str, manifest: ReduceManifest) -> dict[str, float]:
-    return emit(f"reduce_{method}", manifest, PROJECTION_FIGURES)
+    sent = emit(f"reduce_{method}", manifest, PROJECTION_FIGURES)
+    if manifest.get("drift"):
+        sent.update(emit(f"drift_{method}", manifest["drift"], DRIFT_FIGURES))
+    return sent

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from beam_jobs.nightly import (
     DATAFLOW_SETTINGS,
+    DRIFT_DEFAULTS,
     IMAGE_REFERENCE,
     KEYWORD_WEIGHTS,
+    REFERENCE_DEFAULTS,
     SETUP_FILE_ENV,
     ExtractionRejected,
     Plan,
@@ -20,17 +22,21 @@ from beam_jobs.nightly import (
     build_plan,
     check_extraction,
     default_setup_file,
+    drift_alerts,
     projections_key,
+    reference_key,
     run_record,
 )
 
 __all__ = [
     "DAG_ID",
     "DATAFLOW_SETTINGS",
+    "DRIFT_DEFAULTS",
     "IMAGE_REFERENCE",
     "KEYWORD_WEIGHTS",
     "MAPS_ASSET",
     "PUBLISH_TASK",
+    "REFERENCE_DEFAULTS",
     "SETUP_FILE_ENV",
     "ExtractionRejected",
     "Plan",
@@ -38,7 +44,9 @@ __all__ = [
     "build_plan",
     "check_extraction",
     "default_setup_file",
+    "drift_alerts",
     "projections_key",
+    "reference_key",
     "run_record",
 ]
 
