@@ -91,7 +91,11 @@ def test_describe_pca_model():
 
 
 @pytest.mark.slow
-def test_fit_umap_stage_fits_on_the_seeded_sample():
+def test_fit_umap_stage_fits_on_the_seeded_sample(tmp_path):
+    """Also: the fitted UMAP saved as a reference (pickled, sha256-checked) transforms as before once loaded."""
+    from beam_jobs.reduce_dim.drift import Moments, build_drift_space
+    from beam_jobs.reduce_dim.reference import load_reference, save_reference
+
     x, _ = clustered_embeddings(400, 64, clusters=3, seed=4)
 
     def check(models):
@@ -103,6 +107,12 @@ def test_fit_umap_stage_fits_on_the_seeded_sample():
         assert info["n_neighbors"] == 15
         assert 0 < info["pca_explained_variance_ratio_total"] <= 1
         assert model.transform(x[:5]).shape == (5, 2)
+        folder = str(tmp_path / "umap-ref")
+        provenance = {"method": "umap", "model_id": "m", "embedding_dim": 64, "partitions": [], "seed": 0}
+        save_reference(folder, model, build_drift_space(x[:100], Moments().add(x)), model.transform(x[:50]), provenance)
+        loaded = load_reference(folder)
+        assert loaded.info["files"].keys() >= {"umap.pkl", "pre_pca.npz"}
+        np.testing.assert_array_equal(loaded.model.transform(x[:20]), model.transform(x[:20]))
 
     with TestPipeline(argv=RUNNER) as p:
         blocks = p | beam.Create(blocks_of(x, 64)).with_output_types(Block)
