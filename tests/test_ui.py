@@ -238,3 +238,38 @@ def test_similar_routes_answer_from_the_published_index_only(tiny_index, monkeyp
     assert upload.status_code == 422
     assert "--weights PATH" in upload.json()["detail"]
     assert client.post("/api/similar", params={"event": 9}, content=b"").status_code == 400
+
+
+def test_map_page_steps_through_the_nights_of_one_frame():
+    from image_embeddings_airflow.ui import frame_neighbours, latest_runs, render_map
+
+    def framed(ds: str, folder: str | None) -> dict:
+        run = record(ds, f"r-{ds}")
+        if folder:
+            run["projections"]["pca"]["reference"] = {"dir": folder, "partitions": ["2026-11-18", "2026-11-19"]}
+            run["projections"]["pca"]["drift"] = {
+                "mean_shift_relative": 0.12,
+                "mmd_p_value": 0.004,
+                "novelty_rate": 0.2,
+            }
+        return run
+
+    runs = latest_runs(
+        [
+            event(1, 19, framed("2026-11-19", None)),
+            event(2, 20, framed("2026-11-20", "/out/references/method=pca/fixed")),
+            event(3, 21, framed("2026-11-21", "/out/references/method=pca/fixed")),
+            event(4, 22, framed("2026-11-22", "/out/references/method=pca/fixed")),
+        ]
+    )
+    by_ds = {run["ds"]: run for run in runs}
+    assert frame_neighbours(runs, by_ds["2026-11-21"], "pca") == ("2026-11-20", "2026-11-22")
+    assert frame_neighbours(runs, by_ds["2026-11-20"], "pca") == (None, "2026-11-21")
+    assert frame_neighbours(runs, by_ds["2026-11-19"], "pca") == (None, None)  # refitted: its own axes
+    page = render_map(by_ds["2026-11-21"], "pca", ("2026-11-20", "2026-11-22"))
+    assert "./?ds=2026-11-20&amp;method=pca" in page
+    assert "./?ds=2026-11-22&amp;method=pca" in page
+    assert "<code>/out/references/method=pca/fixed</code>" in page
+    assert "MMD p-value 0.0040" in page
+    assert "novelty 20.0%" in page
+    assert "same frame" not in render_map(by_ds["2026-11-19"], "pca")

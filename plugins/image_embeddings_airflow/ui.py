@@ -126,9 +126,30 @@ def render_index(runs: list[dict[str, Any]], method: str | None = None) -> str:
     return PAGES.get_template("index.html").render(runs=runs, method=method, methods=METHODS)
 
 
-def render_map(run: dict[str, Any], method: str) -> str:
-    """One date and method: the interactive map (sandboxed frame) with its figures."""
-    return PAGES.get_template("map_page.html").render(run=run, method=method)
+def frame_of(run: dict[str, Any], method: str) -> str | None:
+    """The saved reference a run's ``method`` map is in (its folder), or None when that night was refitted."""
+    reference = ((run.get("projections") or {}).get(method) or {}).get("reference") or {}
+    return reference.get("dir") if isinstance(reference, dict) else None
+
+
+def frame_neighbours(runs: list[dict[str, Any]], run: dict[str, Any], method: str) -> tuple[str | None, str | None]:
+    """(the previous, the next) date whose ``method`` map is in the same frame as ``run``'s; None at either end
+    or when ``run`` has no reference (then no two nights share axes)."""
+    frame = frame_of(run, method)
+    if not frame:
+        return None, None
+    dates = sorted(r["ds"] for r in runs if frame_of(r, method) == frame)
+    at = dates.index(run["ds"]) if run["ds"] in dates else -1
+    if at < 0:
+        return None, None
+    return (dates[at - 1] if at > 0 else None), (dates[at + 1] if at + 1 < len(dates) else None)
+
+
+def render_map(run: dict[str, Any], method: str, neighbours: tuple[str | None, str | None] = (None, None)) -> str:
+    """One date and method: the interactive map (sandboxed frame) with its figures; with a reference, links to
+    the previous and next nights in the same frame and the night's drift against it."""
+    previous, following = neighbours
+    return PAGES.get_template("map_page.html").render(run=run, method=method, previous=previous, following=following)
 
 
 def load_events(event_id: int | None = None) -> list[dict[str, Any]]:
@@ -172,10 +193,11 @@ router = APIRouter()
 async def index(method: str | None = None, ds: str | None = None, limit: int = Query(14, ge=1, le=366)) -> HTMLResponse:
     _check_method(method or None)
     if ds and method:
-        match = [run for run in await _runs(method, 10_000) if run["ds"] == ds]
+        runs = await _runs(method, 10_000)
+        match = [run for run in runs if run["ds"] == ds]
         if not match:
             raise HTTPException(404, f"no published {method} map for ds={ds}")
-        return HTMLResponse(render_map(match[0], method))
+        return HTMLResponse(render_map(match[0], method, frame_neighbours(runs, match[0], method)))
     return HTMLResponse(render_index(await _runs(method or None, limit), method or None))
 
 
