@@ -229,15 +229,22 @@ RERUN = "2026-11-18"  # 3 photos, then a late one and the date run again (PCA on
 @pytest.fixture(scope="module")
 def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     """Three dag.test() runs into one output root, asserted on by the tests below: a whole night with both
-    methods, another date, and that date re-run after a late image arrived (a backfill's re-run)."""
+    methods, another date, and that date re-run after a late image arrived (a backfill's re-run).
+
+    The other date runs with reference_policy fixed: its first run fits the reference, the re-run only
+    transforms with it; and its photos are among the first night's, so skip_known reuses their vectors.
+    """
     root = tmp_path_factory.mktemp("nights")
     images = {NIGHT: stage_images(sample_dir, root, NIGHT, count=12, broken=True)}
     night = run_dag(dag, NIGHT, conf_for(root, methods=["pca", "umap"], index=True))
     stage_images(sample_dir, root, RERUN, 3)
-    first = run_dag(dag, RERUN, conf_for(root))
+    fixed = conf_for(root, reference_policy="fixed")
+    first = run_dag(dag, RERUN, fixed)
+    projection = root / "out" / "projections" / "method=pca" / f"ds={RERUN}"
+    first_coords = {r["image_uri"]: (r["x"], r["y"]) for r in parquet_rows(str(projection), "projection")}
     images[RERUN] = stage_images(sample_dir, root, RERUN, 4)  # the late image arrives
-    again = run_dag(dag, RERUN, conf_for(root))
-    return root, images, {"night": night, "first": first, "again": again}
+    again = run_dag(dag, RERUN, fixed)
+    return root, images, {"night": night, "first": first, "again": again, "first_coords": first_coords}
 
 
 @pytest.mark.slow
@@ -309,6 +316,17 @@ def test_rerun_of_a_date_replaces_its_partitions_whole(nights):
     assert sorted(os.listdir(out / "embeddings")) == dates
     assert sorted(os.listdir(out / "projections" / "method=pca")) == dates
     assert sorted(os.listdir(out / "projections" / "method=umap")) == [f"ds={NIGHT}"]
+    # reference_policy fixed: the re-run drew the three photos where the first run had, in the saved frame.
+    again = {r["image_uri"]: (r["x"], r["y"]) for r in proj}
+    assert runs["first_coords"] == {uri: again[uri] for uri in runs["first_coords"]}
+    record = json.loads((out / "runs" / f"ds={RERUN}" / "run.json").read_text())
+    reference = record["projections"]["pca"]["reference"]
+    assert reference["dir"] == str(out / "references" / "method=pca" / "fixed")
+    assert (reference["mode"], reference["partitions"]) == ("loaded", [RERUN])
+    assert record["projections"]["pca"]["drift"]["rows"] == 4
+    # skip_known (on by default): the photos were embedded on the first night already.
+    manifest = json.loads((out / "embeddings" / f"ds={RERUN}" / "manifest.json").read_text())
+    assert (manifest["reused"], manifest["computed"], manifest["known_partitions"]) == (4, 0, [f"ds={NIGHT}"])
 
 
 @pytest.mark.slow

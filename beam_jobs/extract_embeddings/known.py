@@ -3,14 +3,15 @@
 A join on ``content_sha256``, so it scales with the number of known hashes without any
 worker holding them all:
 
-  ReadAndHash   decode.py  URI -> (sha256, (URI, bytes)); each input is read once
+  ReadAndHash   decode.py  URI -> (sha256, URI); each input read and hashed, not decoded
   KnownVectors  here       the earlier partitions' rows of this model_id, read as Parquet row groups
                            (only the hash, model_id, embedding, width and height columns), one vector
                            per hash kept by a combiner (the earliest night's), so what is shuffled is
                            one vector per distinct known hash
   SplitByKnown  here       CoGroupByKey of tonight's hashes with the known ones: a known hash -> a
-                           reused row per URI; an unknown one -> its first URI (sorted) is decoded
-                           and embedded, the other URIs with the same bytes wait for that vector
+                           reused row per URI; an unknown one -> its first URI (sorted) is read again,
+                           decoded and embedded (DecodeImages), the other URIs with the same bytes
+                           wait for that vector
   CopyVectors   here       the vectors computed tonight joined with the waiting URIs: each gets a
                            copy; when the computation failed, each gets a failure record naming it
 
@@ -142,18 +143,18 @@ class SplitByKnownFn(beam.DoFn):
 
     def process(self, item: tuple[str, dict[str, list]]) -> Iterator[Any]:
         sha, groups = item
-        tonight = sorted(groups["tonight"], key=lambda uri_data: uri_data[0])
+        tonight = sorted(groups["tonight"])
         if not tonight:
             return
         known = [k for k in groups["known"] if k is not None]
         if known:
             _night, vector, width, height = known[0]
-            for uri, _data in tonight:
+            for uri in tonight:
                 self._reused.inc()
                 yield beam.pvalue.TaggedOutput(REUSED_TAG, self._row(uri, sha, vector, width, height))
             return
         yield beam.pvalue.TaggedOutput(COMPUTE_TAG, tonight[0])
-        for uri, _data in tonight[1:]:
+        for uri in tonight[1:]:
             self._reused_same_night.inc()
             yield beam.pvalue.TaggedOutput(PENDING_TAG, (sha, uri))
 
@@ -170,8 +171,7 @@ class SplitByKnownFn(beam.DoFn):
 
 
 class SplitByKnown(beam.PTransform):
-    """{"tonight": (sha, (uri, bytes)), "known": (sha, stored)} -> reused rows, compute (uri, bytes),
-    pending (sha, uri)."""
+    """{"tonight": (sha, uri), "known": (sha, stored)} -> reused rows, compute (uri), pending (sha, uri)."""
 
     def __init__(self, model_id: str, run_id: str):
         super().__init__()
@@ -186,6 +186,8 @@ class SplitByKnown(beam.PTransform):
 def copy_vectors(item: tuple[str, dict[str, list]], run_id: str) -> Iterator[Any]:
     """Rows computed tonight for one hash, and the URIs waiting for it -> a copy each, or a record each."""
     _sha, groups = item
+    # Keyed by the hash of the decode's read: a file rewritten between the two reads leaves its waiting
+    # copies without a vector, and so with a record, never with another content's vector.
     rows, waiting = groups["rows"], sorted(groups["pending"])
     if not waiting:
         return

@@ -34,7 +34,6 @@ from beam_jobs.config import ExtractConfig
 from beam_jobs.contract import JOB_EXTRACT
 from beam_jobs.extract_embeddings.decode import (
     FAILURES_TAG,
-    DecodeBytesFn,
     DecodeImages,
     DecodeParams,
     ReadAndHashFn,
@@ -96,17 +95,16 @@ def build_pipeline(
 
 
 def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedImages, embedding_model_id: str, run_id: str, known):
-    """``--skip_known``: read and hash each URI, join on the hash with the known vectors, decode and embed only
-    content without one (once per distinct content), copy vectors to the rest. Returns (outputs, embedded)."""
+    """``--skip_known``: read and hash each URI, join on the hash with the known vectors, read again, decode and
+    embed only content without one (once per distinct content), copy vectors to the rest.
+    Returns (outputs, embedded)."""
     hashed = uris | "ReadAndHash" >> beam.ParDo(ReadAndHashFn(decode, run_id)).with_outputs(FAILURES_TAG, main="hashed")
     if known:
         vectors = p | "KnownVectors" >> KnownVectors(known, embedding_model_id)
     else:
         vectors = p | "NoKnownVectors" >> beam.Create([])
     split = {"tonight": hashed.hashed, "known": vectors} | "SplitByKnown" >> SplitByKnown(embedding_model_id, run_id)
-    decoded = split[COMPUTE_TAG] | "DecodeUnknown" >> beam.ParDo(DecodeBytesFn(decode, run_id)).with_outputs(
-        FAILURES_TAG, main="images"
-    )
+    decoded = split[COMPUTE_TAG] | "DecodeUnknown" >> DecodeImages(decode, run_id)
     embedded = decoded.images | "EmbedImages" >> embed
     copies = {"rows": embedded["rows"], PENDING_TAG: split[PENDING_TAG]} | "CopyVectors" >> CopyVectors(run_id)
     reused = (split[REUSED_TAG], copies["rows"]) | "AllReused" >> beam.Flatten()
