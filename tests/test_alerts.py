@@ -59,3 +59,15 @@ def test_task_failure_is_alerted_on_the_webhook(refused_night):
     assert alert["dag_id"] == "image_embeddings"
     assert "does not exist" in alert["error"]
     assert "plan" in alert["text"]
+
+
+def test_a_drift_alert_says_which_night_reference_and_threshold():
+    from image_embeddings_airflow.alerts import drift_alert_payload
+
+    manifest = {"reference": {"dir": "/out/references/method=pca/fixed"}, "drift": {"mmd_p_value": 0.004}}
+    payload = drift_alert_payload({"ds": "2026-11-21"}, "pca", manifest, ["MMD p-value 0.004 < 0.01"], "scheduled__x")
+    assert payload["what"] == "drift"
+    assert payload["drift"] == {"mmd_p_value": 0.004}
+    assert "ds=2026-11-21" in payload["text"]
+    assert "/out/references/method=pca/fixed" in payload["text"]
+    assert payload["text"].endswith("MMD p-value 0.004 < 0.01")

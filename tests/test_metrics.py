@@ -19,6 +19,25 @@ def test_figures_are_fields_of_the_manifests():
     assert set(PROJECTION_FIGURES) <= set(ReduceManifest.__annotations__)
 
 
+def test_drift_figures_are_emitted_with_the_projections(monkeypatch):
+    from airflow.sdk.observability.stats import Stats
+
+    from beam_jobs.reduce_dim.drift import Moments, build_drift_space, drift_stats
+    from image_embeddings_airflow import metrics
+
+    sent: dict[str, float] = {}
+    monkeypatch.setattr(Stats, "gauge", lambda name, value, *a, **k: sent.__setitem__(name, value))
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    drift = drift_stats(build_drift_space(x[:20], Moments().add(x[:20])), x[20:], Moments().add(x[20:]))
+    assert set(metrics.DRIFT_FIGURES) <= set(drift)
+    out = metrics.emit_projection("pca", {"rows": 20, "seconds": 1.0, "rows_per_second": 20.0, "drift": drift})
+    assert out["image_embeddings.drift_pca.mmd_p_value"] == drift["mmd_p_value"]
+    assert sent["image_embeddings.drift_pca.novelty_rate"] == drift["novelty_rate"]
+    assert "image_embeddings.drift_umap.mmd2" not in metrics.emit_projection("umap", {"rows": 3})
+
+
 @pytest.mark.slow  # a fresh interpreter importing Airflow: 3-8 s
 def test_manifest_figures_reach_statsd_when_metrics_are_on():
     """A real UDP socket on loopback as the StatsD server; a fresh process with [metrics] statsd_on."""
