@@ -69,7 +69,7 @@ def test_known_files_are_the_other_partitions_beside_the_output(tmp_path):
     assert known_files(str(tmp_path / "nothing" / "ds=2026-11-21")) == []
 
 
-def test_known_vectors_one_per_hash_from_the_earliest_night_and_this_model_only(tmp_path):
+def test_known_vectors_of_this_model_only_as_float32_bytes(tmp_path):
     root = tmp_path / "embeddings"
     _write_partition(
         str(root / "ds=2026-11-19"),
@@ -79,13 +79,14 @@ def test_known_vectors_one_per_hash_from_the_earliest_night_and_this_model_only(
     files = known_files(str(root / "ds=2026-11-21"))
     with TestPipeline(argv=RUNNER_ARGS) as p:
         known = p | KnownVectors(files, MODEL)
-        flat = known | beam.MapTuple(lambda sha, v: (sha, v[0], v[1].dtype.name, v[1].tolist(), v[2], v[3]))
+        flat = known | beam.MapTuple(lambda sha, v: (sha, v[0], np.frombuffer(v[1], np.float32).tolist(), v[2], v[3]))
         assert_that(
             flat,
             equal_to(
                 [
-                    ("s1", "ds=2026-11-19", "float32", [1.5, 2.25], 10, 20),
-                    ("s2", "ds=2026-11-20", "float32", [3.0, 4.0], 10, 20),
+                    ("s1", "ds=2026-11-19", [1.5, 2.25], 10, 20),
+                    ("s1", "ds=2026-11-20", [7.0, 7.0], 10, 20),
+                    ("s2", "ds=2026-11-20", [3.0, 4.0], 10, 20),
                 ]
             ),
         )
@@ -103,7 +104,10 @@ def test_split_reuses_known_computes_each_new_content_once_and_copies_it(tmp_pat
         ("broken", "/n/d2.jpg"),
     ]
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        known = p | "Known" >> beam.Create([("known", ("ds=2026-11-19", stored, 4, 5)), ("other", None)])
+        later = np.array([9, 9, 9], dtype=np.float32).tobytes()
+        known = p | "Known" >> beam.Create(
+            [("known", ("ds=2026-11-20", later, 4, 5)), ("known", ("ds=2026-11-19", stored.tobytes(), 4, 5))]
+        )
         split = {"tonight": p | "Tonight" >> beam.Create(tonight), "known": known} | SplitByKnown(MODEL, "run-2")
         reused = split[REUSED_TAG] | "R" >> beam.Map(
             lambda r: (r["image_uri"], r["embedding"].tobytes(), r["width"], r["run_id"], r["model_id"])

@@ -4,10 +4,9 @@ A join on ``content_sha256``, so it scales with the number of known hashes witho
 worker holding them all:
 
   ReadAndHash   decode.py  URI -> (sha256, URI); each input read and hashed, not decoded
-  KnownVectors  here       the earlier partitions' rows of this model_id, read as Parquet row groups
-                           (only the hash, model_id, embedding, width and height columns), one vector
-                           per hash kept by a combiner (the earliest night's), so what is shuffled is
-                           one vector per distinct known hash
+  KnownVectors  here       the earlier partitions' rows of this model_id, read in record batches
+                           (only the hash, model_id, embedding, width and height columns), the
+                           vectors as bytes (numpy arrays in the shuffle broke the local runner)
   SplitByKnown  here       CoGroupByKey of tonight's hashes with the known ones: a known hash -> a
                            reused row per URI; an unknown one -> its first URI (sorted) is read again,
                            decoded and embedded (DecodeImages), the other URIs with the same bytes
@@ -27,7 +26,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
 
 from beam_jobs import storage
@@ -73,45 +71,57 @@ def partitions_of(files: Sequence[str]) -> list[str]:
     return sorted({_partition_folder(f).rsplit("/", 1)[-1] for f in files})
 
 
-def table_to_known(item: tuple[str, Any], model_id: str) -> Iterator[tuple[str, tuple]]:
-    """One Parquet row group -> (sha256, (partition, vector, width, height)) for rows of ``model_id``."""
+def table_to_known(item: tuple[str, Any], model_id: str):
+    """One Parquet row group -> (sha256, (partition, vector, width, height)) for rows of ``model_id``.
+
+    The vectors are copied out of Arrow's buffers in one pass, each its own small array: views into
+    the row group's buffer took the job to 17 GB of memory (and a corrupt stream) at 20,000 known rows.
+    """
+    import pyarrow.compute as pc
+
     path, table = item
     night = _partition_folder(path).rsplit("/", 1)[-1]
+    table = table.filter(pc.equal(table.column("model_id"), model_id))
+    if table.num_rows == 0:
+        return
     shas = table.column("content_sha256").to_pylist()
-    models = table.column("model_id").to_pylist()
     widths = table.column("width").to_pylist()
     heights = table.column("height").to_pylist()
-    embeddings = table.column("embedding").combine_chunks()
-    for i, (sha, model) in enumerate(zip(shas, models, strict=True)):
-        if model != model_id or not sha:
-            continue
-        vector = np.asarray(embeddings[i].values.to_numpy(zero_copy_only=False), dtype=np.float32)
-        if vector.size and np.isfinite(vector).all():
-            yield sha, (night, vector, widths[i], heights[i])
+    lists = table.column("embedding").combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = np.array(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.float32)
+    ends = np.cumsum(lengths)
+    for i, sha in enumerate(shas):
+        vector = flat[ends[i] - lengths[i] : ends[i]]
+        if sha and vector.size and np.isfinite(vector).all():
+            # Plain bytes, not an array: Beam encodes (str, bytes, int, int) natively.
+            yield sha, (night, vector.tobytes(), widths[i], heights[i])
 
 
-class EarliestNight(beam.CombineFn):
-    """Of the stored vectors for one hash, the earliest night's: the same choice on every run."""
+class ReadKnownFn(beam.DoFn):
+    """An embeddings file -> (sha256, (partition, vector, width, height)) of ``model_id``, in record batches:
+    memory holds one batch of the file, never the file."""
 
-    def create_accumulator(self):
-        return None
+    def __init__(self, model_id: str, batch_rows: int = 8192):
+        self._model_id = model_id
+        self._batch_rows = batch_rows
 
-    def add_input(self, best, value):
-        return value if best is None or value[0] < best[0] else best
+    def process(self, path: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    def merge_accumulators(self, accumulators):
-        best = None
-        for acc in accumulators:
-            if acc is not None:
-                best = self.add_input(best, acc)
-        return best
-
-    def extract_output(self, best):
-        return best
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=self._batch_rows, columns=KNOWN_COLUMNS):
+                yield from table_to_known((path, pa.Table.from_batches([batch])), self._model_id)
 
 
 class KnownVectors(beam.PTransform):
-    """Embeddings files -> (sha256, (partition, vector, width, height)), one per hash, for ``model_id``."""
+    """Embeddings files -> (sha256, (partition, float32 vector as bytes, width, height)) of ``model_id``.
+
+    Every stored row, not one per hash: a combiner keeping the earliest night's, with numpy arrays in
+    its accumulators, broke the local runner's shuffle at 20,000 hashes ("Invalid PaneInfoEncoding",
+    17 GB); the split keeps the earliest night's instead (several nights rarely hold the same bytes).
+    """
 
     def __init__(self, files: Sequence[str], model_id: str):
         super().__init__()
@@ -123,9 +133,12 @@ class KnownVectors(beam.PTransform):
         return (
             pbegin
             | "KnownFiles" >> beam.Create(self._files)
-            | "ReadKnown" >> ReadAllFromParquetBatched(columns=KNOWN_COLUMNS, with_filename=True)
-            | "KnownRows" >> beam.FlatMap(table_to_known, model_id)
-            | "OnePerHash" >> beam.CombinePerKey(EarliestNight())
+            # Spreads the files over workers; each is then read in batches by one plain DoFn. Beam's
+            # ReadAllFromParquetBatched (split reads of ranges) lost or corrupted elements on the local
+            # FnApiRunner (multi_threading): 19,082 of 20,000 hashes in one run, "Invalid
+            # PaneInfoEncoding" and 17 GB of memory in another.
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadKnown" >> beam.ParDo(ReadKnownFn(model_id))
         )
 
 
@@ -148,7 +161,9 @@ class SplitByKnownFn(beam.DoFn):
             return
         known = [k for k in groups["known"] if k is not None]
         if known:
-            _night, vector, width, height = known[0]
+            # The earliest night's vector when several nights hold the content: the same choice every run.
+            _night, stored, width, height = min(known, key=lambda k: k[0])
+            vector = np.frombuffer(stored, dtype=np.float32).copy()
             for uri in tonight:
                 self._reused.inc()
                 yield beam.pvalue.TaggedOutput(REUSED_TAG, self._row(uri, sha, vector, width, height))
@@ -193,9 +208,10 @@ def copy_vectors(item: tuple[str, dict[str, list]], run_id: str) -> Iterator[Any
         return
     if rows:
         source = rows[0]
+        vector = np.frombuffer(source["embedding"], dtype=np.float32)
         for uri in waiting:
             Metrics.counter(METRICS_NAMESPACE, "reused").inc()
-            yield {**source, "image_uri": uri}
+            yield {**source, "image_uri": uri, "embedding": vector.copy()}
         return
     stage, error = SAME_CONTENT_FAILED
     for uri in waiting:
@@ -213,7 +229,13 @@ class CopyVectors(beam.PTransform):
         self._run_id = run_id
 
     def expand(self, pcolls):
-        keyed = pcolls["rows"] | "KeyBySha" >> beam.Map(lambda row: (row["content_sha256"], row))
+        # Bytes, not the numpy array, through the shuffle (see KnownVectors).
+        keyed = pcolls["rows"] | "KeyBySha" >> beam.Map(
+            lambda row: (
+                row["content_sha256"],
+                {**row, "embedding": np.asarray(row["embedding"], np.float32).tobytes()},
+            )
+        )
         joined = {"rows": keyed, "pending": pcolls[PENDING_TAG]} | "JoinComputed" >> beam.CoGroupByKey()
         out = joined | "Copy" >> beam.FlatMap(copy_vectors, self._run_id).with_outputs(FAILURES_TAG, main="rows")
         return {"rows": out.rows, FAILURES_TAG: out[FAILURES_TAG]}
