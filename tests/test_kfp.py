@@ -195,7 +195,7 @@ def test_the_image_is_chosen_when_compiling(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert text.count(f"image: {image}") == 6
+    assert text.count(f"image: {image}") == 7
     assert "image-embeddings-worker:latest" not in text
 
 
