@@ -94,12 +94,22 @@ def index_dir(output_root: str, ds: str) -> str:
     return _join(output_root, "index", partition(ds))
 
 
+# How the models of a several-model night differ (beam_jobs.compare): <output_root>/comparisons/ds=YYYY-MM-DD/
+COMPARISON_JSON = "comparison.json"  # ComparisonReport
+COMPARISON_PNG = "comparison.png"  # per pair, the distribution of per-image kNN overlap
+
+
+def comparisons_dir(output_root: str, ds: str) -> str:
+    return _join(output_root, "comparisons", partition(ds))
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 JOB_EXTRACT = "extract_embeddings"
 JOB_REDUCE = "reduce_dim"
 # Beam Metrics namespaces: the job's own name (Airflow reads these back from Dataflow).
 JOB_INDEX = "build_index"
+JOB_COMPARE = "compare"
 METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE, JOB_INDEX)
 
 METHODS = ("pca", "umap")
@@ -293,6 +303,30 @@ class OutputFiles(TypedDict, total=False):
     map_mosaic: str
 
 
+class ModelFigures(TypedDict):
+    """One model's entry in an extraction manifest's ``models`` (keyed by its ``--model`` name).
+
+    Args:
+        model_id: what its rows carry; dim: its vectors' length; input_size: [width, height].
+        weights: the ``--weights`` value it ran with.
+        embedded, failed: ``embedded + failed == inputs`` for each model; a read or decode failure
+            counts against every model, an inference failure against its own.
+        failures_by_reason: ``"<stage>/<error>" -> count``, for this model.
+        images_per_second: its rows over the pass's wall time (the models share the pass).
+        engines: the engines that ran it (``engines`` entries whose ``model`` is this one).
+    """
+
+    model_id: str
+    dim: int
+    input_size: list[int]
+    weights: str
+    embedded: int
+    failed: int
+    failures_by_reason: dict[str, int]
+    images_per_second: float
+    engines: list[dict[str, Any]]
+
+
 class ExtractManifest(TypedDict):
     """``manifest.json`` of an embeddings partition; ``inputs == embedded + failed`` always holds.
 
@@ -305,6 +339,10 @@ class ExtractManifest(TypedDict):
             guard's min cosine, the CPU features that decided, and the fallbacks taken.
         metrics: the pipeline's Beam counters, added by the launcher once the job is done
             (absent with ``--detach``: then the Airflow sensor reads them from Dataflow).
+        models: each model of the pass (``--model a,b``), by name. The top-level model, model_id,
+            weights, embedding_dim, embedded, failed, failures_by_reason and images_per_second are
+            the primary (first) model's, so single-model readers keep working. Absent in manifests
+            written before several models were possible.
     """
 
     job: str
@@ -332,6 +370,7 @@ class ExtractManifest(TypedDict):
     finished_at: str
     seconds: float
     images_per_second: float
+    models: NotRequired[dict[str, ModelFigures]]
     metrics: NotRequired[dict[str, Any]]
 
 
@@ -429,6 +468,62 @@ class IndexManifest(TypedDict):
     finished_at: str
     seconds: float
     metrics: NotRequired[dict[str, Any]]
+
+
+class KnnOverlap(TypedDict):
+    """Per-image share of the k nearest neighbours two models agree on: mean, quantiles, and
+    ``histogram[i]`` = images sharing exactly i of their k neighbours."""
+
+    mean: float
+    p10: float
+    p50: float
+    p90: float
+    histogram: list[int]
+
+
+class PairComparison(TypedDict):
+    """Two models on the same images (``beam_jobs.compare``); every figure is 1.0 for a rotated copy.
+
+    Args:
+        models: the two model names (``--model`` values) and model_ids: theirs.
+        images: common images the figures were computed on (the seeded sample); k: neighbours per image.
+        knn_overlap: neighbours both agree on (cosine, the image itself excluded, within the sample).
+        distance_spearman: Spearman correlation of the two models' cosine distances over seeded pairs.
+        linear_cka: linear centred kernel alignment of the two feature matrices.
+    """
+
+    models: list[str]
+    model_ids: list[str]
+    images: int
+    k: int
+    knn_overlap: KnnOverlap
+    distance_spearman: float
+    linear_cka: float
+
+
+class ComparisonReport(TypedDict):
+    """``comparison.json``: every pair of the partition's models.
+
+    Args:
+        common_images: images every compared model embedded (by image_uri); sample_size, pairs, seed: as run.
+        images_by_model: model_id -> rows it has in the input.
+    """
+
+    job: str
+    run_id: str
+    inputs: list[str]
+    output: str
+    model_ids: list[str]
+    images_by_model: dict[str, int]
+    common_images: int
+    sample_size: int
+    pairs: int
+    seed: int
+    comparisons: list[PairComparison]
+    files: dict[str, str]
+    started_at: str
+    finished_at: str
+    seconds: float
 
 
 class IndexEntry(TypedDict):
