@@ -69,7 +69,11 @@ def embeddings_dir(output_root: str, ds: str) -> str:
     return _join(output_root, "embeddings", partition(ds))
 
 
-def projections_dir(output_root: str, method: str, ds: str) -> str:
+def projections_dir(output_root: str, method: str, ds: str, model: str | None = None) -> str:
+    """A night's map of one method: the primary (first) model's where a single-model night puts it, the other
+    models' of a several-model night one level down, under ``model=<name>``."""
+    if model:
+        return _join(output_root, "projections", f"model={model}", f"method={method}", partition(ds))
     return _join(output_root, "projections", f"method={method}", partition(ds))
 
 
@@ -551,6 +555,36 @@ class ExtractionSummary(TypedDict):
     model_id: str | None
     engines: list[dict[str, Any]]
     embeddings_dir: str
+    models: dict[str, ModelSummary]
+
+
+class ModelSummary(TypedDict):
+    """One model of the night, as ``validate_extraction`` keeps it (every model's failure rate is checked)."""
+
+    model_id: str
+    embedded: int
+    failed: int
+    failure_rate: float
+    images_per_second: float | None
+
+
+class ModelEntry(TypedDict):
+    """The run record's figures of one model, with its maps (``projections``: method -> entry)."""
+
+    model_id: str
+    embedded: int
+    failed: int
+    images_per_second: float | None
+    projections: dict[str, ProjectionEntry]
+
+
+class ComparisonEntry(TypedDict):
+    """The run record's model comparison: where it is, and per pair the three figures."""
+
+    dir: str
+    comparison_json: str
+    comparison_png: str
+    pairs: list[dict[str, Any]]
 
 
 class EmbeddingsEntry(TypedDict):
@@ -580,7 +614,10 @@ class RunRecord(TypedDict):
     """``runs/ds=YYYY-MM-DD/run.json``, also the ``extra`` of the maps Asset event.
 
     Args:
+        model_id, embeddings, projections: the primary (first) model's, as a single-model night's.
         projections: one entry per method run, with the paths of its maps.
+        models: every model of the night by name, with its figures and maps (the maps page groups by it).
+        comparison: the models compared pairwise (nights with two or more models).
         dataflow_jobs: Beam task id -> Dataflow job id, state and metrics (Dataflow runs only).
     """
 
@@ -591,5 +628,7 @@ class RunRecord(TypedDict):
     model_id: str | None
     embeddings: EmbeddingsEntry
     projections: dict[str, ProjectionEntry]
+    models: NotRequired[dict[str, ModelEntry]]
+    comparison: NotRequired[ComparisonEntry]
     dataflow_jobs: NotRequired[dict[str, dict[str, Any]]]
     index: NotRequired[IndexEntry]

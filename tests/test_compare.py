@@ -110,7 +110,7 @@ def mixed_partition(embeddings, tmp_path_factory) -> str:
     write_mixed(
         str(folder / "embeddings-00001-of-00002.parquet"), {"model-b": b[300:], "model-a": embeddings[300:]}, 300
     )
-    manifest = {"models": {"a": {"model_id": "model-a"}, "b": {"model_id": "model-b"}}}
+    manifest = {"model_id": "model-b", "models": {"a": {"model_id": "model-a"}, "b": {"model_id": "model-b"}}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return str(folder)
 
@@ -126,7 +126,7 @@ def test_the_job_compares_the_models_of_a_partition_and_publishes_json_and_png(m
     assert report["common_images"] == 550
     (pair,) = report["comparisons"]
     assert set(pair) == set(PairComparison.__annotations__)
-    assert pair["models"] == ["a", "b"]
+    assert pair["models"] == ["b", "a"]  # the primary (the manifest's model_id) first
     assert pair["images"] == 400
     assert 0.5 < pair["knn_overlap"]["mean"] < 1.0
     assert sum(pair["knn_overlap"]["histogram"]) == 400

@@ -65,9 +65,11 @@ def read_by_model(files: list[str]) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def model_names(inputs: tuple[str, ...]) -> dict[str, str]:
-    """model_id -> the ``--model`` name, from the extraction manifests beside the files (when there are)."""
+def model_names(inputs: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
+    """model_id -> the ``--model`` name, from the extraction manifests beside the files (when there are),
+    and the primary model's id (the manifest's top-level one)."""
     names: dict[str, str] = {}
+    primary = None
     for item in inputs:
         if item.endswith(".parquet"):
             continue
@@ -75,9 +77,10 @@ def model_names(inputs: tuple[str, ...]) -> dict[str, str]:
             manifest = storage.read_json(storage.join(item, MANIFEST))
         except Exception:  # noqa: BLE001 - a glob or a folder without a manifest: names stay the ids
             continue
+        primary = primary or manifest.get("model_id")
         for name, figures in (manifest.get("models") or {}).items():
             names[figures["model_id"]] = name
-    return names
+    return names, primary
 
 
 def aligned_sample(
@@ -117,13 +120,14 @@ def render_png(comparisons: list[PairComparison], names: dict[str, str]) -> byte
 def compare_models(cfg: CompareConfig) -> ComparisonReport:
     """Read, compare every pair, stage comparison.json and comparison.png, swap them in; returns the report."""
     by_model = read_by_model(embedding_files(cfg.inputs))
-    model_ids = list(cfg.model_ids) or sorted(by_model)
+    names, primary = model_names(cfg.inputs)
+    # The primary model first: each pair reads "from the model in use to the other".
+    model_ids = list(cfg.model_ids) or sorted(by_model, key=lambda m: (m != primary, m))
     missing = [m for m in model_ids if m not in by_model]
     if missing:
         raise InputError(f"--model_id {missing!r} has no rows in the input; it holds {sorted(by_model)}")
     if len(model_ids) < 2:
         raise InputError(f"comparing needs two or more models; the input holds {model_ids}")
-    names = model_names(cfg.inputs)
     images, rows = aligned_sample(by_model, model_ids, cfg.sample_size, cfg.seed)
     if len(images) < 3:
         raise InputError(f"the models share {len(images)} image(s); comparing needs at least 3")
