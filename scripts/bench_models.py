@@ -9,9 +9,9 @@ On the same N sample photos (0.2-3 MP), `python -m beam_jobs.extract_embeddings`
 
 Target: the one pass at most 0.9x the separate runs' summed wall time. What a pass saves is one
 start-up (interpreter, Beam, TensorFlow imports) and every read and decode after the first; the
-model compute is the same. The decode share is the job's own ``decode_ms`` metric (read + decode +
-resize, summed over the workers' threads) over its wall time: how much of a run a second decode
-would add. Prints the CPU's model and flags first.
+model compute is the same. The decode share is the job's own ``decode_ms`` metric (decode +
+resize, summed over the workers' threads; the read is not in it) over its wall time: how much of a
+run a second decode would add. Prints the CPU's model and flags first.
 """
 
 from __future__ import annotations
