@@ -69,7 +69,11 @@ def embeddings_dir(output_root: str, ds: str) -> str:
     return _join(output_root, "embeddings", partition(ds))
 
 
-def projections_dir(output_root: str, method: str, ds: str) -> str:
+def projections_dir(output_root: str, method: str, ds: str, model: str | None = None) -> str:
+    """A night's map of one method: the primary (first) model's where a single-model night puts it, the other
+    models' of a several-model night one level down, under ``model=<name>``."""
+    if model:
+        return _join(output_root, "projections", f"model={model}", f"method={method}", partition(ds))
     return _join(output_root, "projections", f"method={method}", partition(ds))
 
 
@@ -94,12 +98,22 @@ def index_dir(output_root: str, ds: str) -> str:
     return _join(output_root, "index", partition(ds))
 
 
+# How the models of a several-model night differ (beam_jobs.compare): <output_root>/comparisons/ds=YYYY-MM-DD/
+COMPARISON_JSON = "comparison.json"  # ComparisonReport
+COMPARISON_PNG = "comparison.png"  # per pair, the distribution of per-image kNN overlap
+
+
+def comparisons_dir(output_root: str, ds: str) -> str:
+    return _join(output_root, "comparisons", partition(ds))
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 JOB_EXTRACT = "extract_embeddings"
 JOB_REDUCE = "reduce_dim"
 # Beam Metrics namespaces: the job's own name (Airflow reads these back from Dataflow).
 JOB_INDEX = "build_index"
+JOB_COMPARE = "compare"
 METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE, JOB_INDEX)
 
 METHODS = ("pca", "umap")
@@ -293,6 +307,30 @@ class OutputFiles(TypedDict, total=False):
     map_mosaic: str
 
 
+class ModelFigures(TypedDict):
+    """One model's entry in an extraction manifest's ``models`` (keyed by its ``--model`` name).
+
+    Args:
+        model_id: what its rows carry; dim: its vectors' length; input_size: [width, height].
+        weights: the ``--weights`` value it ran with.
+        embedded, failed: ``embedded + failed == inputs`` for each model; a read or decode failure
+            counts against every model, an inference failure against its own.
+        failures_by_reason: ``"<stage>/<error>" -> count``, for this model.
+        images_per_second: its rows over the pass's wall time (the models share the pass).
+        engines: the engines that ran it (``engines`` entries whose ``model`` is this one).
+    """
+
+    model_id: str
+    dim: int
+    input_size: list[int]
+    weights: str
+    embedded: int
+    failed: int
+    failures_by_reason: dict[str, int]
+    images_per_second: float
+    engines: list[dict[str, Any]]
+
+
 class ExtractManifest(TypedDict):
     """``manifest.json`` of an embeddings partition; ``inputs == embedded + failed`` always holds.
 
@@ -305,6 +343,10 @@ class ExtractManifest(TypedDict):
             guard's min cosine, the CPU features that decided, and the fallbacks taken.
         metrics: the pipeline's Beam counters, added by the launcher once the job is done
             (absent with ``--detach``: then the Airflow sensor reads them from Dataflow).
+        models: each model of the pass (``--model a,b``), by name. The top-level model, model_id,
+            weights, embedding_dim, embedded, failed, failures_by_reason and images_per_second are
+            the primary (first) model's, so single-model readers keep working. Absent in manifests
+            written before several models were possible.
     """
 
     job: str
@@ -332,6 +374,7 @@ class ExtractManifest(TypedDict):
     finished_at: str
     seconds: float
     images_per_second: float
+    models: NotRequired[dict[str, ModelFigures]]
     metrics: NotRequired[dict[str, Any]]
 
 
@@ -431,6 +474,62 @@ class IndexManifest(TypedDict):
     metrics: NotRequired[dict[str, Any]]
 
 
+class KnnOverlap(TypedDict):
+    """Per-image share of the k nearest neighbours two models agree on: mean, quantiles, and
+    ``histogram[i]`` = images sharing exactly i of their k neighbours."""
+
+    mean: float
+    p10: float
+    p50: float
+    p90: float
+    histogram: list[int]
+
+
+class PairComparison(TypedDict):
+    """Two models on the same images (``beam_jobs.compare``); every figure is 1.0 for a rotated copy.
+
+    Args:
+        models: the two model names (``--model`` values) and model_ids: theirs.
+        images: common images the figures were computed on (the seeded sample); k: neighbours per image.
+        knn_overlap: neighbours both agree on (cosine, the image itself excluded, within the sample).
+        distance_spearman: Spearman correlation of the two models' cosine distances over seeded pairs.
+        linear_cka: linear centred kernel alignment of the two feature matrices.
+    """
+
+    models: list[str]
+    model_ids: list[str]
+    images: int
+    k: int
+    knn_overlap: KnnOverlap
+    distance_spearman: float
+    linear_cka: float
+
+
+class ComparisonReport(TypedDict):
+    """``comparison.json``: every pair of the partition's models.
+
+    Args:
+        common_images: images every compared model embedded (by image_uri); sample_size, pairs, seed: as run.
+        images_by_model: model_id -> rows it has in the input.
+    """
+
+    job: str
+    run_id: str
+    inputs: list[str]
+    output: str
+    model_ids: list[str]
+    images_by_model: dict[str, int]
+    common_images: int
+    sample_size: int
+    pairs: int
+    seed: int
+    comparisons: list[PairComparison]
+    files: dict[str, str]
+    started_at: str
+    finished_at: str
+    seconds: float
+
+
 class IndexEntry(TypedDict):
     """The run record's index figures (``nightly.index_entry``)."""
 
@@ -456,6 +555,36 @@ class ExtractionSummary(TypedDict):
     model_id: str | None
     engines: list[dict[str, Any]]
     embeddings_dir: str
+    models: dict[str, ModelSummary]
+
+
+class ModelSummary(TypedDict):
+    """One model of the night, as ``validate_extraction`` keeps it (every model's failure rate is checked)."""
+
+    model_id: str
+    embedded: int
+    failed: int
+    failure_rate: float
+    images_per_second: float | None
+
+
+class ModelEntry(TypedDict):
+    """The run record's figures of one model, with its maps (``projections``: method -> entry)."""
+
+    model_id: str
+    embedded: int
+    failed: int
+    images_per_second: float | None
+    projections: dict[str, ProjectionEntry]
+
+
+class ComparisonEntry(TypedDict):
+    """The run record's model comparison: where it is, and per pair the three figures."""
+
+    dir: str
+    comparison_json: str
+    comparison_png: str
+    pairs: list[dict[str, Any]]
 
 
 class EmbeddingsEntry(TypedDict):
@@ -485,7 +614,10 @@ class RunRecord(TypedDict):
     """``runs/ds=YYYY-MM-DD/run.json``, also the ``extra`` of the maps Asset event.
 
     Args:
+        model_id, embeddings, projections: the primary (first) model's, as a single-model night's.
         projections: one entry per method run, with the paths of its maps.
+        models: every model of the night by name, with its figures and maps (the maps page groups by it).
+        comparison: the models compared pairwise (nights with two or more models).
         dataflow_jobs: Beam task id -> Dataflow job id, state and metrics (Dataflow runs only).
     """
 
@@ -496,5 +628,7 @@ class RunRecord(TypedDict):
     model_id: str | None
     embeddings: EmbeddingsEntry
     projections: dict[str, ProjectionEntry]
+    models: NotRequired[dict[str, ModelEntry]]
+    comparison: NotRequired[ComparisonEntry]
     dataflow_jobs: NotRequired[dict[str, dict[str, Any]]]
     index: NotRequired[IndexEntry]

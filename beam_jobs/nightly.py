@@ -17,8 +17,11 @@ from datetime import UTC, date, datetime
 from typing import Any, TypedDict
 
 from beam_jobs.contract import (
+    COMPARISON_JSON,
+    COMPARISON_PNG,
     DATAFLOW_RUNNER,
     DATAFLOW_WORKER_OPTIONS,
+    DEFAULT_MODEL,
     ENGINE_AUTO,
     ENGINE_TF,
     ENGINES,
@@ -35,13 +38,17 @@ from beam_jobs.contract import (
     RUNNERS,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
+    ComparisonEntry,
+    ComparisonReport,
     ExtractionSummary,
     ExtractManifest,
     IndexEntry,
     IndexManifest,
+    ModelSummary,
     ProjectionEntry,
     ReduceManifest,
     RunRecord,
+    comparisons_dir,
     embeddings_dir,
     index_dir,
     projections_dir,
@@ -65,6 +72,14 @@ DATAFLOW_SETTINGS = ("project", "region", "temp_location", "staging_location", "
 IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
 
 
+class Reduction(TypedDict):
+    """One (model, method) map of the night: the reduce step the orchestrator maps over."""
+
+    model: str
+    method: str
+    dir: str
+
+
 class PlanError(ValueError):
     """Run parameters that cannot work; the run fails at once, before any job starts, without retries."""
 
@@ -74,8 +89,11 @@ class Plan(TypedDict):
 
     Args:
         input: the glob the sensor and the extraction job read (a folder became ``<folder>/*``).
-        projections: method -> its projections partition; ``projections_dir_<method>`` repeats
-            each one as a top-level key, so a reduce task can take it as an XComArg.
+        models: the models of the night, primary first; model: them as the extraction job's ``--model``.
+        projections: method -> the primary model's projections partition; ``projections_dir_<method>``
+            repeats each one as a top-level key.
+        reductions: every (model, method) pair with its partition: what the reduce steps map over.
+        compare: two or more models: the comparison report is written to ``comparison_dir``.
         dataflow: Beam options for DataflowRunner (project, region, temp/staging, the worker image or
             setup_file, and the worker set-up in ``DATAFLOW_WORKER_OPTIONS``); None otherwise.
         engine, precision: the extraction job's ``--engine`` and ``--precision``.
@@ -88,9 +106,13 @@ class Plan(TypedDict):
     output_root: str
     embeddings_dir: str
     projections: dict[str, str]
+    reductions: list[Reduction]
     methods: list[str]
     runner: str
+    models: list[str]
     model: str
+    compare: bool
+    comparison_dir: str
     weights: str
     engine: str
     precision: str
@@ -219,7 +241,13 @@ def build_plan(
     if rendered_input.endswith("/"):
         # A folder or gs:// prefix means the files directly in it, for the sensor and the job alike.
         input_glob = input_glob.rstrip("/") + "/*"
+    models = plan_models(params)
     projections = {method: projections_dir(output_root, method, ds) for method in methods}
+    reductions: list[Reduction] = [
+        {"model": model, "method": method, "dir": projections_dir(output_root, method, ds, model if i else None)}
+        for i, model in enumerate(models)
+        for method in methods
+    ]
     plan: Plan = {
         "ds": ds,
         "run_id": run_id,
@@ -227,9 +255,13 @@ def build_plan(
         "output_root": output_root,
         "embeddings_dir": embeddings_dir(output_root, ds),
         "projections": projections,
+        "reductions": reductions,
         "methods": methods,
         "runner": runner,
-        "model": params["model"],
+        "models": models,
+        "model": ",".join(models),
+        "compare": len(models) > 1,
+        "comparison_dir": comparisons_dir(output_root, ds),
         "weights": weights if weights in KEYWORD_WEIGHTS or is_gcs(weights) else os.path.abspath(weights),
         "engine": params.get("engine", ENGINE_AUTO),
         "precision": params.get("precision", PRECISION_AUTO),
@@ -241,6 +273,21 @@ def build_plan(
     }
     # One top-level key per method's partition: the reduce tasks take them as XComArgs.
     return {**plan, **{projections_key(method): folder for method, folder in projections.items()}}
+
+
+def plan_models(params: dict[str, Any]) -> list[str]:
+    """The night's models, primary first: the ``models`` param, or a run conf's older ``model``."""
+    models = params.get("models")
+    if not models:
+        models = [params.get("model") or DEFAULT_MODEL]
+    return [str(m) for m in models]
+
+
+def reduction_key(reduction: Reduction) -> str:
+    """How the run record and the jobs name one reduce step: ``reduce_<method>`` for the primary model, as a
+    single-model night's task, ``reduce_<model>_<method>`` for the others."""
+    primary = "model=" not in reduction["dir"]
+    return f"reduce_{reduction['method']}" if primary else f"reduce_{reduction['model']}_{reduction['method']}"
 
 
 def index_settings(params: dict[str, Any], output_root: str, ds: str) -> dict[str, Any]:
@@ -285,7 +332,16 @@ def check_extraction(manifest: ExtractManifest, max_failure_rate: float, where: 
         "model_id": manifest.get("model_id"),
         "engines": manifest.get("engines", []),
         "embeddings_dir": where,
+        "models": model_summaries(manifest),
     }
+    for name, model in summary["models"].items():
+        if model["embedded"] == 0 or model["failure_rate"] > max_failure_rate:
+            what = "nothing was embedded" if model["embedded"] == 0 else f"{model['failure_rate']:.1%} failed"
+            if len(summary["models"]) > 1:
+                raise ExtractionRejected(
+                    f"model {name}: {what} ({model['failed']} of {inputs} inputs; max_failure_rate "
+                    f"{max_failure_rate:.1%}); see {join(where, FAILURE_FILES)}"
+                )
     if embedded == 0:
         raise ExtractionRejected(
             f"nothing was embedded: {inputs} input(s), {failed} failed {summary['failures_by_reason']}; "
@@ -297,6 +353,49 @@ def check_extraction(manifest: ExtractManifest, max_failure_rate: float, where: 
             f"{summary['failures_by_reason']}; see {join(where, FAILURE_FILES)}"
         )
     return summary
+
+
+def model_summaries(manifest: ExtractManifest) -> dict[str, ModelSummary]:
+    """Each model's counts from the manifest's ``models`` (a manifest from before it: its one model)."""
+    inputs = manifest["inputs"]
+    models = manifest.get("models") or {
+        manifest.get("model") or DEFAULT_MODEL: {
+            "model_id": manifest.get("model_id"),
+            "embedded": manifest["embedded"],
+            "failed": manifest["failed"],
+            "images_per_second": manifest.get("images_per_second"),
+        }
+    }
+    return {
+        name: {
+            "model_id": m["model_id"],
+            "embedded": m["embedded"],
+            "failed": m["failed"],
+            "failure_rate": round(m["failed"] / inputs, 4) if inputs else 0.0,
+            "images_per_second": m.get("images_per_second"),
+        }
+        for name, m in models.items()
+    }
+
+
+def comparison_entry(folder: str, report: ComparisonReport) -> ComparisonEntry:
+    """The run record's comparison figures, from ``comparison.json``."""
+    pairs = [
+        {
+            "models": pair["models"],
+            "images": pair["images"],
+            f"knn_overlap_at_{pair['k']}": pair["knn_overlap"]["mean"],
+            "distance_spearman": pair["distance_spearman"],
+            "linear_cka": pair["linear_cka"],
+        }
+        for pair in report["comparisons"]
+    ]
+    return {
+        "dir": folder,
+        "comparison_json": join(folder, COMPARISON_JSON),
+        "comparison_png": join(folder, COMPARISON_PNG),
+        "pairs": pairs,
+    }
 
 
 def _projection_entry(folder: str, manifest: ReduceManifest) -> ProjectionEntry:
@@ -322,12 +421,15 @@ def run_record(
     projections: dict[str, ReduceManifest],
     jobs: dict[str, dict[str, Any] | None] | None = None,
     index: IndexManifest | None = None,
+    reductions: dict[str, ReduceManifest] | None = None,
+    comparison: ComparisonReport | None = None,
 ) -> RunRecord:
     """What a published run says about itself: counts, throughput and where the maps are.
 
-    ``projections`` maps each method run to its manifest; ``jobs`` maps Beam
-    task ids to their ``*_done`` results, and the Dataflow ones (those with a
-    job id) are recorded with their job metrics.
+    ``projections`` maps each method run (of the primary model) to its manifest; ``reductions``
+    maps ``reduction_key`` of every (model, method) of the plan to its manifest (the record's
+    ``models`` then groups the maps by model); ``jobs`` maps Beam task ids to their ``*_done``
+    results, and the Dataflow ones (those with a job id) are recorded with their job metrics.
     """
     dataflow_jobs = {task: job for task, job in (jobs or {}).items() if job and job.get("job_id")}
     record: RunRecord = {
@@ -349,6 +451,26 @@ def run_record(
             method: _projection_entry(plan["projections"][method], manifest) for method, manifest in projections.items()
         },
     }
+    summaries = extraction.get("models") or {}
+    if summaries:
+        by_key = {reduction_key(r): r for r in plan.get("reductions", [])}
+        manifests = reductions or {}
+        record["models"] = {
+            name: {
+                "model_id": summary["model_id"],
+                "embedded": summary["embedded"],
+                "failed": summary["failed"],
+                "images_per_second": summary["images_per_second"],
+                "projections": {
+                    r["method"]: _projection_entry(r["dir"], manifests[key])
+                    for key, r in by_key.items()
+                    if r["model"] == name and key in manifests
+                },
+            }
+            for name, summary in summaries.items()
+        }
+    if comparison is not None:
+        record["comparison"] = comparison_entry(plan["comparison_dir"], comparison)
     if dataflow_jobs:
         record["dataflow_jobs"] = dataflow_jobs
     if index is not None:
@@ -407,6 +529,16 @@ def param_problems(params: dict[str, Any]) -> list[str]:
         if not str(params.get(name) or "").strip():
             problems.append(f"{name} is required")
     choices = {"model": MODELS, "runner": RUNNERS, "engine": ENGINES, "precision": PRECISIONS}
+    models = params.get("models")
+    if models is not None:
+        if not isinstance(models, list | tuple) or not models:
+            problems.append(f"models {models!r}: choose one or more of {', '.join(MODELS)}")
+        else:
+            unknown = [m for m in models if m not in MODELS]
+            if unknown:
+                problems.append(f"models {unknown!r}: not one of {', '.join(MODELS)}")
+            if len(set(map(str, models))) != len(models):
+                problems.append(f"models {list(models)!r} names a model twice")
     for name, allowed in choices.items():
         if name in params and params[name] not in allowed:
             problems.append(f"{name} {params[name]!r} is not one of {', '.join(allowed)}")

@@ -16,8 +16,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from beam_jobs.contract import JOB_EXTRACT, JOB_INDEX, JOB_REDUCE, MANIFEST, MAP_HTML, MAP_PNG, run_record_path
-from beam_jobs.launch import extract_options, gcp_resources, index_options, job_command, reduce_options, run_step
+from beam_jobs.contract import (
+    COMPARISON_JSON,
+    JOB_EXTRACT,
+    JOB_INDEX,
+    JOB_REDUCE,
+    MANIFEST,
+    MAP_HTML,
+    MAP_PNG,
+    run_record_path,
+)
+from beam_jobs.launch import (
+    extract_options,
+    gcp_resources,
+    index_options,
+    job_command,
+    reduction_options,
+    run_step,
+)
 from beam_jobs.nightly import (
     DATAFLOW_SETTINGS,
     Plan,
@@ -26,7 +42,9 @@ from beam_jobs.nightly import (
     check_extraction,
     fill_date,
     join,
+    model_summaries,
     param_problems,
+    reduction_key,
     run_date,
     run_record,
 )
@@ -149,18 +167,36 @@ def validate_step(plan: Plan, log_metric: Callable[[str, float], None] | None = 
     return check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
 
 
+def model_ids(plan: Plan) -> dict[str, str]:
+    """Each model's model_id, from the night's extraction manifest."""
+    manifest = _read_json(join(plan["embeddings_dir"], MANIFEST))
+    return {name: model["model_id"] for name, model in model_summaries(manifest).items()}
+
+
 def reduce_step(
     plan: Plan,
-    method: str,
+    reduction: dict[str, Any],
     html_points: int,
     thumbnail_budget_mb: float,
     mosaic_grid: int,
     resources_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run the reduce job for one method of the plan. Returns its Dataflow job, if any."""
+    """Run the reduce job for one (model, method) of the plan's ``reductions``. Returns its Dataflow job, if any."""
+    plan, reduction = from_struct(plan), from_struct(reduction)
+    options = reduction_options(plan, reduction, model_ids(plan), html_points, thumbnail_budget_mb, mosaic_grid)
+    step = reduction_key(reduction).replace("_", "-")
+    return _job(JOB_REDUCE, options, plan, step, resources_path)
+
+
+def compare_step(plan: Plan) -> dict[str, Any]:
+    """Two or more models: the comparison report (``beam_jobs.compare``); else nothing ({})."""
     plan = from_struct(plan)
-    options = reduce_options(plan, method, html_points, thumbnail_budget_mb, mosaic_grid)
-    return _job(JOB_REDUCE, options, plan, f"reduce-{method}", resources_path)
+    if not plan.get("compare"):
+        LOG.info("one model for ds=%s: nothing to compare", plan["ds"])
+        return {}
+    from beam_jobs.compare.job import run
+
+    return run(["--input", plan["embeddings_dir"], "--output", plan["comparison_dir"], "--run_id", plan["run_id"]])
 
 
 def index_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
@@ -173,16 +209,22 @@ def index_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
                 handle.write("{}")
         LOG.info("index off for ds=%s: no build_index job", plan["ds"])
         return {}
-    return _job(JOB_INDEX, index_options(plan), plan, "build-index", resources_path)
+    primary = plan["models"][0] if plan.get("models") else None
+    model_id = model_ids(plan).get(primary) if primary else None
+    return _job(JOB_INDEX, index_options(plan, model_id), plan, "build-index", resources_path)
 
 
 def projection_report(
-    plan: Plan, method: str, html_path: str | None, markdown_path: str | None, log_metric: Callable | None = None
+    plan: Plan,
+    reduction: dict[str, Any],
+    html_path: str | None,
+    markdown_path: str | None,
+    log_metric: Callable | None = None,
 ) -> dict[str, Any]:
-    """The method's manifest; its figures to ``log_metric``, map.html copied to ``html_path`` and a Markdown
-    summary with map.png inline to ``markdown_path`` (what the orchestrator's UI shows)."""
-    plan = from_struct(plan)
-    folder = plan["projections"][method]
+    """The (model, method) map's manifest; its figures to ``log_metric``, map.html copied to ``html_path`` and a
+    Markdown summary with map.png inline to ``markdown_path`` (what the orchestrator's UI shows)."""
+    plan, reduction = from_struct(plan), from_struct(reduction)
+    folder, method = reduction["dir"], reduction["method"]
     manifest = _read_json(join(folder, MANIFEST))
     figures = {"rows": manifest.get("rows"), "seconds": manifest.get("seconds")}
     figures["trustworthiness"] = manifest.get("trustworthiness")
@@ -198,7 +240,7 @@ def projection_report(
         png = base64.b64encode(_read_bytes(join(folder, MAP_PNG))).decode("ascii")
         rows = "\n".join(f"| {name} | {value} |" for name, value in figures.items() if value is not None)
         text = (
-            f"### {method} map, ds={plan['ds']}\n\n| figure | value |\n|---|---|\n{rows}\n\n"
+            f"### {method} map, ds={plan['ds']} ({reduction['model']})\n\n| figure | value |\n|---|---|\n{rows}\n\n"
             f"Outputs: `{folder}`\n\n![{method} map](data:image/png;base64,{png})\n"
         )
         with open(markdown_path, "w", encoding="utf-8") as handle:
@@ -212,8 +254,10 @@ def publish_step(plan: Plan, extraction: dict[str, Any], jobs: dict[str, dict[st
 
     plan, extraction, jobs = from_struct(plan), from_struct(extraction), from_struct(jobs)
     projections = {method: _read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
+    reduced = {reduction_key(r): _read_json(join(r["dir"], MANIFEST)) for r in plan.get("reductions", [])}
     index = _read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-    record = run_record(plan, extraction, projections, jobs, index=index)
+    comparison = _read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
+    record = run_record(plan, extraction, projections, jobs, index=index, reductions=reduced, comparison=comparison)
     write_json(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
     return record

@@ -1,17 +1,19 @@
 """
 ### Nightly image embeddings
 
-Embeds the images that landed for the run's date with a pretrained Keras
-ResNet50 (Beam job `beam_jobs.extract_embeddings`), checks the result, reduces
-the embeddings to 2D with the selected methods (`beam_jobs.reduce_dim`, one
-task per method) and publishes the run as an Asset event with its counts and
-the location of the maps.
+Embeds the images that landed for the run's date with one or more pretrained
+Keras models (param `models`; Beam job `beam_jobs.extract_embeddings`, one pass
+that decodes each image once), checks the result, reduces the embeddings to 2D
+for every (model, method) pair (`beam_jobs.reduce_dim`, one mapped `reduce`
+task instance per pair), compares the models when there are two or more
+(`beam_jobs.compare`) and publishes the run as an Asset event with its counts
+and the location of the maps, grouped by model.
 
 ```
 plan -> wait_for_input -> extract_embeddings -> extract_embeddings_done -> validate_extraction
-     -> choose_methods -> reduce_pca -> reduce_pca_done   -> publish
-                       -> reduce_umap -> reduce_umap_done -/
-     -> choose_index   -> build_index -> build_index_done -/   (param `index`)
+     -> reductions -> reduce[model, method] -> reduce_done[model, method] -> publish   (.expand)
+     -> compare_models ------------------------------------------------/   (2+ models)
+     -> choose_index   -> build_index -> build_index_done -------------/   (param `index`)
 ```
 
 On `DataflowRunner` each Beam task submits its job and the `*_done` task
@@ -24,7 +26,9 @@ Beam tasks and the `*_done` tasks return at once.
 re-runs and `airflow backfill create` never leave two copies):
 
 - `<output_root>/embeddings/ds=YYYY-MM-DD/` embeddings Parquet, failures JSONL, manifest.json
-- `<output_root>/projections/method=<m>/ds=YYYY-MM-DD/` projection Parquet, map.png, map.html
+- `<output_root>/projections/method=<m>/ds=YYYY-MM-DD/` projection Parquet, map.png, map.html (the first
+  model's; the others' under `projections/model=<name>/method=<m>/ds=YYYY-MM-DD/`)
+- `<output_root>/comparisons/ds=YYYY-MM-DD/` comparison.json and comparison.png (two or more models)
 - `<output_root>/index/ds=YYYY-MM-DD/` similarity index (faiss), rows, near/exact duplicates, manifest.json
 - `<output_root>/runs/ds=YYYY-MM-DD/run.json` the published record
 
@@ -74,7 +78,7 @@ from beam_jobs.contract import (
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK, projections_key
+from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
@@ -142,8 +146,17 @@ with DAG(
             title="Output root",
             description="Embeddings, projections and run records are written under this folder (local or gs://).",
         ),
-        "model": Param(
-            DEFAULT_MODEL, type="string", enum=list(MODELS), description=f"Embedding model: {MODEL_CHOICES_TEXT}."
+        "models": Param(
+            [DEFAULT_MODEL],
+            type="array",
+            items={"type": "string", "enum": list(MODELS)},
+            minItems=1,
+            uniqueItems=True,
+            title="Embedding models",
+            description=(
+                f"One or more of {MODEL_CHOICES_TEXT}. Several run in one extraction pass; each gets its maps, "
+                "the first the similarity index, and the night a comparison report of every pair."
+            ),
         ),
         "weights": Param(
             DEFAULT_WEIGHTS,
@@ -296,6 +309,10 @@ with DAG(
     # Project and region come from the plan's Dataflow settings; the operator ignores all of it
     # with a local runner.
     dataflow_config = {"job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ds_nodash }}"}
+    # Mapped instances run at once: each Dataflow job needs a name of its own.
+    mapped_dataflow_config = {
+        "job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ti.map_index }}-{{ ds_nodash }}"
+    }
 
     extract = NightlyBeamOperator(
         task_id="extract_embeddings",
@@ -329,7 +346,7 @@ with DAG(
 
     extract_done = job_done(extract.task_id)
 
-    @task(retries=0)
+    @task(retries=0, multiple_outputs=True)
     def validate_extraction(plan: dict) -> dict:
         """Read the job's manifest: fail when nothing was embedded or too many inputs failed."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -356,32 +373,54 @@ with DAG(
         )
         return summary
 
-    @task.branch(retries=0)
-    def choose_methods(methods: list[str]) -> list[str]:
-        return [f"reduce_{method}" for method in methods]
+    @task(retries=0)
+    def reductions(plan: dict, extraction: dict, params: dict | None = None) -> list[dict]:
+        """The reduce job's flags for every (model, method) pair: what the mapped reduce task expands over."""
+        from beam_jobs.launch import reduction_options
 
-    reducers = [
-        NightlyBeamOperator(
-            task_id=f"reduce_{method}",
-            job=JOB_REDUCE,
-            runner="{{ params.runner }}",
-            py_interpreter=PYTHON,
-            pipeline_options={
-                "input": planned["embeddings_dir"],
-                "output": planned[projections_key(method)],
-                "method": method,
-                "html_points": "{{ params.map_points }}",
-                "thumbnail_budget_mb": "{{ params.thumbnail_budget_mb }}",
-                "mosaic_grid": "{{ params.mosaic_grid }}",
-                "run_id": "{{ run_id }}",
-            },
-            dataflow_config=dataflow_config,
-            dataflow_options=planned["dataflow"],
-            execution_timeout=timedelta(hours=2),
+        model_ids = {name: model["model_id"] for name, model in extraction["models"].items()}
+        return [
+            reduction_options(
+                plan, r, model_ids, params["map_points"], params["thumbnail_budget_mb"], params["mosaic_grid"]
+            )
+            for r in plan["reductions"]
+        ]
+
+    # One mapped task instance per (model, method): the graph stays this size whatever the night asks for.
+    validated = validate_extraction(planned)
+    reduce_flags = reductions(planned, validated)
+    reducer = NightlyBeamOperator.partial(
+        task_id="reduce",
+        job=JOB_REDUCE,
+        runner="{{ params.runner }}",
+        py_interpreter=PYTHON,
+        dataflow_config=mapped_dataflow_config,
+        dataflow_options=planned["dataflow"],
+        execution_timeout=timedelta(hours=2),
+    ).expand(pipeline_options=reduce_flags)
+    reducer_done = DataflowJobDoneSensor.partial(
+        task_id="reduce_done",
+        beam_task_id="reduce",
+        runner="{{ params.runner }}",
+        dataflow=planned["dataflow"],
+        execution_timeout=timedelta(hours=6),
+    ).expand(job=reduce_flags)
+
+    @task(retries=0)
+    def compare_models(plan: dict) -> dict:
+        """Two or more models: how much their neighbourhoods differ (comparison.json, comparison.png)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not plan["compare"]:
+            raise AirflowSkipException("one model: nothing to compare")
+        from beam_jobs.compare.job import run
+
+        report = run(
+            ["--input", plan["embeddings_dir"], "--output", plan["comparison_dir"], "--run_id", plan["run_id"]]
         )
-        for method in METHODS
-    ]
-    reducers_done = [job_done(reducer.task_id) for reducer in reducers]
+        for pair in report["comparisons"]:
+            LOG.info("%s: overlap@%s %s", " vs ".join(pair["models"]), pair["k"], pair["knn_overlap"]["mean"])
+        return report
 
     @task.branch(retries=0)
     def choose_index(index: bool) -> list[str]:
@@ -397,6 +436,8 @@ with DAG(
             "output": planned["index_dir"],
             "window_days": planned["index_window_days"],
             "duplicate_threshold": planned["duplicate_threshold"],
+            # A several-model partition: the index is the first model's.
+            "model_id": validated["model_id"],
             "run_id": "{{ run_id }}",
         },
         dataflow_config=dataflow_config,
@@ -408,21 +449,25 @@ with DAG(
     @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
     def publish(plan: dict, extraction: dict, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
-        from beam_jobs.contract import MANIFEST, run_record_path
+        from beam_jobs.contract import COMPARISON_JSON, MANIFEST, run_record_path
         from image_embeddings_airflow.metrics import emit_projection
         from image_embeddings_airflow.paths import join, read_json, write_json
-        from image_embeddings_airflow.runs import run_record
+        from image_embeddings_airflow.runs import reduction_key, run_record
 
+        reduced = {reduction_key(r): read_json(join(r["dir"], MANIFEST)) for r in plan["reductions"]}
         projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
         for method, manifest in projections.items():
             emit_projection(method, manifest)
-        # The *_done results of the Beam tasks that ran (pulled here: the set depends on the methods).
-        beam_tasks = [extract.task_id, *(f"reduce_{method}" for method in plan["methods"])]
+        # The *_done results of the Beam tasks that ran; the mapped reduce_done's come in the reductions' order.
+        ti = context["ti"]
+        jobs = {"extract_embeddings": ti.xcom_pull(task_ids="extract_embeddings_done")}
+        done = ti.xcom_pull(task_ids="reduce_done", map_indexes=list(range(len(plan["reductions"])))) or []
+        jobs.update({reduction_key(r): job for r, job in zip(plan["reductions"], done, strict=False)})
         if plan.get("index"):
-            beam_tasks.append("build_index")
-        jobs = {beam_task: context["ti"].xcom_pull(task_ids=f"{beam_task}_done") for beam_task in beam_tasks}
+            jobs["build_index"] = ti.xcom_pull(task_ids="build_index_done")
         index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-        record = run_record(plan, extraction, projections, jobs, index=index)
+        comparison = read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
+        record = run_record(plan, extraction, projections, jobs, index=index, reductions=reduced, comparison=comparison)
         write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
         embeddings = record["embeddings"]
@@ -433,17 +478,20 @@ with DAG(
             embeddings["inputs"],
             embeddings["images_per_second"],
         )
-        for method, entry in record["projections"].items():
-            LOG.info("  %s: %s rows; map %s and %s", method, entry["rows"], entry["map_png"], entry["map_html"])
+        for name, model in record.get("models", {}).items():
+            for method, entry in model["projections"].items():
+                LOG.info(
+                    "  %s %s: %s rows; map %s and %s", name, method, entry["rows"], entry["map_png"], entry["map_html"]
+                )
+        if "comparison" in record:
+            LOG.info("  comparison: %s", record["comparison"])
         if "index" in record:
             LOG.info("  index: %s", record["index"])
         return record
 
-    validated = validate_extraction(planned)
-    branch = choose_methods(planned["methods"])
-    planned >> wait_for_input >> extract >> extract_done >> validated >> branch >> reducers
-    for reducer, done in zip(reducers, reducers_done, strict=True):
-        reducer >> done
+    planned >> wait_for_input >> extract >> extract_done >> validated
+    reducer >> reducer_done
     published = publish(planned, validated)
-    reducers_done >> published
+    reducer_done >> published
+    validated >> compare_models(planned) >> published
     validated >> choose_index(planned["index"]) >> indexer >> indexer_done >> published

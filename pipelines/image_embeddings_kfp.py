@@ -3,9 +3,12 @@
 The same night as the Airflow DAG ``dags/image_embeddings.py``, with the same params:
 
 ```
-plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each method: reduce -> publish
-                                                                    -> build-index ----------------/
+plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each (model, method): reduce -> publish
+                                                                    -> compare-models -------------------------/
+                                                                    -> build-index ----------------------------/
 ```
+
+``compare-models`` always appears; with one model it starts nothing (as ``build-index`` with ``index`` off).
 
 ``build-index`` always appears; with ``index`` off it starts no job (a ``dsl.If`` around it would
 need its own sub-pipeline for ``publish`` to wait on it, as the reduce loop has).
@@ -55,7 +58,7 @@ component = dsl.component(base_image=WORKER_IMAGE, install_kfp_package=False)
 def plan(
     input: str,
     output_root: str,
-    model: str,
+    models: list,
     weights: str,
     engine: str,
     precision: str,
@@ -76,7 +79,7 @@ def plan(
     run_id: str,
     scheduled_time: str,
     created_time: str,
-) -> NamedTuple("Plan", plan=dict, methods=list):
+) -> NamedTuple("Plan", plan=dict, reductions=list):
     """Check the params together and resolve the run's paths (the DAG's plan task); fails at once."""
     from collections import namedtuple
 
@@ -85,8 +88,8 @@ def plan(
     params = {k: v for k, v in locals().items() if k not in ("ds", "run_id", "scheduled_time", "created_time")}
     resolved = plan_step(params, ds, run_id, scheduled_time, created_time)
     # KFP structs hold no nulls: no Dataflow settings travel as {}.
-    return namedtuple("Plan", ["plan", "methods"])(
-        {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["methods"]
+    return namedtuple("Plan", ["plan", "reductions"])(
+        {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["reductions"]
     )
 
 
@@ -120,7 +123,7 @@ def validate_extraction(plan: dict, metrics: Output[Metrics]) -> dict:
 @component
 def reduce_dim(
     plan: dict,
-    method: str,
+    reduction: dict,
     map_points: int,
     thumbnail_budget_mb: float,
     mosaic_grid: int,
@@ -130,14 +133,23 @@ def reduce_dim(
     map_summary: Output[Markdown],
     gcp_resources: OutputPath(str),
 ) -> dict:
-    """python -m beam_jobs.reduce_dim --method <method>; the map as HTML, the figures as metrics."""
+    """python -m beam_jobs.reduce_dim for one (model, method); the map as HTML, the figures as metrics."""
+    from beam_jobs.nightly import reduction_key
     from beam_jobs.steps import projection_report, reduce_step
 
-    job = reduce_step(plan, method, map_points, thumbnail_budget_mb, mosaic_grid, gcp_resources)
-    projection_report(plan, method, map_html.path, map_summary.path, metrics.log_metric)
-    projections.uri = plan["projections"][method]
-    projections.metadata.update({"ds": plan["ds"], "method": method, **job})
-    return {"task": f"reduce_{method}", **job}
+    job = reduce_step(plan, reduction, map_points, thumbnail_budget_mb, mosaic_grid, gcp_resources)
+    projection_report(plan, reduction, map_html.path, map_summary.path, metrics.log_metric)
+    projections.uri = reduction["dir"]
+    projections.metadata.update({"ds": plan["ds"], "model": reduction["model"], "method": reduction["method"], **job})
+    return {"task": reduction_key(reduction), **job}
+
+
+@component
+def compare_models(plan: dict) -> dict:
+    """Two or more models: python -m beam_jobs.compare (comparison.json, comparison.png); else nothing."""
+    from beam_jobs.steps import compare_step
+
+    return compare_step(plan)
 
 
 @component
@@ -152,13 +164,16 @@ def build_index(plan: dict, index: Output[Dataset], gcp_resources: OutputPath(st
 
 
 @component
-def publish(plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list, index_job: dict) -> dict:
+def publish(
+    plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list, index_job: dict, comparison: dict
+) -> dict:
     """The run record (counts, throughput, where the maps are) to <output_root>/runs/ds=<ds>/run.json."""
     from beam_jobs.steps import publish_step
 
     jobs = {"extract_embeddings": extract_job, **{job.pop("task"): job for job in reduce_jobs}}
     if plan["index"]:
         jobs["build_index"] = index_job
+    # The record reads comparison.json itself when the plan compared models (``comparison`` orders this step).
     return publish_step(plan, extraction, jobs)
 
 
@@ -175,17 +190,17 @@ def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(name="reduce-methods", description="One reduce_dim step per selected method, in parallel")
+@dsl.pipeline(name="reduce-methods", description="One reduce_dim step per (model, method), in parallel")
 def reduce_methods(
-    plan: dict, methods: list, map_points: int, thumbnail_budget_mb: float, mosaic_grid: int
+    plan: dict, reductions: list, map_points: int, thumbnail_budget_mb: float, mosaic_grid: int
 ) -> list[dict]:
     # A pipeline of its own so the step after it (publish) depends on one task: kfp.local runs loops
     # only after every plain task of the same DAG.
-    with dsl.ParallelFor(methods, name="methods") as method:
+    with dsl.ParallelFor(reductions, name="reductions") as reduction:
         reduce = _retry(
             reduce_dim(
                 plan=plan,
-                method=method,
+                reduction=reduction,
                 map_points=map_points,
                 thumbnail_budget_mb=thumbnail_budget_mb,
                 mosaic_grid=mosaic_grid,
@@ -204,13 +219,14 @@ def nightly_pipeline(run_times: bool = True):
     )
 
     @dsl.pipeline(
-        name=PIPELINE_NAME, description="Embed the night's images, reduce to 2D (PCA, UMAP), publish the maps"
+        name=PIPELINE_NAME,
+        description="Embed the night's images with one or more models, reduce to 2D (PCA, UMAP), publish the maps",
     )
     def image_embeddings(
         input: str,
         output_root: str,
         weights: str = "imagenet",
-        model: str = DEFAULT_MODEL,
+        models: list = [DEFAULT_MODEL],  # noqa: B006 - a KFP default value, never mutated
         engine: str = DEFAULT_ENGINE,
         precision: str = PRECISION_AUTO,
         methods: list = list(METHODS),  # noqa: B006 - a KFP default value, never mutated
@@ -237,7 +253,7 @@ def nightly_pipeline(run_times: bool = True):
             plan(
                 input=input,
                 output_root=output_root,
-                model=model,
+                models=models,
                 weights=weights,
                 engine=engine,
                 precision=precision,
@@ -267,12 +283,13 @@ def nightly_pipeline(run_times: bool = True):
         validated = _retry(validate_extraction(plan=the_plan).after(extract), retries=0)
         reduced = reduce_methods(
             plan=the_plan,
-            methods=planned.outputs["methods"],
+            reductions=planned.outputs["reductions"],
             map_points=map_points,
             thumbnail_budget_mb=thumbnail_budget_mb,
             mosaic_grid=mosaic_grid,
         ).after(validated)
         indexed = _retry(build_index(plan=the_plan).after(validated))
+        compared = _retry(compare_models(plan=the_plan).after(validated), retries=0)
         _retry(
             publish(
                 plan=the_plan,
@@ -280,6 +297,7 @@ def nightly_pipeline(run_times: bool = True):
                 extract_job=extract.outputs["Output"],
                 reduce_jobs=reduced.output,
                 index_job=indexed.outputs["Output"],
+                comparison=compared.outputs["Output"],
             ),
             retries=1,
         )

@@ -71,11 +71,15 @@ print("INFO apiclient: Created job with id: [{job_id}]", file=sys.stderr, flush=
 class RecordingTI:
     """The slice of a task instance that rendering and the Beam operator use: XCom in and out."""
 
-    def __init__(self, xcoms: dict[tuple[str, str], Any]):
+    def __init__(self, xcoms: dict[tuple, Any], map_index: int = -1):
         self.xcoms = xcoms
+        self.map_index = map_index
         self.pushed: dict[str, Any] = {}
 
-    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_):
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", map_indexes: int | None = None, **_):
+        """Keys (task, key), or (task, key, map index) for a mapped task's instance."""
+        if map_indexes is not None and map_indexes >= 0:
+            return self.xcoms.get((task_ids, key, map_indexes))
         return self.xcoms.get((task_ids, key))
 
     def xcom_push(self, key: str, value: Any, **_) -> None:
@@ -100,6 +104,7 @@ def dataflow_plan(dag):
         "output_root": "gs://acme-out/nightly",
         "weights": "gs://acme-models/resnet50_notop.h5",
         "methods": ["pca", "umap"],
+        "models": ["resnet50", "mobilenet_v3_large"],
     }
     run_id = f"scheduled__{DS}T03:00:00+00:00"
     plan = build_plan(params, DS, run_id, f"gs://acme-images/ds={DS}/*.jpg", DATAFLOW)
@@ -111,9 +116,17 @@ def plan_xcoms(plan: dict) -> dict[tuple[str, str], Any]:
     return {("plan", "return_value"): plan, **{("plan", key): value for key, value in plan.items()}}
 
 
-def render(dag, task_id: str, params: dict, xcoms: dict) -> tuple[Any, dict]:
-    task = dag.get_task(task_id).prepare_for_execution()
-    ti = RecordingTI(xcoms)
+def render(
+    dag, task_id: str, params: dict, xcoms: dict, mapped: dict | None = None, map_index: int = -1
+) -> tuple[Any, dict]:
+    """The task as a worker runs it, templates rendered; a mapped task's instance ``map_index`` from the
+    values ``mapped`` it expands with."""
+    task = dag.get_task(task_id)
+    if mapped is not None:
+        task = task.unmap(mapped)
+        task.dag = dag
+    task = task.prepare_for_execution()
+    ti = RecordingTI(xcoms, map_index)
     context = {
         "params": params,
         "ti": ti,
@@ -155,12 +168,13 @@ def launcher(tmp_path, monkeypatch) -> tuple[str, Path]:
             },
         ),
         (
-            "reduce_umap",
+            "reduce",
             "beam_jobs.reduce_dim",
             {
                 "inputs": "('gs://acme-out/nightly/embeddings/ds=2026-11-20',)",
-                "output": "gs://acme-out/nightly/projections/method=umap/ds=2026-11-20",
+                "output": "gs://acme-out/nightly/projections/model=mobilenet_v3_large/method=umap/ds=2026-11-20",
                 "method": "umap",
+                "model_id": "mobilenet-id",
             },
         ),
     ],
@@ -171,10 +185,16 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus  # noqa: F401 - provider present
     from airflow.sdk.exceptions import TaskDeferred
 
+    from beam_jobs.launch import reduce_options
     from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger
 
     params, plan = dataflow_plan
-    task, context = render(dag, task_id, params, plan_xcoms(plan))
+    mapped = None
+    if task_id == "reduce":  # the mapped instance of (mobilenet_v3_large, umap), as the reductions task lists it
+        (umap,) = [r for r in plan["reductions"] if r["model"] == "mobilenet_v3_large" and r["method"] == "umap"]
+        flags = reduce_options(plan, "umap", 100, 1.0, 0, reduction=umap, model_id="mobilenet-id")
+        mapped = {"pipeline_options": flags}
+    task, context = render(dag, task_id, params, plan_xcoms(plan), mapped, map_index=3)
     interpreter, record_file = launcher
     task.py_interpreter = interpreter
     with pytest.raises(TaskDeferred) as deferred:
@@ -196,7 +216,9 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     assert "no_use_multiple_sdk_containers" in launched["experiments"]
     assert launched["harness_threads"] == 4
     # Dataflow job names: lowercase letters, digits and hyphens; the provider adds a unique suffix.
-    assert launched["job_name"].startswith(f"image-embeddings-{task_id.replace('_', '-')}-20261120-")
+    # Mapped instances run at once: the map index keeps their job names apart.
+    name = task_id.replace("_", "-") + ("-3" if mapped else "")
+    assert launched["job_name"].startswith(f"image-embeddings-{name}-20261120-")
     assert all(c.islower() or c.isdigit() or c == "-" for c in launched["job_name"])
     assert not any(a.startswith("--wait") for a in launched["args"])
 
@@ -215,14 +237,18 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
     from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
 
     params, plan = dataflow_plan
-    for beam_task in ("extract_embeddings", "reduce_pca", "reduce_umap"):
-        xcoms = {**plan_xcoms(plan), (beam_task, "dataflow_job_id"): f"{JOB_ID}-{beam_task}"}
-        sensor, context = render(dag, f"{beam_task}_done", params, xcoms)
+    # Unmapped, and the mapped reduce_done's instances, each waiting on its own reduce instance's job.
+    cases = [("extract_embeddings", None, -1), ("build_index", None, -1), ("reduce", {"job": {}}, 0)]
+    cases.append(("reduce", {"job": {}}, 3))
+    for beam_task, mapped, index in cases:
+        key = (beam_task, "dataflow_job_id") if index < 0 else (beam_task, "dataflow_job_id", index)
+        xcoms = {**plan_xcoms(plan), key: f"{JOB_ID}-{beam_task}{index}"}
+        sensor, context = render(dag, f"{beam_task}_done", params, xcoms, mapped, index)
         with pytest.raises(TaskDeferred) as deferred:
             sensor.execute(context)
         trigger = deferred.value.trigger
         assert isinstance(trigger, CancellingJobStatusTrigger)
-        assert trigger.job_id == f"{JOB_ID}-{beam_task}"
+        assert trigger.job_id == f"{JOB_ID}-{beam_task}{index}"
         assert trigger.expected_statuses == {DataflowJobStatus.JOB_STATE_DONE}
         assert (trigger.project_id, trigger.location) == ("acme-ml", "europe-west4")
         assert deferred.value.method_name == "execute_complete"
@@ -234,7 +260,7 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
 
     # A job that ended badly fails the sensor outright (retrying it would poll a dead job).
     failed = f"Job with id '{JOB_ID}' is already in terminal state: JOB_STATE_FAILED"
-    with pytest.raises(AirflowFailException, match=r"did not finish: .*JOB_STATE_FAILED.*Clear reduce_umap"):
+    with pytest.raises(AirflowFailException, match=r"did not finish: .*JOB_STATE_FAILED.*Clear reduce "):
         sensor.execute_complete(context, {"status": "error", "message": failed})
     # The polling failing (API, credentials) is worth a retry: the retry polls the same job.
     with pytest.raises(AirflowException, match=r"could not check Dataflow job .*503") as polled:
@@ -249,7 +275,7 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
 def test_done_sensor_passes_through_on_a_local_runner(dag, dataflow_plan):
     params, plan = dataflow_plan
     params = {**params, "runner": "FnApiRunner"}
-    sensor, context = render(dag, "reduce_pca_done", params, plan_xcoms(plan))
+    sensor, context = render(dag, "reduce_done", params, plan_xcoms(plan), {"job": {}}, 0)
     assert sensor.execute(context) == {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}}
 
 

@@ -155,7 +155,7 @@ def test_run_record_has_the_contract_shape():
         "parameters": {"kind": "flat"},
     }
     record = run_record(plan, extraction, projections, jobs, index=index)
-    assert set(record) == set(RunRecord.__annotations__)
+    assert set(record) == set(RunRecord.__annotations__) - {"comparison"}  # one model: nothing compared
     assert set(record["embeddings"]) == set(EmbeddingsEntry.__annotations__)
     assert set(record["index"]) == set(IndexEntry.__annotations__)
     assert record["index"]["dir"] == "/o/index/ds=2026-11-20"
@@ -177,6 +177,54 @@ def test_run_record_has_the_contract_shape():
 
 
 # --------------------------------------------------------------------------- Dataflow's setup_file default
+
+
+def test_a_two_model_night_plans_every_pair_and_records_each_model():
+    from beam_jobs.contract import ModelEntry, RunRecord
+    from image_embeddings_airflow.runs import (
+        ExtractionRejected,
+        build_plan,
+        check_extraction,
+        reduction_key,
+        run_record,
+    )
+
+    models = ["resnet50", "mobilenet_v3_large"]
+    params = {**OK, "models": models, "methods": ["pca", "umap"], "output_root": "/o"}
+    plan = build_plan(params, "2026-11-20", "r", "/i")
+    assert (plan["model"], plan["compare"]) == (",".join(models), True)
+    assert plan["comparison_dir"] == "/o/comparisons/ds=2026-11-20"
+    dirs = {reduction_key(r): r["dir"] for r in plan["reductions"]}
+    assert dirs == {
+        "reduce_pca": "/o/projections/method=pca/ds=2026-11-20",
+        "reduce_umap": "/o/projections/method=umap/ds=2026-11-20",
+        "reduce_mobilenet_v3_large_pca": "/o/projections/model=mobilenet_v3_large/method=pca/ds=2026-11-20",
+        "reduce_mobilenet_v3_large_umap": "/o/projections/model=mobilenet_v3_large/method=umap/ds=2026-11-20",
+    }
+    figures = {"resnet50": ("R", 10, 0), "mobilenet_v3_large": ("M", 9, 1)}
+    per_model = {
+        n: {"model_id": i, "embedded": e, "failed": f, "images_per_second": 2.0} for n, (i, e, f) in figures.items()
+    }
+    manifest = {"inputs": 10, "embedded": 10, "failed": 0, "model_id": "R", "models": per_model}
+    extraction = check_extraction(manifest, 0.1, plan["embeddings_dir"])
+    assert extraction["models"]["mobilenet_v3_large"]["failure_rate"] == 0.1
+    with pytest.raises(ExtractionRejected, match=r"model mobilenet_v3_large: 10\.0% failed"):
+        check_extraction(manifest, 0.05, plan["embeddings_dir"])
+    reduced = {key: {"rows": 9, "seconds": 1.0, "trustworthiness": 0.9} for key in dirs}
+    overlap = {"mean": 0.5, "p10": 0, "p50": 0.5, "p90": 1, "histogram": []}
+    pair = {"models": models, "images": 9, "k": 8, "distance_spearman": 0.7, "linear_cka": 0.8, "knn_overlap": overlap}
+    projections = {m: reduced[f"reduce_{m}"] for m in ("pca", "umap")}
+    record = run_record(plan, extraction, projections, reductions=reduced, comparison={"comparisons": [pair]})
+    assert set(record) == set(RunRecord.__annotations__) - {"dataflow_jobs", "index"}
+    assert list(record["models"]) == models
+    assert set(record["models"]["resnet50"]) == set(ModelEntry.__annotations__)
+    assert record["models"]["resnet50"]["projections"] == record["projections"]
+    umap = record["models"]["mobilenet_v3_large"]["projections"]["umap"]
+    assert umap["dir"] == dirs["reduce_mobilenet_v3_large_umap"]
+    assert record["comparison"]["pairs"] == [
+        {"models": models, "images": 9, "knn_overlap_at_8": 0.5, "distance_spearman": 0.7, "linear_cka": 0.8}
+    ]
+    assert record["comparison"]["comparison_png"] == "/o/comparisons/ds=2026-11-20/comparison.png"
 
 
 def test_setup_file_defaults_to_the_checkout_and_follows_the_environment(tmp_path, monkeypatch):

@@ -138,21 +138,33 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
         "project_id",
         "location",
         "dataflow",
+        "job",
     )
 
     def __init__(
-        self, *, runner: str, beam_task_id: str, dataflow: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        *,
+        runner: str,
+        beam_task_id: str,
+        dataflow: dict[str, Any] | None = None,
+        job: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("expected_statuses", {DataflowJobStatus.JOB_STATE_DONE})
         kwargs.setdefault("deferrable", True)
         kwargs.setdefault("poll_interval", 60)
         # Not the XComArg beam_task.output["dataflow_job_id"]: with a local runner nothing pushes that
-        # key, and an XComArg of a missing key fails the rendering instead of yielding None.
-        kwargs.setdefault("job_id", "{{ ti.xcom_pull(task_ids='" + beam_task_id + "', key='dataflow_job_id') }}")
+        # key, and an XComArg of a missing key fails the rendering instead of yielding None. Mapped
+        # (the reduce steps): the Beam task instance of the same map index; unmapped both are -1.
+        kwargs.setdefault(
+            "job_id",
+            "{{ ti.xcom_pull(task_ids='" + beam_task_id + "', key='dataflow_job_id', map_indexes=ti.map_index) }}",
+        )
         super().__init__(**kwargs)
         self.runner = runner
         self.beam_task_id = beam_task_id
         self.dataflow = dataflow
+        self.job = job  # mapped: the flags of the job this instance waits for (shown in its rendered fields)
 
     def execute(self, context: Any) -> dict[str, Any] | None:
         if not is_dataflow(self.runner):

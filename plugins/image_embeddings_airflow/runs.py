@@ -21,6 +21,7 @@ from beam_jobs.nightly import (
     check_extraction,
     default_setup_file,
     projections_key,
+    reduction_key,
     run_record,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "check_extraction",
     "default_setup_file",
     "projections_key",
+    "reduction_key",
     "run_record",
 ]
 
