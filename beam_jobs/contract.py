@@ -113,6 +113,9 @@ DATAFLOW_WORKER_OPTIONS: dict[str, Any] = {
     "experiments": "no_use_multiple_sdk_containers",
     "number_of_worker_harness_threads": 4,
 }
+# Dataflow's Flexible Resource Scheduling (Beam's --flexrs_goal): "" leaves it off. COST_OPTIMIZED runs
+# on discounted, preemptible-backed capacity and may sit JOB_STATE_QUEUED for up to 6 hours first.
+FLEXRS_GOALS = ("", "COST_OPTIMIZED", "SPEED_OPTIMIZED")
 OUTPUT_FORMATS = ("parquet", "npy")
 
 WEIGHTS_IMAGENET = "imagenet"

@@ -23,6 +23,7 @@ from beam_jobs.contract import (
     ENGINE_TF,
     ENGINES,
     FAILURE_FILES,
+    FLEXRS_GOALS,
     MAP_HTML,
     MAP_MOSAIC,
     MAP_PNG,
@@ -67,6 +68,100 @@ IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
 
 class PlanError(ValueError):
     """Run parameters that cannot work; the run fails at once, before any job starts, without retries."""
+
+
+# --------------------------------------------------------------------------- confined paths
+# Whoever may trigger the DAG chooses input, output_root and weights: without a fence they could have the
+# workers read any file the workers can read (its thumbnail lands in map.html) and write under any folder.
+ALLOWED_ROOTS_ENV = "IMAGE_EMBEDDINGS_ALLOWED_ROOTS"
+DATA_ENV = "IMAGE_EMBEDDINGS_DATA"
+DEFAULT_DATA = "/opt/airflow/data"  # the Docker image's IMAGE_EMBEDDINGS_DATA
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _control_chars(text: str) -> bool:
+    return any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in text)
+
+
+def allowed_roots(setting: str | None = None) -> list[str]:
+    """The deployment's roots: ``IMAGE_EMBEDDINGS_ALLOWED_ROOTS`` (comma-separated local folders and
+    ``gs://bucket[/prefix]``), else the data folder (``IMAGE_EMBEDDINGS_DATA``, else /opt/airflow/data).
+
+    Local roots must be absolute (normalised here; symlinks are resolved when paths are compared);
+    a bad entry is a PlanError.
+    """
+    text = os.environ.get(ALLOWED_ROOTS_ENV) if setting is None else setting
+    if not (text or "").strip():
+        text = os.environ.get(DATA_ENV) or DEFAULT_DATA
+    roots: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if _control_chars(item):
+            raise PlanError(f"{ALLOWED_ROOTS_ENV}: entry {item!r} holds control characters")
+        if is_gcs(item):
+            bucket, _, prefix = item[len(GCS) :].partition("/")
+            segments = [s for s in prefix.split("/") if s]
+            if not bucket or GLOB_CHARS.search(item) or any(s in (".", "..") for s in segments):
+                raise PlanError(f"{ALLOWED_ROOTS_ENV}: {item!r} is not a gs://bucket/prefix root")
+            roots.append(GCS + "/".join([bucket, *segments]))
+        elif os.path.isabs(item) and not GLOB_CHARS.search(item):
+            roots.append(os.path.normpath(item))
+        else:
+            raise PlanError(f"{ALLOWED_ROOTS_ENV}: {item!r} is neither an absolute folder nor a gs:// root")
+    return roots
+
+
+def roots_pattern(roots: list[str], keywords: tuple[str, ...] = ()) -> str:
+    """A JSON-schema ``pattern`` (Python and JavaScript regex alike) for the trigger form and the REST API:
+    a path under one of ``roots`` (or one of ``keywords``), without control characters or ``.``/``..``
+    segments. Lexical only; build_plan also resolves symlinks and stays the authority."""
+    special = re.compile(r"([.^$*+?()\[\]{}|\\])")
+    under = "|".join(special.sub(r"\\\1", root.rstrip("/")) for root in roots)
+    path = r"^(?![\s\S]*[\x00-\x1f\x7f])(?![\s\S]*/\.\.?(/|$))(" + under + r")(/[\s\S]*)?$"
+    return f"^({'|'.join(keywords)})$|{path}" if keywords else path
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def confine(name: str, path: str, roots: list[str]) -> tuple[str, str | None]:
+    """``path`` normalised, and the reason it is refused (None when it falls under one of ``roots``).
+
+    Local paths must be absolute; ``..`` is resolved before the check, as are symlinks in the part
+    of the path before any wildcard (a link out of the data folder counts where it points).
+    On gs:// a ``.`` or ``..`` segment is refused outright (object names are not resolved).
+    """
+    where = f"the allowed roots ({', '.join(roots)}; set by {ALLOWED_ROOTS_ENV})"
+    if _control_chars(path):
+        return path, f"{name} {path!r} holds control characters (newline, tab, ...)"
+    if is_gcs(path):
+        bucket, _, rest = path[len(GCS) :].partition("/")
+        segments = rest.split("/")
+        if any(s in (".", "..") for s in segments):
+            return path, f"{name} {path!r}: '.' and '..' segments are not allowed in gs:// paths"
+        # A trailing '/' (a folder) is kept: it decides how the input glob is made.
+        normal = GCS + "/".join([bucket, *(s for s in segments[:-1] if s), segments[-1]]) if "/" in path[5:] else path
+        candidates = [normal.rstrip("/")]
+    else:
+        if not os.path.isabs(path):
+            return path, (
+                f"{name} {path!r} is a relative path (it would resolve against the worker's current folder): "
+                f"give an absolute path under {where}"
+            )
+        normal = os.path.normpath(path) + ("/" if path.endswith("/") and path.rstrip("/") else "")
+        fixed = GLOB_CHARS.split(normal, maxsplit=1)[0]
+        # Resolve the literal folder part only: wildcards are expanded by the job, under that folder.
+        head = fixed if fixed == normal else os.path.dirname(fixed)
+        local = [root for root in roots if not is_gcs(root)]
+        checks = [(os.path.normpath(normal), local), (os.path.realpath(head or "/"), map(os.path.realpath, local))]
+        if all(any(_under(candidate, root) for root in among) for candidate, among in checks):
+            return normal, None
+        return normal, f"{name} {path!r} is outside {where}"
+    if any(_under(candidates[0], root) for root in roots if is_gcs(root)):
+        return normal, None
+    return normal, f"{name} {path!r} is outside {where}"
 
 
 class Plan(TypedDict):
@@ -171,7 +266,12 @@ def _problems_with_dataflow(settings: dict[str, Any], paths: dict[str, str]) -> 
 
 
 def build_plan(
-    params: dict[str, Any], ds: str, run_id: str, rendered_input: str, dataflow: dict[str, Any] | None = None
+    params: dict[str, Any],
+    ds: str,
+    run_id: str,
+    rendered_input: str,
+    dataflow: dict[str, Any] | None = None,
+    roots: list[str] | None = None,
 ) -> Plan:
     """Check what the params' schemas cannot (fields together, files) and resolve every path of the run.
 
@@ -180,18 +280,30 @@ def build_plan(
     failure rate are known to be in range here. ``rendered_input`` is
     ``params["input"]`` with the run's date filled in. ``dataflow`` holds
     project, region, temp_location, staging_location and setup_file (from params
-    or Airflow Variables); it is only used with DataflowRunner.
+    or Airflow Variables); it is only used with DataflowRunner. ``roots``: where
+    input, output_root and weights may be (default: ``allowed_roots()``, the
+    deployment's setting); each is normalised and must fall under one of them.
     """
     problems: list[str] = []
     methods, runner, weights = list(params["methods"]), params["runner"], str(params["weights"])
+    roots = allowed_roots(None if roots is None else ",".join(roots))
     output_root = str(params["output_root"]).rstrip("/")
     if not output_root:
         problems.append("output_root is required")
+    else:
+        output_root, refused = confine("output_root", output_root, roots)
+        problems += [refused] if refused else []
     if not rendered_input.strip():
         problems.append("input is required (a glob of the night's images)")
     elif "{{" in rendered_input or "{%" in rendered_input:
         problems.append(f"input {rendered_input!r} still holds template syntax after rendering")
-    problems += _problems_with_weights(weights, runner)
+    else:
+        rendered_input, refused = confine("input", rendered_input, roots)
+        problems += [refused] if refused else []
+    refused = None
+    if weights not in KEYWORD_WEIGHTS:
+        weights, refused = confine("weights", weights, roots)
+    problems += [refused] if refused else _problems_with_weights(weights, runner)
     if params.get("engine") == ENGINE_TF and params.get("precision") == PRECISION_BF16:
         problems.append("precision bf16 needs engine openvino or auto (engine tf runs f32)")
 
@@ -210,6 +322,8 @@ def build_plan(
             **DATAFLOW_WORKER_OPTIONS,
             **{name: settings[name] for name in DATAFLOW_SETTINGS if settings.get(name)},
         }
+        if params.get("flexrs_goal"):
+            dataflow_options["flexrs_goal"] = params["flexrs_goal"]
     if problems:
         raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
 
@@ -406,10 +520,16 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     for name in ("input", "output_root", "weights"):
         if not str(params.get(name) or "").strip():
             problems.append(f"{name} is required")
-    choices = {"model": MODELS, "runner": RUNNERS, "engine": ENGINES, "precision": PRECISIONS}
+    choices = {
+        "model": MODELS,
+        "runner": RUNNERS,
+        "engine": ENGINES,
+        "precision": PRECISIONS,
+        "flexrs_goal": FLEXRS_GOALS,
+    }
     for name, allowed in choices.items():
         if name in params and params[name] not in allowed:
-            problems.append(f"{name} {params[name]!r} is not one of {', '.join(allowed)}")
+            problems.append(f"{name} {params[name]!r} is not one of {', '.join(a or repr(a) for a in allowed)}")
     methods = params.get("methods")
     if not isinstance(methods, list | tuple) or not methods:
         problems.append(f"methods {methods!r}: choose one or more of {', '.join(METHODS)}")

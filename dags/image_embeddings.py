@@ -57,6 +57,7 @@ from beam_jobs.contract import (
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
     ENGINES,
+    FLEXRS_GOALS,
     JOB_EXTRACT,
     JOB_INDEX,
     JOB_REDUCE,
@@ -74,7 +75,17 @@ from beam_jobs.contract import (
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK, projections_key
+from image_embeddings_airflow.runs import (
+    DAG_ID,
+    KEYWORD_WEIGHTS,
+    MAPS_ASSET,
+    PUBLISH_TASK,
+    PlanError,
+    allowed_roots,
+    confine,
+    projections_key,
+    roots_pattern,
+)
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
@@ -86,6 +97,22 @@ PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpre
 DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
+# Where runs may read and write (IMAGE_EMBEDDINGS_ALLOWED_ROOTS, default the data folder): refused already
+# by the trigger form and the REST API; the plan task checks again, symlinks resolved.
+try:
+    ROOTS: list[str] | None = allowed_roots()
+except PlanError as exc:  # the plan task refuses every run with the same message
+    LOG.error("%s", exc)
+    ROOTS = None
+ROOTS_TEXT = ", ".join(ROOTS or [])
+FORM_ROOTS = list(ROOTS or [])
+if ROOTS and confine("the data folder", DATA, ROOTS)[1]:
+    # Airflow refuses to load a scheduled DAG whose defaults fail their schemas, so the form lets the
+    # default paths through; the plan task refuses them, naming the roots, on every run that uses them.
+    LOG.error("IMAGE_EMBEDDINGS_DATA %s is outside the allowed roots (%s): default paths fail", DATA, ROOTS_TEXT)
+    FORM_ROOTS.append(DATA)
+PATH_RULE = {"pattern": roots_pattern(FORM_ROOTS)} if ROOTS else {}
+WEIGHTS_RULE = {"pattern": roots_pattern(FORM_ROOTS, KEYWORD_WEIGHTS)} if ROOTS else {}
 # The reduce job's own defaults for the map params (declared once, in beam_jobs.config).
 REDUCE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReduceConfig)}
 INDEX_DEFAULTS = {f.name: f.default for f in dataclasses.fields(IndexConfig)}
@@ -132,15 +159,20 @@ with DAG(
             title="Input images",
             description=(
                 "Glob of the night's images, or a folder / gs:// prefix ending in '/'. "
-                "'{{ ds }}' becomes the run's date."
+                f"'{{{{ ds }}}}' becomes the run's date. Must be under: {ROOTS_TEXT}."
             ),
+            **PATH_RULE,
         ),
         "output_root": Param(
             f"{DATA}/out",
             type="string",
             minLength=1,
             title="Output root",
-            description="Embeddings, projections and run records are written under this folder (local or gs://).",
+            description=(
+                "Embeddings, projections and run records are written under this folder (local or gs://). "
+                f"Must be under: {ROOTS_TEXT}."
+            ),
+            **PATH_RULE,
         ),
         "model": Param(
             DEFAULT_MODEL, type="string", enum=list(MODELS), description=f"Embedding model: {MODEL_CHOICES_TEXT}."
@@ -151,8 +183,9 @@ with DAG(
             minLength=1,
             description=(
                 f"'{WEIGHTS_IMAGENET}', '{WEIGHTS_RANDOM}' (seeded, for smoke runs) "
-                "or a path (local or gs://) to a weights file."
+                f"or a path (local or gs://) to a weights file under: {ROOTS_TEXT}."
             ),
+            **WEIGHTS_RULE,
         ),
         "engine": Param(
             DEFAULT_ENGINE,
@@ -244,6 +277,16 @@ with DAG(
         "project": Param(None, type=["null", "string"], description="DataflowRunner: GCP project."),
         "region": Param(None, type=["null", "string"], description="DataflowRunner: region."),
         "temp_location": Param(None, type=["null", "string"], description="DataflowRunner: gs:// temp folder."),
+        "flexrs_goal": Param(
+            "",
+            type="string",
+            enum=list(FLEXRS_GOALS),
+            title="Dataflow FlexRS",
+            description=(
+                "DataflowRunner: Flexible Resource Scheduling (--flexrs_goal). COST_OPTIMIZED is billed at a lower "
+                "rate but each job may wait in JOB_STATE_QUEUED for up to 6 hours before it starts; '' = off."
+            ),
+        ),
         "sdk_container_image": Param(
             None,
             type=["null", "string"],

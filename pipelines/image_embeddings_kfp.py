@@ -72,6 +72,7 @@ def plan(
     staging_location: str,
     sdk_container_image: str,
     setup_file: str,
+    flexrs_goal: str,
     ds: str,
     run_id: str,
     scheduled_time: str,
@@ -230,6 +231,7 @@ def nightly_pipeline(run_times: bool = True):
         staging_location: str = "",
         sdk_container_image: str = WORKER_IMAGE,
         setup_file: str = "",
+        flexrs_goal: str = "",
         ds: str = "",
     ):
         """``input`` may hold ``{{ ds }}`` (the run's date); ``ds`` empty: the recurring run's scheduled date."""
@@ -254,6 +256,7 @@ def nightly_pipeline(run_times: bool = True):
                 staging_location=staging_location,
                 sdk_container_image=sdk_container_image,
                 setup_file=setup_file,
+                flexrs_goal=flexrs_goal,
                 ds=ds,
                 run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 scheduled_time=times[0],

@@ -10,6 +10,7 @@ run's date and the manifests read.
 from __future__ import annotations
 
 from beam_jobs.nightly import (
+    ALLOWED_ROOTS_ENV,
     DATAFLOW_SETTINGS,
     IMAGE_REFERENCE,
     KEYWORD_WEIGHTS,
@@ -17,14 +18,18 @@ from beam_jobs.nightly import (
     ExtractionRejected,
     Plan,
     PlanError,
+    allowed_roots,
     build_plan,
     check_extraction,
+    confine,
     default_setup_file,
     projections_key,
+    roots_pattern,
     run_record,
 )
 
 __all__ = [
+    "ALLOWED_ROOTS_ENV",
     "DAG_ID",
     "DATAFLOW_SETTINGS",
     "IMAGE_REFERENCE",
@@ -35,10 +40,13 @@ __all__ = [
     "ExtractionRejected",
     "Plan",
     "PlanError",
+    "allowed_roots",
     "build_plan",
     "check_extraction",
+    "confine",
     "default_setup_file",
     "projections_key",
+    "roots_pattern",
     "run_record",
 ]
 
