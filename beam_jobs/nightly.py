@@ -24,6 +24,7 @@ from beam_jobs.contract import (
     ENGINES,
     FAILURE_FILES,
     FLEXRS_GOALS,
+    INPUT_READY_RULES,
     MAP_HTML,
     MAP_MOSAIC,
     MAP_PNG,
@@ -40,6 +41,7 @@ from beam_jobs.contract import (
     ExtractManifest,
     IndexEntry,
     IndexManifest,
+    InputReady,
     ProjectionEntry,
     ReduceManifest,
     RunRecord,
@@ -112,6 +114,118 @@ def allowed_roots(setting: str | None = None) -> list[str]:
     return roots
 
 
+# --------------------------------------------------------------------------- input readiness
+# The sensor runs in reschedule mode (and a KFP step may be restarted), so nothing is kept between
+# pokes: "unchanged for N minutes" is read from the store's own change times instead. A file added,
+# grown or replaced moves its time; locally a file added or removed also moves its folder's mtime.
+# Stronger than comparing counts and sizes between two pokes (a same-size replacement shows), and
+# it survives a worker restart. On gs:// a deletion moves nothing (GCS has no folders): the count
+# then only drops, and the job lists what is there when it starts.
+
+
+class InputSnapshot(TypedDict):
+    files: int
+    bytes: int
+    newest_change: float | None
+    marker_found: bool | None
+
+
+def literal_folder(pattern: str) -> str:
+    """The folder part of a glob before any wildcard: ``/d/ds=1/*.jpg`` -> ``/d/ds=1``."""
+    fixed = GLOB_CHARS.split(pattern, maxsplit=1)[0]
+    return fixed.rstrip("/") if fixed == pattern and pattern.endswith("/") else fixed.rsplit("/", 1)[0]
+
+
+def marker_path(input_glob: str, marker: str) -> str:
+    return join(literal_folder(input_glob), marker)
+
+
+def local_snapshot(pattern: str, marker: str | None = None) -> InputSnapshot:
+    """Count, total size and latest change of the local files ``pattern`` matches (folders not counted)."""
+    import glob as globbing
+
+    files = size = 0
+    newest: float | None = None
+    folders: set[str] = set()
+    for path in globbing.iglob(pattern, recursive=True):
+        try:
+            stat = os.stat(path)
+        except OSError:  # gone between listing and stat: the next poke sees the folder change
+            continue
+        if not os.path.isfile(path):
+            continue
+        files, size = files + 1, size + stat.st_size
+        # ctime too: a copy that keeps the original mtime (cp -p, rsync -a) still sets it.
+        newest = max(newest or 0.0, stat.st_mtime, stat.st_ctime)
+        folders.add(os.path.dirname(path))
+    for folder in folders or {literal_folder(pattern)}:
+        try:
+            stat = os.stat(folder)
+        except OSError:
+            continue
+        if files:
+            newest = max(newest or 0.0, stat.st_mtime)
+    found = os.path.isfile(marker) if marker else None
+    return {"files": files, "bytes": size, "newest_change": newest, "marker_found": found}
+
+
+def input_verdict(
+    rule: str, snapshot: InputSnapshot, settle_minutes: float, now: float, marker: str | None = None
+) -> tuple[bool, str]:
+    """(ready, why) for one look at the input under ``rule``."""
+    files, newest = snapshot["files"], snapshot["newest_change"]
+    seen = f"{files} file(s), {snapshot['bytes']} bytes"
+    if rule == "marker":
+        if not snapshot["marker_found"]:
+            return False, f"{seen}; waiting for the marker {marker}"
+        return (files > 0), f"{seen}; marker {marker} is there" + ("" if files else " but no file matches")
+    if not files:
+        return False, "no file matches"
+    if rule == "any":
+        return True, f"{seen}; rule 'any' starts at the first file"
+    quiet = now - (newest or now)
+    need = float(settle_minutes) * 60
+    if quiet >= need:
+        return True, f"{seen}, unchanged for {quiet:.0f} s (settle time {need:.0f} s)"
+    return False, f"{seen}, last change {quiet:.0f} s ago; waiting until unchanged for {need:.0f} s"
+
+
+def input_ready_record(rule: str, snapshot: InputSnapshot, marker: str | None, reason: str) -> InputReady:
+    return {
+        "rule": rule,
+        "files": snapshot["files"],
+        "bytes": snapshot["bytes"],
+        "newest_change": snapshot["newest_change"],
+        "marker": marker if rule == "marker" else None,
+        "reason": reason,
+    }
+
+
+def _readiness(params: dict[str, Any], input_glob: str) -> tuple[dict[str, Any], list[str]]:
+    """The plan's input-readiness keys and the problems with them."""
+    import fnmatch
+
+    rule = params.get("input_ready") or "settled"
+    settle = float(params.get("input_settle_minutes", 10))
+    marker = str(params.get("input_marker") or "")
+    problems: list[str] = []
+    if rule not in INPUT_READY_RULES:
+        problems.append(f"input_ready {rule!r} is not one of {', '.join(INPUT_READY_RULES)}")
+    path = None
+    if rule == "marker":
+        if not marker or "/" in marker or _control_chars(marker) or GLOB_CHARS.search(marker):
+            problems.append(f"input_marker {marker!r} must be a plain file name such as _SUCCESS")
+        else:
+            path = marker_path(input_glob, marker)
+            rest = input_glob[len(literal_folder(input_glob)) :].lstrip("/") or "*"
+            if fnmatch.fnmatchcase(marker, rest):
+                problems.append(
+                    f"input_marker {marker!r} matches the input glob {input_glob!r}, so the marker would be read as "
+                    "an image: narrow the glob (e.g. '*.jpg') or name a marker it does not match"
+                )
+    return {"input_ready": rule, "input_settle_minutes": settle, "input_marker": path}, problems
+
+
 def roots_pattern(roots: list[str], keywords: tuple[str, ...] = ()) -> str:
     """A JSON-schema ``pattern`` (Python and JavaScript regex alike) for the trigger form and the REST API:
     a path under one of ``roots`` (or one of ``keywords``), without control characters or ``.``/``..``
@@ -175,6 +289,8 @@ class Plan(TypedDict):
             setup_file, and the worker set-up in ``DATAFLOW_WORKER_OPTIONS``); None otherwise.
         engine, precision: the extraction job's ``--engine`` and ``--precision``.
         input_varies_by_date: False when every date would read the same files (logged as a warning).
+        input_ready, input_settle_minutes, input_marker: when wait_for_input lets the run start
+            (``input_marker`` is the marker's full path, beside the input; None unless the rule is marker).
     """
 
     ds: str
@@ -197,6 +313,9 @@ class Plan(TypedDict):
     index_dir: str
     index_window_days: int
     duplicate_threshold: float
+    input_ready: str
+    input_settle_minutes: float
+    input_marker: str | None
 
 
 def projections_key(method: str) -> str:
@@ -324,6 +443,10 @@ def build_plan(
         }
         if params.get("flexrs_goal"):
             dataflow_options["flexrs_goal"] = params["flexrs_goal"]
+    readiness, refused_readiness = _readiness(
+        params, rendered_input.rstrip("/") + "/*" if rendered_input.endswith("/") else rendered_input
+    )
+    problems += refused_readiness
     if problems:
         raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
 
@@ -352,6 +475,7 @@ def build_plan(
         "dataflow": dataflow_options,
         "input_varies_by_date": ds in rendered_input or ds.replace("-", "") in rendered_input,
         **index_settings(params, output_root, ds),
+        **readiness,
     }
     # One top-level key per method's partition: the reduce tasks take them as XComArgs.
     return {**plan, **{projections_key(method): folder for method, folder in projections.items()}}
@@ -436,6 +560,8 @@ def run_record(
     projections: dict[str, ReduceManifest],
     jobs: dict[str, dict[str, Any] | None] | None = None,
     index: IndexManifest | None = None,
+    input_ready: InputReady | None = None,
+    cost: dict[str, Any] | None = None,
 ) -> RunRecord:
     """What a published run says about itself: counts, throughput and where the maps are.
 
@@ -467,7 +593,162 @@ def run_record(
         record["dataflow_jobs"] = dataflow_jobs
     if index is not None:
         record["index"] = index_entry(plan["index_dir"], index)
+    if input_ready:
+        record["input_ready"] = input_ready
+    if cost is not None:
+        record["cost"] = cost
     return record
+
+
+# --------------------------------------------------------------------------- cost per night
+# Dataflow's service metrics (origin "dataflow/v1b3" in projects.locations.jobs.getMetrics) that bill a
+# batch job, and their units as Dataflow reports them: the record names each field by its unit.
+SERVICE_METRICS = {
+    "TotalVcpuTime": "vcpu_seconds",
+    "TotalMemoryUsage": "memory_mb_seconds",
+    "TotalPdUsage": "pd_gb_seconds",
+    "TotalSsdUsage": "ssd_gb_seconds",
+    "TotalShuffleDataProcessed": "shuffle_bytes",
+    "BillableShuffleDataProcessed": "billable_shuffle_bytes",
+    "TotalStreamingDataProcessed": "streaming_bytes",
+    "TotalGpuTime": "gpu_seconds",
+}
+# List prices in USD for Dataflow batch in us-central1, copied from https://cloud.google.com/dataflow/pricing
+# (Dataflow compute resources; FlexRS rows for FlexRS jobs; GPU: NVIDIA T4 per hour). Regions and contracts
+# differ: a deployment overrides any of them with the Airflow Variable 'image_embeddings_prices' (JSON).
+PRICES_AS_OF = "2026-12-01"
+PRICES_SOURCE = "https://cloud.google.com/dataflow/pricing (batch, us-central1, list prices)"
+DEFAULT_PRICES: dict[str, float] = {
+    "vcpu_hour": 0.056,
+    "memory_gb_hour": 0.003557,
+    "flexrs_vcpu_hour": 0.0336,
+    "flexrs_memory_gb_hour": 0.0021342,
+    "pd_gb_hour": 0.000054,
+    "ssd_gb_hour": 0.000298,
+    "shuffle_gb": 0.011,
+    "streaming_gb": 0.018,
+    "gpu_hour": 0.35,
+}
+COST_HISTORY_NIGHTS = 14  # nights looked back for the median cost per 1,000 images
+
+
+def service_metrics(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """The billing metrics of a Dataflow job from its ``MetricUpdate`` list, by unit-named field.
+
+    Each comes committed and tentative (``context.tentative``); the committed value wins, the
+    tentative one stands in while a job has none yet.
+    """
+    committed: dict[str, float] = {}
+    tentative: dict[str, float] = {}
+    for update in metrics:
+        name = update.get("name") or {}
+        field = SERVICE_METRICS.get(name.get("name", ""))
+        if name.get("origin") != "dataflow/v1b3" or field is None:
+            continue
+        try:
+            value = float(update.get("scalar"))
+        except (TypeError, ValueError):
+            continue
+        is_tentative = str((name.get("context") or {}).get("tentative", "")).lower() == "true"
+        (tentative if is_tentative else committed)[field] = value
+    return {**tentative, **committed}
+
+
+def prices(overrides: dict[str, Any] | None = None) -> tuple[dict[str, float], list[str]]:
+    """The price table with a deployment's overrides, and the problems with those (unknown names, not numbers)."""
+    table, problems = dict(DEFAULT_PRICES), []
+    for name, value in (overrides or {}).items():
+        if name not in DEFAULT_PRICES:
+            problems.append(f"price {name!r} is not one of {', '.join(DEFAULT_PRICES)}")
+        elif not _number(value) or value < 0:
+            problems.append(f"price {name} {value!r} must be a number >= 0")
+        else:
+            table[name] = float(value)
+    return table, problems
+
+
+def job_cost(resources: dict[str, float], table: dict[str, float], flexrs: bool = False) -> float:
+    """USD for one Dataflow job's resources at ``table`` (FlexRS rates for vCPU and memory when ``flexrs``)."""
+    vcpu = table["flexrs_vcpu_hour" if flexrs else "vcpu_hour"]
+    memory = table["flexrs_memory_gb_hour" if flexrs else "memory_gb_hour"]
+    shuffle = resources.get("billable_shuffle_bytes", resources.get("shuffle_bytes", 0.0))
+    usd = (
+        resources.get("vcpu_seconds", 0.0) / 3600 * vcpu
+        + resources.get("memory_mb_seconds", 0.0) / 1024 / 3600 * memory
+        + resources.get("pd_gb_seconds", 0.0) / 3600 * table["pd_gb_hour"]
+        + resources.get("ssd_gb_seconds", 0.0) / 3600 * table["ssd_gb_hour"]
+        + shuffle / 1e9 * table["shuffle_gb"]
+        + resources.get("streaming_bytes", 0.0) / 1e9 * table["streaming_gb"]
+        + resources.get("gpu_seconds", 0.0) / 3600 * table["gpu_hour"]
+    )
+    return round(usd, 6)
+
+
+def cost_summary(
+    jobs: dict[str, dict[str, Any] | None],
+    embedded: int,
+    table: dict[str, float] | None = None,
+    flexrs: bool = False,
+    overridden: bool = False,
+) -> dict[str, Any]:
+    """The run record's ``cost``: per job its resources (Dataflow's metrics, or a local job's CPU seconds and
+    peak memory) and USD estimate; totals; and per 1,000 embedded images."""
+    table = table or dict(DEFAULT_PRICES)
+    per_job: dict[str, Any] = {}
+    usd_total: float | None = None
+    cpu_total = 0.0
+    for task, job in (jobs or {}).items():
+        resources = dict((job or {}).get("resources") or {})
+        if not resources:
+            continue
+        entry: dict[str, Any] = {"runner": (job or {}).get("runner"), **resources}
+        if (job or {}).get("job_id"):
+            entry["job_id"] = job["job_id"]
+            entry["usd"] = job_cost(resources, table, flexrs)
+            usd_total = (usd_total or 0.0) + entry["usd"]
+        cpu_total += float(resources.get("vcpu_seconds", resources.get("cpu_seconds", 0.0)))
+        per_job[task] = entry
+    thousands = embedded / 1000 if embedded else 0
+    return {
+        "currency": "USD",
+        "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "overridden": overridden, "flexrs": flexrs},
+        "jobs": per_job,
+        "usd": round(usd_total, 6) if usd_total is not None else None,
+        "cpu_seconds": round(cpu_total, 3),
+        "embedded": embedded,
+        "usd_per_1000_images": round(usd_total / thousands, 6) if usd_total is not None and thousands else None,
+        "cpu_seconds_per_1000_images": round(cpu_total / thousands, 3) if thousands else None,
+    }
+
+
+def cost_figure(cost: dict[str, Any] | None) -> tuple[str, float] | None:
+    """The figure nights are compared on: USD per 1,000 images on Dataflow, else CPU seconds per 1,000."""
+    for name in ("usd_per_1000_images", "cpu_seconds_per_1000_images"):
+        value = (cost or {}).get(name)
+        if _number(value) and value > 0:
+            return name, float(value)
+    return None
+
+
+def cost_jump(cost: dict[str, Any], earlier: list[dict[str, Any] | None], ratio: float) -> str | None:
+    """An alert line when this night's cost per 1,000 images is over ``ratio`` x the median of the earlier
+    nights' (same figure; 0 turns it off; needs three earlier nights), else None."""
+    import statistics
+
+    now = cost_figure(cost)
+    if not ratio or now is None:
+        return None
+    name, value = now
+    history = [figure[1] for figure in map(cost_figure, earlier) if figure and figure[0] == name]
+    if len(history) < 3:
+        return None
+    median = statistics.median(history)
+    if value <= ratio * median:
+        return None
+    return (
+        f"{name.replace('_', ' ')} is {value:g}, {value / median:.1f}x the median {median:g} "
+        f"of the {len(history)} nights before (alert above {ratio:g}x)"
+    )
 
 
 # --------------------------------------------------------------------------- orchestrators without Airflow

@@ -54,10 +54,14 @@ from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
+    DEFAULT_INPUT_MARKER,
+    DEFAULT_INPUT_READY,
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
+    DEFAULT_SETTLE_MINUTES,
     ENGINES,
     FLEXRS_GOALS,
+    INPUT_READY_RULES,
     JOB_EXTRACT,
     JOB_INDEX,
     JOB_REDUCE,
@@ -272,7 +276,44 @@ with DAG(
             type="integer",
             minimum=0,
             maximum=24 * 60,
-            description="How long to wait for the input to appear; 0 fails at once (useful in backfills).",
+            description="How long to wait for the input to be ready; 0 fails at once (useful in backfills).",
+        ),
+        "input_ready": Param(
+            DEFAULT_INPUT_READY,
+            type="string",
+            enum=list(INPUT_READY_RULES),
+            title="Input complete when",
+            description=(
+                "'settled': the matching files' count and sizes unchanged for input_settle_minutes; "
+                "'marker': the input_marker file is beside them (the uploader writes it last); "
+                "'any': as soon as one file matches (a night still uploading is embedded half)."
+            ),
+        ),
+        "input_settle_minutes": Param(
+            DEFAULT_SETTLE_MINUTES,
+            type="number",
+            minimum=0,
+            maximum=24 * 60,
+            description="input_ready 'settled': minutes without any change to the input before the run starts.",
+        ),
+        "input_marker": Param(
+            DEFAULT_INPUT_MARKER,
+            type="string",
+            pattern=r"^[^/*?\[\]\x00-\x1f]+$",
+            description=(
+                "input_ready 'marker': the file name the uploader writes beside the images when done "
+                "(the input glob must not match it, e.g. '*.jpg')."
+            ),
+        ),
+        "cost_jump_ratio": Param(
+            2.0,
+            type="number",
+            minimum=0,
+            maximum=100,
+            description=(
+                "Alert when this night's cost per 1,000 images is over this many times the median of the "
+                "nights before it (USD on Dataflow, CPU seconds locally; 0: off)."
+            ),
         ),
         "project": Param(None, type=["null", "string"], description="DataflowRunner: GCP project."),
         "region": Param(None, type=["null", "string"], description="DataflowRunner: region."),
@@ -332,6 +373,9 @@ with DAG(
         task_id="wait_for_input",
         pattern=planned["input"],
         wait_minutes="{{ params.input_wait_minutes }}",
+        rule=planned["input_ready"],
+        settle_minutes=planned["input_settle_minutes"],
+        marker=planned["input_marker"],
         poke_interval=300,
         retries=0,
     )
@@ -449,12 +493,16 @@ with DAG(
     indexer_done = job_done(indexer.task_id)
 
     @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
-    def publish(plan: dict, extraction: dict, **context) -> dict:
+    def publish(plan: dict, extraction: dict, params: dict | None = None, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
+        from airflow.sdk import Variable
+
         from beam_jobs.contract import MANIFEST, run_record_path
-        from image_embeddings_airflow.metrics import emit_projection
+        from beam_jobs.nightly import COST_HISTORY_NIGHTS
+        from image_embeddings_airflow.alerts import cost_alert
+        from image_embeddings_airflow.metrics import emit_cost, emit_projection
         from image_embeddings_airflow.paths import join, read_json, write_json
-        from image_embeddings_airflow.runs import run_record
+        from image_embeddings_airflow.runs import cost_jump, cost_summary, earlier_records, prices, run_record
 
         projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
         for method, manifest in projections.items():
@@ -465,9 +513,23 @@ with DAG(
             beam_tasks.append("build_index")
         jobs = {beam_task: context["ti"].xcom_pull(task_ids=f"{beam_task}_done") for beam_task in beam_tasks}
         index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-        record = run_record(plan, extraction, projections, jobs, index=index)
+        input_ready = context["ti"].xcom_pull(task_ids=wait_for_input.task_id)
+        overrides = Variable.get("image_embeddings_prices", default=None, deserialize_json=True)
+        table, price_problems = prices(overrides)
+        for problem in price_problems:
+            LOG.warning("Variable image_embeddings_prices: %s (the default is used)", problem)
+        flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
+        cost = cost_summary(jobs, extraction["embedded"], table, flexrs=flexrs, overridden=bool(overrides))
+        history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, read_json)
+        jump = cost_jump(cost, [night.get("cost") for night in history], float(params.get("cost_jump_ratio", 2.0)))
+        if jump:
+            cost["alert"] = jump
+        record = run_record(plan, extraction, projections, jobs, index=index, input_ready=input_ready, cost=cost)
         write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
+        emit_cost(cost)
+        if jump:
+            cost_alert(plan["ds"], plan["run_id"], jump)
         embeddings = record["embeddings"]
         LOG.info(
             "published ds=%s: %s embedded of %s inputs, %s images/s",

@@ -349,7 +349,13 @@ def test_done_sensor_passes_through_on_a_local_runner(dag, dataflow_plan):
     params, plan = dataflow_plan
     params = {**params, "runner": "FnApiRunner"}
     sensor, context = render(dag, "reduce_pca_done", params, plan_xcoms(plan))
-    assert sensor.execute(context) == {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}}
+    passed = {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}, "resources": {}}
+    assert sensor.execute(context) == passed
+    # The Beam task's own measure of its local job (CPU seconds, peak memory) becomes the job's resources.
+    used = {"cpu_seconds": 12.5, "peak_memory_mb": 812.0}
+    xcoms = {**plan_xcoms(plan), ("reduce_pca", "local_resources"): used}
+    sensor, context = render(dag, "reduce_pca_done", params, xcoms)
+    assert sensor.execute(context)["resources"] == used
 
 
 def test_killing_a_deferred_task_cancels_its_dataflow_job(monkeypatch):

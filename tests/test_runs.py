@@ -132,8 +132,8 @@ def test_check_extraction_summarises_or_rejects():
 
 
 def test_run_record_has_the_contract_shape():
-    from beam_jobs.contract import EmbeddingsEntry, IndexEntry, RunRecord
-    from image_embeddings_airflow.runs import build_plan, check_extraction, run_record
+    from beam_jobs.contract import EmbeddingsEntry, IndexEntry, InputReady, RunRecord
+    from image_embeddings_airflow.runs import build_plan, check_extraction, cost_summary, run_record
 
     plan = build_plan({**OK, "methods": ["pca", "umap"], "output_root": "/o"}, "2026-11-20", "r1", "/i/*")
     ran = [{"engine": "openvino", "precision": "bf16", "guard_min_cosine": 0.99998, "cpu_features": ["amx_bf16"]}]
@@ -154,8 +154,11 @@ def test_run_record_has_the_contract_shape():
         "near_duplicate_pairs": 3,
         "parameters": {"kind": "flat"},
     }
-    record = run_record(plan, extraction, projections, jobs, index=index)
+    ready = {"rule": "settled", "files": 2, "bytes": 9, "newest_change": 1.0, "marker": None, "reason": "quiet"}
+    cost = cost_summary(jobs, extraction["embedded"])
+    record = run_record(plan, extraction, projections, jobs, index=index, input_ready=ready, cost=cost)
     assert set(record) == set(RunRecord.__annotations__)
+    assert set(record["input_ready"]) == set(InputReady.__annotations__)
     assert set(record["embeddings"]) == set(EmbeddingsEntry.__annotations__)
     assert set(record["index"]) == set(IndexEntry.__annotations__)
     assert record["index"]["dir"] == "/o/index/ds=2026-11-20"

@@ -27,6 +27,10 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCom
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from beam_jobs.contract import DATAFLOW_RUNNER, METRIC_NAMESPACES
+from beam_jobs.nightly import service_metrics
+
+# XCom key under which a Beam task on a local runner leaves its job's CPU seconds and peak memory.
+LOCAL_RESOURCES_KEY = "local_resources"
 
 
 def is_dataflow(runner: object) -> bool:
@@ -223,7 +227,10 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
     def execute(self, context: Any) -> dict[str, Any] | None:
         if not is_dataflow(self.runner):
             self.log.info("runner %s: %s ran its job in-process; nothing to wait for", self.runner, self.beam_task_id)
-            return {"runner": self.runner, "job_id": None, "state": None, "metrics": {}}
+            # What the Beam task measured of its job's process (CPU seconds, peak memory): the cost fields.
+            ti = context.get("ti")
+            resources = ti.xcom_pull(task_ids=self.beam_task_id, key=LOCAL_RESOURCES_KEY) if ti else None
+            return {"runner": self.runner, "job_id": None, "state": None, "metrics": {}, "resources": resources or {}}
         settings = self.dataflow or {}
         self.project_id = settings.get("project") or self.project_id
         self.location = settings.get("region") or self.location
@@ -284,8 +291,16 @@ class DataflowJobDoneSensor(DataflowJobStatusSensor):
                 job_id=self.job_id, project_id=self.project_id, location=self.location
             )
             metrics = job_metrics(raw.get("metrics", []))
+            # vCPU, memory, disk, shuffle and GPU time: what the night is billed for (the run record's cost).
+            resources = service_metrics(raw.get("metrics", []))
         except Exception:
             self.log.exception("could not read metrics of Dataflow job %s", self.job_id)
-            metrics = {}
-        self.log.info("Dataflow job %s metrics: %s", self.job_id, metrics)
-        return {"runner": self.runner, "job_id": self.job_id, "state": state, "metrics": metrics}
+            metrics, resources = {}, {}
+        self.log.info("Dataflow job %s metrics: %s; resources: %s", self.job_id, metrics, resources)
+        return {
+            "runner": self.runner,
+            "job_id": self.job_id,
+            "state": state,
+            "metrics": metrics,
+            "resources": resources,
+        }
