@@ -138,3 +138,15 @@ def test_cost_alert_reaches_the_webhook():
     (body,) = server.received
     assert body["what"] == "cost"
     assert "2.5x the median" in body["text"]
+
+
+def test_earlier_records_are_the_published_nights_before(tmp_path):
+    from beam_jobs.contract import run_record_path
+    from image_embeddings_airflow.paths import read_json, write_json
+    from image_embeddings_airflow.runs import earlier_records
+
+    out = str(tmp_path)
+    for day, usd in (("2026-11-18", 0.07), ("2026-11-19", 0.08), ("2026-11-21", 0.5)):
+        write_json(run_record_path(out, day), {"ds": day, "cost": {"usd_per_1000_images": usd}})
+    records = earlier_records(out, "2026-11-21", 14, read_json)
+    assert [r["ds"] for r in records] == ["2026-11-19", "2026-11-18"]  # not the night itself; gaps skipped

@@ -169,3 +169,9 @@ def test_files_added_while_the_dag_waits_are_all_embedded(airflow_db, sample_dir
     record = json.loads((tmp_path / "out" / "runs" / f"ds={ds}" / "run.json").read_text())
     assert record["input_ready"]["rule"] == "settled"
     assert record["input_ready"]["files"] == len(uris)
+    # The same night's cost fields on a local runner: each job's CPU seconds and peak memory, measured.
+    extract = record["cost"]["jobs"]["extract_embeddings"]
+    assert extract["cpu_seconds"] > 1
+    assert extract["peak_memory_mb"] > 100  # TensorFlow and a ResNet50 at least
+    assert record["cost"]["usd"] is None  # no Dataflow job, no money
+    assert record["cost"]["cpu_seconds_per_1000_images"] > 0
