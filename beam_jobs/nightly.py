@@ -614,8 +614,10 @@ SERVICE_METRICS = {
     "TotalGpuTime": "gpu_seconds",
 }
 # List prices in USD for Dataflow batch in us-central1, copied from https://cloud.google.com/dataflow/pricing
-# (Dataflow compute resources; FlexRS rows for FlexRS jobs; GPU: NVIDIA T4 per hour). Regions and contracts
-# differ: a deployment overrides any of them with the Airflow Variable 'image_embeddings_prices' (JSON).
+# (Dataflow compute resources; FlexRS rows for FlexRS jobs; GPU: NVIDIA T4 per hour). Written on the date below
+# on a machine without internet access, so not re-read from the page that day: check them against it before
+# trusting the USD figures. Regions and contracts differ: a deployment overrides any of them with the Airflow
+# Variable 'image_embeddings_prices' (JSON).
 PRICES_AS_OF = "2026-12-01"
 PRICES_SOURCE = "https://cloud.google.com/dataflow/pricing (batch, us-central1, list prices)"
 DEFAULT_PRICES: dict[str, float] = {

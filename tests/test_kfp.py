@@ -198,7 +198,7 @@ def test_the_image_is_chosen_when_compiling(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert text.count(f"image: {image}") == 6
+    assert text.count(f"image: {image}") == 7  # one per component (build-index made it seven)
     assert "image-embeddings-worker:latest" not in text
 
 
