@@ -166,8 +166,10 @@ def _job(job: str, options: dict[str, Any], plan: Plan, step: str, resources_pat
         return ran  # on Dataflow the launcher only submitted: the job's resources are Dataflow's metrics
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # As the DAG's Beam tasks measure a local job: CPU seconds and the largest child's peak memory.
-    used = {"cpu_seconds": round(cpu, 3), "peak_memory_mb": round(after.ru_maxrss / 1024, 1)}
+    # As the DAG's Beam tasks measure a local job (ChildResources): CPU seconds, and the children's peak
+    # memory when it rose during this job (a high-water mark over every child of this process).
+    peak = round(after.ru_maxrss / 1024, 1) if after.ru_maxrss > before.ru_maxrss else None
+    used = {"cpu_seconds": round(cpu, 3), "peak_memory_mb": peak}
     return {**ran, "runner": plan["runner"], "resources": used}
 
 

@@ -107,6 +107,10 @@ def test_local_job_cpu_seconds_and_peak_memory():
         subprocess.run([sys.executable, "-c", code], check=True)
     assert 0.25 <= used.figures["cpu_seconds"] < 5
     assert used.figures["peak_memory_mb"] >= 200
+    # A smaller job after it in the same process: its peak cannot be told from the earlier one's.
+    with ChildResources() as again:
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert again.figures["peak_memory_mb"] is None
 
 
 def test_cost_jump_alerts_over_the_ratio_of_the_median():

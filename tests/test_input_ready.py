@@ -180,6 +180,7 @@ def test_files_added_while_the_dag_waits_are_all_embedded(airflow_db, sample_dir
     # The same night's cost fields on a local runner: each job's CPU seconds and peak memory, measured.
     extract = record["cost"]["jobs"]["extract_embeddings"]
     assert extract["cpu_seconds"] > 1
-    assert extract["peak_memory_mb"] > 100  # TensorFlow and a model at least
+    # None when an earlier child of this test process peaked higher (test_cost checks the measure itself).
+    assert extract["peak_memory_mb"] is None or extract["peak_memory_mb"] > 100
     assert record["cost"]["usd"] is None  # no Dataflow job, no money
     assert record["cost"]["cpu_seconds_per_1000_images"] > 0

@@ -113,8 +113,11 @@ class ChildResources:
     """CPU seconds (user + system) and peak resident memory of the child processes that end inside the block.
 
     A local runner's job is the launcher's child process (and its workers), so this is the job's
-    cost in the units a machine is billed by. Peak memory is the largest child's (``ru_maxrss``
-    over the children waited for), which is the job's own process here.
+    cost in the units a machine is billed by. Peak memory is ``ru_maxrss`` of the children: a
+    high-water mark over every child this process has waited for, so it is the job's own only when
+    it rose inside the block. A worker runs each task in a process of its own, where it always
+    does; where one process runs several tasks (``dag.test``) a job smaller than an earlier one
+    gets None rather than the earlier job's figure.
     """
 
     def __enter__(self) -> ChildResources:
@@ -129,8 +132,9 @@ class ChildResources:
 
         end = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (end.ru_utime - self._start.ru_utime) + (end.ru_stime - self._start.ru_stime)
-        # ru_maxrss is in KiB on Linux; it is a high-water mark over all children ever waited for.
-        self.figures = {"cpu_seconds": round(cpu, 3), "peak_memory_mb": round(end.ru_maxrss / 1024, 1)}
+        # ru_maxrss is in KiB on Linux.
+        peak = round(end.ru_maxrss / 1024, 1) if end.ru_maxrss > self._start.ru_maxrss else None
+        self.figures = {"cpu_seconds": round(cpu, 3), "peak_memory_mb": peak}
 
 
 class InputFilesSensor(BaseSensorOperator):
