@@ -17,7 +17,16 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from beam_jobs.contract import JOB_EXTRACT, JOB_INDEX, JOB_REDUCE, MANIFEST, MAP_HTML, MAP_PNG, run_record_path
+from beam_jobs.contract import (
+    JOB_EXTRACT,
+    JOB_INDEX,
+    JOB_REDUCE,
+    MANIFEST,
+    MAP_HTML,
+    MAP_PNG,
+    InputReady,
+    run_record_path,
+)
 from beam_jobs.launch import extract_options, gcp_resources, index_options, job_command, reduce_options, run_step
 from beam_jobs.nightly import (
     COST_HISTORY_NIGHTS,
@@ -137,7 +146,10 @@ def wait_for_input(
         ready, reason = input_verdict(rule, seen, settle, clock(), marker)
         LOG.info("input %s (rule %s): %s", pattern, rule, reason)
         if ready:
-            return dict(input_ready_record(rule, seen, marker, reason))
+            # KFP values hold no nulls (marker, newest_change may be None): publish_step fills them back in.
+            return {
+                key: value for key, value in input_ready_record(rule, seen, marker, reason).items() if value is not None
+            }
         left = deadline - time.monotonic()
         if left <= 0:
             raise InputMissing(
@@ -168,8 +180,9 @@ def _job(job: str, options: dict[str, Any], plan: Plan, step: str, resources_pat
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # As the DAG's Beam tasks measure a local job (ChildResources): CPU seconds, and the children's peak
     # memory when it rose during this job (a high-water mark over every child of this process).
-    peak = round(after.ru_maxrss / 1024, 1) if after.ru_maxrss > before.ru_maxrss else None
-    used = {"cpu_seconds": round(cpu, 3), "peak_memory_mb": peak}
+    used = {"cpu_seconds": round(cpu, 3)}
+    if after.ru_maxrss > before.ru_maxrss:  # KFP values hold no nulls: an unknown peak is left out
+        used["peak_memory_mb"] = round(after.ru_maxrss / 1024, 1)
     return {**ran, "runner": plan["runner"], "resources": used}
 
 
@@ -274,9 +287,8 @@ def publish_step(
     if jump:
         LOG.warning("ALERT cost ds=%s: %s", plan["ds"], jump)
         cost["alert"] = jump
-    record = run_record(
-        plan, extraction, projections, jobs, index=index, input_ready=from_struct(input_ready), cost=cost
-    )
+    ready = {**dict.fromkeys(InputReady.__annotations__), **from_struct(input_ready)} if input_ready else None
+    record = run_record(plan, extraction, projections, jobs, index=index, input_ready=ready, cost=cost)
     write_json(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
     return record

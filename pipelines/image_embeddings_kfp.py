@@ -94,9 +94,10 @@ def plan(
 
     params = {k: v for k, v in locals().items() if k not in ("ds", "run_id", "scheduled_time", "created_time")}
     resolved = plan_step(params, ds, run_id, scheduled_time, created_time)
-    # KFP structs hold no nulls: no Dataflow settings travel as {}.
+    # KFP structs hold no nulls: no Dataflow settings travel as {}, other unset keys (input_marker) are left out.
+    kept = {key: value for key, value in resolved.items() if value is not None}
     return namedtuple("Plan", ["plan", "methods"])(
-        {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["methods"]
+        {**kept, "dataflow": resolved["dataflow"] or {}}, resolved["methods"]
     )
 
 
