@@ -127,6 +127,16 @@ DATAFLOW_WORKER_OPTIONS: dict[str, Any] = {
     "experiments": "no_use_multiple_sdk_containers",
     "number_of_worker_harness_threads": 4,
 }
+# Dataflow's Flexible Resource Scheduling (Beam's --flexrs_goal): "" leaves it off. COST_OPTIMIZED runs
+# on discounted, preemptible-backed capacity and may sit JOB_STATE_QUEUED for up to 6 hours first.
+FLEXRS_GOALS = ("", "COST_OPTIMIZED", "SPEED_OPTIMIZED")
+# When the night's input counts as complete (the DAG's wait_for_input): "settled" once the matching
+# files' count and sizes have not changed for input_settle_minutes, "marker" once a marker object
+# (input_marker, e.g. _SUCCESS) is beside them, "any" as soon as one file matches.
+INPUT_READY_RULES = ("settled", "marker", "any")
+DEFAULT_INPUT_READY = "settled"
+DEFAULT_SETTLE_MINUTES = 10
+DEFAULT_INPUT_MARKER = "_SUCCESS"
 OUTPUT_FORMATS = ("parquet", "npy")
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -610,6 +620,23 @@ class ProjectionEntry(TypedDict):
     trustworthiness: NotRequired[float]
 
 
+class InputReady(TypedDict):
+    """What let the run start (``wait_for_input``'s result, the run record's ``input_ready``).
+
+    Args:
+        rule: ``settled``, ``marker`` or ``any``; files, bytes: what matched when it fired.
+        newest_change: epoch seconds of the latest change seen (a file, or a folder's entries);
+        marker: the marker's path (rule ``marker``); reason: the sensor's words for why it fired.
+    """
+
+    rule: str
+    files: int
+    bytes: int
+    newest_change: float | None
+    marker: str | None
+    reason: str
+
+
 class RunRecord(TypedDict):
     """``runs/ds=YYYY-MM-DD/run.json``, also the ``extra`` of the maps Asset event.
 
@@ -619,6 +646,9 @@ class RunRecord(TypedDict):
         models: every model of the night by name, with its figures and maps (the maps page groups by it).
         comparison: the models compared pairwise (nights with two or more models).
         dataflow_jobs: Beam task id -> Dataflow job id, state and metrics (Dataflow runs only).
+        input_ready: which rule let the run start, and the files it saw.
+        cost: per job the resources used (Dataflow's billing metrics, or a local job's CPU seconds and
+            peak memory) and a USD estimate; totals and per 1,000 embedded images (beam_jobs.nightly.cost_summary).
     """
 
     ds: str
@@ -632,3 +662,5 @@ class RunRecord(TypedDict):
     comparison: NotRequired[ComparisonEntry]
     dataflow_jobs: NotRequired[dict[str, dict[str, Any]]]
     index: NotRequired[IndexEntry]
+    input_ready: NotRequired[InputReady]
+    cost: NotRequired[dict[str, Any]]

@@ -58,9 +58,14 @@ from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
+    DEFAULT_INPUT_MARKER,
+    DEFAULT_INPUT_READY,
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
+    DEFAULT_SETTLE_MINUTES,
     ENGINES,
+    FLEXRS_GOALS,
+    INPUT_READY_RULES,
     JOB_EXTRACT,
     JOB_INDEX,
     JOB_REDUCE,
@@ -78,7 +83,16 @@ from beam_jobs.contract import (
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK
+from image_embeddings_airflow.runs import (
+    DAG_ID,
+    KEYWORD_WEIGHTS,
+    MAPS_ASSET,
+    PUBLISH_TASK,
+    PlanError,
+    allowed_roots,
+    confine,
+    roots_pattern,
+)
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 DATA = os.environ.get("IMAGE_EMBEDDINGS_DATA", "/opt/airflow/data")
@@ -90,6 +104,22 @@ PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpre
 DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
+# Where runs may read and write (IMAGE_EMBEDDINGS_ALLOWED_ROOTS, default the data folder): refused already
+# by the trigger form and the REST API; the plan task checks again, symlinks resolved.
+try:
+    ROOTS: list[str] | None = allowed_roots()
+except PlanError as exc:  # the plan task refuses every run with the same message
+    LOG.error("%s", exc)
+    ROOTS = None
+ROOTS_TEXT = ", ".join(ROOTS or [])
+FORM_ROOTS = list(ROOTS or [])
+if ROOTS and confine("the data folder", DATA, ROOTS)[1]:
+    # Airflow refuses to load a scheduled DAG whose defaults fail their schemas, so the form lets the
+    # default paths through; the plan task refuses them, naming the roots, on every run that uses them.
+    LOG.error("IMAGE_EMBEDDINGS_DATA %s is outside the allowed roots (%s): default paths fail", DATA, ROOTS_TEXT)
+    FORM_ROOTS.append(DATA)
+PATH_RULE = {"pattern": roots_pattern(FORM_ROOTS)} if ROOTS else {}
+WEIGHTS_RULE = {"pattern": roots_pattern(FORM_ROOTS, KEYWORD_WEIGHTS)} if ROOTS else {}
 # The reduce job's own defaults for the map params (declared once, in beam_jobs.config).
 REDUCE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReduceConfig)}
 INDEX_DEFAULTS = {f.name: f.default for f in dataclasses.fields(IndexConfig)}
@@ -136,15 +166,20 @@ with DAG(
             title="Input images",
             description=(
                 "Glob of the night's images, or a folder / gs:// prefix ending in '/'. "
-                "'{{ ds }}' becomes the run's date."
+                f"'{{{{ ds }}}}' becomes the run's date. Must be under: {ROOTS_TEXT}."
             ),
+            **PATH_RULE,
         ),
         "output_root": Param(
             f"{DATA}/out",
             type="string",
             minLength=1,
             title="Output root",
-            description="Embeddings, projections and run records are written under this folder (local or gs://).",
+            description=(
+                "Embeddings, projections and run records are written under this folder (local or gs://). "
+                f"Must be under: {ROOTS_TEXT}."
+            ),
+            **PATH_RULE,
         ),
         "models": Param(
             [DEFAULT_MODEL],
@@ -164,8 +199,9 @@ with DAG(
             minLength=1,
             description=(
                 f"'{WEIGHTS_IMAGENET}', '{WEIGHTS_RANDOM}' (seeded, for smoke runs) "
-                "or a path (local or gs://) to a weights file."
+                f"or a path (local or gs://) to a weights file under: {ROOTS_TEXT}."
             ),
+            **WEIGHTS_RULE,
         ),
         "engine": Param(
             DEFAULT_ENGINE,
@@ -252,11 +288,58 @@ with DAG(
             type="integer",
             minimum=0,
             maximum=24 * 60,
-            description="How long to wait for the input to appear; 0 fails at once (useful in backfills).",
+            description="How long to wait for the input to be ready; 0 fails at once (useful in backfills).",
+        ),
+        "input_ready": Param(
+            DEFAULT_INPUT_READY,
+            type="string",
+            enum=list(INPUT_READY_RULES),
+            title="Input complete when",
+            description=(
+                "'settled': the matching files' count and sizes unchanged for input_settle_minutes; "
+                "'marker': the input_marker file is beside them (the uploader writes it last); "
+                "'any': as soon as one file matches (a night still uploading is embedded half)."
+            ),
+        ),
+        "input_settle_minutes": Param(
+            DEFAULT_SETTLE_MINUTES,
+            type="number",
+            minimum=0,
+            maximum=24 * 60,
+            description="input_ready 'settled': minutes without any change to the input before the run starts.",
+        ),
+        "input_marker": Param(
+            DEFAULT_INPUT_MARKER,
+            type="string",
+            pattern=r"^[^/*?\[\]\x00-\x1f]+$",
+            description=(
+                "input_ready 'marker': the file name the uploader writes beside the images when done "
+                "(the input glob must not match it, e.g. '*.jpg')."
+            ),
+        ),
+        "cost_jump_ratio": Param(
+            2.0,
+            type="number",
+            minimum=0,
+            maximum=100,
+            description=(
+                "Alert when this night's cost per 1,000 images is over this many times the median of the "
+                "nights before it (USD on Dataflow, CPU seconds locally; 0: off)."
+            ),
         ),
         "project": Param(None, type=["null", "string"], description="DataflowRunner: GCP project."),
         "region": Param(None, type=["null", "string"], description="DataflowRunner: region."),
         "temp_location": Param(None, type=["null", "string"], description="DataflowRunner: gs:// temp folder."),
+        "flexrs_goal": Param(
+            "",
+            type="string",
+            enum=list(FLEXRS_GOALS),
+            title="Dataflow FlexRS",
+            description=(
+                "DataflowRunner: Flexible Resource Scheduling (--flexrs_goal). COST_OPTIMIZED is billed at a lower "
+                "rate but each job may wait in JOB_STATE_QUEUED for up to 6 hours before it starts; '' = off."
+            ),
+        ),
         "sdk_container_image": Param(
             None,
             type=["null", "string"],
@@ -302,6 +385,9 @@ with DAG(
         task_id="wait_for_input",
         pattern=planned["input"],
         wait_minutes="{{ params.input_wait_minutes }}",
+        rule=planned["input_ready"],
+        settle_minutes=planned["input_settle_minutes"],
+        marker=planned["input_marker"],
         poke_interval=300,
         retries=0,
     )
@@ -447,12 +533,23 @@ with DAG(
     indexer_done = job_done(indexer.task_id)
 
     @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
-    def publish(plan: dict, extraction: dict, **context) -> dict:
+    def publish(plan: dict, extraction: dict, params: dict | None = None, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
+        from airflow.sdk import Variable
+
         from beam_jobs.contract import COMPARISON_JSON, MANIFEST, run_record_path
-        from image_embeddings_airflow.metrics import emit_projection
+        from beam_jobs.nightly import COST_HISTORY_NIGHTS
+        from image_embeddings_airflow.alerts import cost_alert
+        from image_embeddings_airflow.metrics import emit_cost, emit_projection
         from image_embeddings_airflow.paths import join, read_json, write_json
-        from image_embeddings_airflow.runs import reduction_key, run_record
+        from image_embeddings_airflow.runs import (
+            cost_jump,
+            cost_summary,
+            earlier_records,
+            prices,
+            reduction_key,
+            run_record,
+        )
 
         reduced = {reduction_key(r): read_json(join(r["dir"], MANIFEST)) for r in plan["reductions"]}
         projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
@@ -467,9 +564,33 @@ with DAG(
             jobs["build_index"] = ti.xcom_pull(task_ids="build_index_done")
         index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
         comparison = read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
-        record = run_record(plan, extraction, projections, jobs, index=index, reductions=reduced, comparison=comparison)
+        input_ready = ti.xcom_pull(task_ids=wait_for_input.task_id)
+        overrides = Variable.get("image_embeddings_prices", default=None, deserialize_json=True)
+        table, price_problems = prices(overrides)
+        for problem in price_problems:
+            LOG.warning("Variable image_embeddings_prices: %s (the default is used)", problem)
+        flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
+        cost = cost_summary(jobs, extraction["embedded"], table, flexrs=flexrs, overridden=bool(overrides))
+        history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, read_json)
+        jump = cost_jump(cost, [night.get("cost") for night in history], float(params.get("cost_jump_ratio", 2.0)))
+        if jump:
+            cost["alert"] = jump
+        record = run_record(
+            plan,
+            extraction,
+            projections,
+            jobs,
+            index=index,
+            reductions=reduced,
+            comparison=comparison,
+            input_ready=input_ready,
+            cost=cost,
+        )
         write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
+        emit_cost(cost)
+        if jump:
+            cost_alert(plan["ds"], plan["run_id"], jump)
         embeddings = record["embeddings"]
         LOG.info(
             "published ds=%s: %s embedded of %s inputs, %s images/s",

@@ -36,14 +36,20 @@ from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
+    DEFAULT_INPUT_MARKER,
+    DEFAULT_INPUT_READY,
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
+    DEFAULT_SETTLE_MINUTES,
     METHODS,
     PRECISION_AUTO,
 )
 
 PIPELINE_NAME = "image-embeddings-nightly"
 WORKER_IMAGE = os.environ.get("IMAGE_EMBEDDINGS_WORKER_IMAGE") or "image-embeddings-worker:latest"
+# Where runs may read and write (beam_jobs.nightly.allowed_roots), fixed when compiling: the plan step gets it
+# in its environment, since the worker image has no data folder of its own to default to.
+ALLOWED_ROOTS = os.environ.get("IMAGE_EMBEDDINGS_ALLOWED_ROOTS", "")
 OUTPUT = os.path.join("build", "image_embeddings_pipeline.yaml")
 # The DAG's default_args: 2 retries, 2 minutes doubling up to 30 (tests/test_kfp.py compares them).
 RETRIES, BACKOFF, BACKOFF_FACTOR, BACKOFF_MAX = 2, "120s", 2.0, "1800s"
@@ -75,6 +81,10 @@ def plan(
     staging_location: str,
     sdk_container_image: str,
     setup_file: str,
+    flexrs_goal: str,
+    input_ready: str,
+    input_settle_minutes: float,
+    input_marker: str,
     ds: str,
     run_id: str,
     scheduled_time: str,
@@ -87,15 +97,17 @@ def plan(
 
     params = {k: v for k, v in locals().items() if k not in ("ds", "run_id", "scheduled_time", "created_time")}
     resolved = plan_step(params, ds, run_id, scheduled_time, created_time)
-    # KFP structs hold no nulls: no Dataflow settings travel as {}.
+    # KFP structs hold no nulls: no Dataflow settings travel as {}, other unset keys (input_marker) are left out.
+    kept = {key: value for key, value in resolved.items() if value is not None}
     return namedtuple("Plan", ["plan", "reductions"])(
-        {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["reductions"]
+        {**kept, "dataflow": resolved["dataflow"] or {}}, resolved["reductions"]
     )
 
 
 @component
-def wait_for_input(plan: dict, wait_minutes: int) -> int:
-    """Until the night's images are there (the DAG's sensor); 0 minutes: fail at once when they are not."""
+def wait_for_input(plan: dict, wait_minutes: int) -> dict:
+    """Until the night's images are complete by the plan's input_ready rule (the DAG's sensor); 0 minutes:
+    fail at once when they are not. Returns which rule let the run start and what it saw."""
     from beam_jobs.steps import wait_for_input as wait
 
     return wait(plan, wait_minutes)
@@ -165,7 +177,14 @@ def build_index(plan: dict, index: Output[Dataset], gcp_resources: OutputPath(st
 
 @component
 def publish(
-    plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list, index_job: dict, comparison: dict
+    plan: dict,
+    extraction: dict,
+    extract_job: dict,
+    reduce_jobs: list,
+    index_job: dict,
+    comparison: dict,
+    input_ready: dict,
+    cost_jump_ratio: float,
 ) -> dict:
     """The run record (counts, throughput, where the maps are) to <output_root>/runs/ds=<ds>/run.json."""
     from beam_jobs.steps import publish_step
@@ -174,7 +193,7 @@ def publish(
     if plan["index"]:
         jobs["build_index"] = index_job
     # The record reads comparison.json itself when the plan compared models (``comparison`` orders this step).
-    return publish_step(plan, extraction, jobs)
+    return publish_step(plan, extraction, jobs, input_ready, cost_jump_ratio)
 
 
 def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
@@ -237,6 +256,10 @@ def nightly_pipeline(run_times: bool = True):
         index_window_days: int = INDEX_DEFAULTS["window_days"],
         duplicate_threshold: float = INDEX_DEFAULTS["duplicate_threshold"],
         input_wait_minutes: int = 360,
+        input_ready: str = DEFAULT_INPUT_READY,
+        input_settle_minutes: float = DEFAULT_SETTLE_MINUTES,
+        input_marker: str = DEFAULT_INPUT_MARKER,
+        cost_jump_ratio: float = 2.0,
         map_points: int = REDUCE_DEFAULTS["html_points"],
         thumbnail_budget_mb: float = REDUCE_DEFAULTS["thumbnail_budget_mb"],
         mosaic_grid: int = REDUCE_DEFAULTS["mosaic_grid"],
@@ -246,6 +269,7 @@ def nightly_pipeline(run_times: bool = True):
         staging_location: str = "",
         sdk_container_image: str = WORKER_IMAGE,
         setup_file: str = "",
+        flexrs_goal: str = "",
         ds: str = "",
     ):
         """``input`` may hold ``{{ ds }}`` (the run's date); ``ds`` empty: the recurring run's scheduled date."""
@@ -270,6 +294,10 @@ def nightly_pipeline(run_times: bool = True):
                 staging_location=staging_location,
                 sdk_container_image=sdk_container_image,
                 setup_file=setup_file,
+                flexrs_goal=flexrs_goal,
+                input_ready=input_ready,
+                input_settle_minutes=input_settle_minutes,
+                input_marker=input_marker,
                 ds=ds,
                 run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 scheduled_time=times[0],
@@ -277,6 +305,8 @@ def nightly_pipeline(run_times: bool = True):
             ),
             retries=0,
         )
+        if ALLOWED_ROOTS:
+            planned.set_env_variable("IMAGE_EMBEDDINGS_ALLOWED_ROOTS", ALLOWED_ROOTS)
         the_plan = planned.outputs["plan"]
         waited = _retry(wait_for_input(plan=the_plan, wait_minutes=input_wait_minutes), retries=0)
         extract = _retry(extract_embeddings(plan=the_plan).after(waited))
@@ -298,6 +328,8 @@ def nightly_pipeline(run_times: bool = True):
                 reduce_jobs=reduced.output,
                 index_job=indexed.outputs["Output"],
                 comparison=compared.outputs["Output"],
+                input_ready=waited.output,
+                cost_jump_ratio=cost_jump_ratio,
             ),
             retries=1,
         )

@@ -57,7 +57,7 @@ record = {{
     "module": module, "args": args, "beam_args": beam_args, "cfg": {{k: str(v) for k, v in vars(cfg).items()}},
     "runner": opts.view_as(StandardOptions).runner, "project": gcp.project, "region": gcp.region,
     "temp_location": gcp.temp_location, "staging_location": gcp.staging_location, "job_name": gcp.job_name,
-    "labels": gcp.labels, "setup_file": opts.view_as(SetupOptions).setup_file,
+    "labels": gcp.labels, "flexrs_goal": gcp.flexrs_goal, "setup_file": opts.view_as(SetupOptions).setup_file,
     "sdk_container_image": opts.view_as(WorkerOptions).sdk_container_image,
     "experiments": opts.view_as(DebugOptions).experiments,
     "harness_threads": opts.view_as(DebugOptions).number_of_worker_harness_threads,
@@ -105,6 +105,7 @@ def dataflow_plan(dag):
         "weights": "gs://acme-models/resnet50_notop.h5",
         "methods": ["pca", "umap"],
         "models": ["resnet50", "mobilenet_v3_large"],
+        "flexrs_goal": "COST_OPTIMIZED",
     }
     run_id = f"scheduled__{DS}T03:00:00+00:00"
     plan = build_plan(params, DS, run_id, f"gs://acme-images/ds={DS}/*.jpg", DATAFLOW)
@@ -215,6 +216,7 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     # One SDK process per worker VM, whose engine uses every vCPU (README, "Performance").
     assert "no_use_multiple_sdk_containers" in launched["experiments"]
     assert launched["harness_threads"] == 4
+    assert launched["flexrs_goal"] == "COST_OPTIMIZED"  # the param, as Beam's own option
     # Dataflow job names: lowercase letters, digits and hyphens; the provider adds a unique suffix.
     # Mapped instances run at once: the map index keeps their job names apart.
     name = task_id.replace("_", "-") + ("-3" if mapped else "")
@@ -232,7 +234,7 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
 
 def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, dataflow_plan):
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
     from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
 
@@ -258,25 +260,134 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
         rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
         assert rebuilt.serialize() == (classpath, kwargs)
 
-    # A job that ended badly fails the sensor outright (retrying it would poll a dead job).
-    failed = f"Job with id '{JOB_ID}' is already in terminal state: JOB_STATE_FAILED"
-    with pytest.raises(AirflowFailException, match=r"did not finish: .*JOB_STATE_FAILED.*Clear reduce "):
-        sensor.execute_complete(context, {"status": "error", "message": failed})
-    # The polling failing (API, credentials) is worth a retry: the retry polls the same job.
-    with pytest.raises(AirflowException, match=r"could not check Dataflow job .*503") as polled:
-        sensor.execute_complete(context, {"status": "error", "message": "503 Service Unavailable"})
-    assert not isinstance(polled.value, AirflowFailException)
     # No job id (the launcher never logged one) is a clear failure, not a wait on "None".
     sensor, context = render(dag, "extract_embeddings_done", params, plan_xcoms(plan))
     with pytest.raises(AirflowFailException, match="left no dataflow_job_id"):
         sensor.execute(context)
 
 
+class StandInHook:
+    """Dataflow's API at the sensor's one call per question: get_job and the job's metrics."""
+
+    def __init__(self, job: dict | Exception, metrics: dict | None = None):
+        self.job, self.metrics, self.calls = job, metrics or {"metrics": []}, []
+
+    def get_job(self, job_id, project_id=None, location=None):
+        self.calls.append(("get_job", job_id, project_id, location))
+        if isinstance(self.job, Exception):
+            raise self.job
+        return self.job
+
+    def fetch_job_metrics_by_id(self, job_id, project_id=None, location=None):
+        self.calls.append(("metrics", job_id, project_id, location))
+        return self.metrics
+
+
+@pytest.fixture
+def done_sensor(dag, dataflow_plan):
+    params, plan = dataflow_plan
+    xcoms = {**plan_xcoms(plan), ("reduce", "dataflow_job_id", 1): JOB_ID}
+    sensor, context = render(dag, "reduce_done", params, xcoms, {"job": {}}, 1)
+    assert sensor.job_id == JOB_ID  # the job of its own map index
+    sensor.project_id, sensor.location = "acme-ml", "europe-west4"
+    return sensor, context
+
+
+@pytest.mark.parametrize(
+    ("state", "outcome"),
+    [
+        ("JOB_STATE_DONE", "done"),
+        ("JOB_STATE_FAILED", "fail: failed"),
+        ("JOB_STATE_CANCELLED", "fail: was cancelled"),
+        ("JOB_STATE_DRAINED", "fail: was drained"),
+        ("JOB_STATE_UPDATED", "fail: was replaced by another job"),
+        ("JOB_STATE_RUNNING", "retry: still JOB_STATE_RUNNING"),
+        ("JOB_STATE_PAUSED_FOR_AUDIT", "retry: does not know"),  # a state newer than this code
+    ],
+)
+def test_done_sensor_decides_from_the_jobs_state_not_the_message(done_sensor, state, outcome):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    sensor, context = done_sensor
+    hook = StandInHook({"currentState": "JOB_STATE_RUNNING"}, {"metrics": []})
+    sensor.__dict__["hook"] = hook  # the provider's cached hook property
+    # The message is misleading on purpose: only the state counts.
+    event = {"status": "ended", "state": state, "job_id": JOB_ID, "message": "reached an expected state: DONE"}
+    if outcome == "done":
+        assert sensor.execute_complete(context, event)["state"] == state
+        assert [c[0] for c in hook.calls] == ["metrics"]  # the state came with the event: no get_job
+        return
+    kind, _, words = outcome.partition(": ")
+    with pytest.raises(AirflowException, match=words) as raised:
+        sensor.execute_complete(context, event)
+    # Failing for good (no retries) only for the states that have ended; unknown or running: retried.
+    assert isinstance(raised.value, AirflowFailException) is (kind == "fail")
+    if kind == "fail":
+        assert "Clear reduce " in str(raised.value)
+    assert hook.calls == []
+
+
+def test_done_sensor_reads_the_state_once_when_polling_failed(done_sensor):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    sensor, context = done_sensor
+    # The provider's own trigger event (a wording that used to decide): no state, so get_job decides.
+    event = {"status": "error", "message": f"Job with id '{JOB_ID}' is already in terminal state: JOB_STATE_DONE"}
+    sensor.__dict__["hook"] = hook = StandInHook({"id": JOB_ID, "currentState": "JOB_STATE_FAILED"})
+    with pytest.raises(AirflowFailException, match=r"failed .JOB_STATE_FAILED"):
+        sensor.execute_complete(context, event)
+    assert hook.calls == [("get_job", JOB_ID, "acme-ml", "europe-west4")]
+    sensor.__dict__["hook"] = StandInHook({"id": JOB_ID, "currentState": "JOB_STATE_DONE"})
+    assert sensor.execute_complete(context, event)["state"] == "JOB_STATE_DONE"
+    # The API unreachable: retried, and the retry polls the same job.
+    sensor.__dict__["hook"] = StandInHook(ConnectionError("503 Service Unavailable"))
+    with pytest.raises(AirflowException, match=r"could not check Dataflow job .*503") as polled:
+        sensor.execute_complete(context, {"status": "error", "message": "deadline exceeded"})
+    assert not isinstance(polled.value, AirflowFailException)
+
+
+def test_status_trigger_ends_on_any_state_it_does_not_know_to_be_going(monkeypatch):
+    from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
+
+    class StandInAsyncHook:
+        def __init__(self, states):
+            self.states = list(states)
+
+        async def get_job_status(self, job_id, project_id, location):
+            return self.states.pop(0)
+
+    def events(states):
+        trigger = CancellingJobStatusTrigger(
+            job_id="j1", expected_statuses={"JOB_STATE_DONE"}, project_id="p", location="europe-west4", poll_sleep=0
+        )
+        monkeypatch.setattr(CancellingJobStatusTrigger, "async_hook", StandInAsyncHook(states), raising=False)
+
+        async def collect():
+            return [event.payload async for event in trigger.run()]
+
+        return asyncio.run(collect())
+
+    going = ["JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_DRAINING"]
+    assert events([*going, "JOB_STATE_DRAINED"]) == [{"status": "ended", "state": "JOB_STATE_DRAINED", "job_id": "j1"}]
+    assert events(["JOB_STATE_RUNNING", 99]) == [{"status": "ended", "state": "99", "job_id": "j1"}]
+
+
 def test_done_sensor_passes_through_on_a_local_runner(dag, dataflow_plan):
     params, plan = dataflow_plan
     params = {**params, "runner": "FnApiRunner"}
     sensor, context = render(dag, "reduce_done", params, plan_xcoms(plan), {"job": {}}, 0)
-    assert sensor.execute(context) == {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}}
+    passed = {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}, "resources": {}}
+    assert sensor.execute(context) == passed
+    # The Beam task's own measure of its local job (CPU seconds, peak memory) becomes the job's resources:
+    # a mapped instance reads its own Beam instance's (same map index), not another's.
+    used = {"cpu_seconds": 12.5, "peak_memory_mb": 812.0}
+    other = {"cpu_seconds": 99.0, "peak_memory_mb": 1.0}
+    xcoms = {**plan_xcoms(plan), ("reduce", "local_resources", 1): used, ("reduce", "local_resources", 0): other}
+    sensor, context = render(dag, "reduce_done", params, xcoms, {"job": {}}, 1)
+    assert sensor.execute(context)["resources"] == used
+    extract = {**plan_xcoms(plan), ("extract_embeddings", "local_resources"): used}
+    sensor, context = render(dag, "extract_embeddings_done", params, extract)
+    assert sensor.execute(context)["resources"] == used
 
 
 def test_killing_a_deferred_task_cancels_its_dataflow_job(monkeypatch):

@@ -82,7 +82,8 @@ def test_tasks_and_dependencies(compiled):
         "build-index": {"plan", "validate-extraction"},
         "compare-models": {"plan", "validate-extraction"},
         "publish": {
-            *("plan", "extract-embeddings", "validate-extraction", "reduce-methods", "build-index", "compare-models")
+            *("plan", "wait-for-input", "extract-embeddings", "validate-extraction"),
+            *("reduce-methods", "build-index", "compare-models"),
         },
     }
     # One reduce per (model, method): a loop over the plan's reductions inside the reduce-methods pipeline.
@@ -446,7 +447,7 @@ def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp
 
     folder = tmp_path / f"ds={DS}"
     plan = {"input": str(folder / "*")}
-    with pytest.raises(InputMissing, match=r"no input: '.*ds=2026-11-20/\*' matched no file after waiting 0 minute"):
+    with pytest.raises(InputMissing, match=r"no input: '.*ds=2026-11-20/\*' was not ready .* 0 minute.*no file"):
         wait_for_input(plan, 0)
     naps: list[float] = []
 
@@ -455,7 +456,7 @@ def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp
         folder.mkdir(exist_ok=True)
         (folder / f"img_{len(naps)}.jpg").write_bytes(b"x")
 
-    assert wait_for_input(plan, 10, poke_s=300, sleep=land_images) == 1
+    assert wait_for_input(plan, 10, poke_s=300, sleep=land_images)["files"] == 1
     assert naps == [300]
     with pytest.raises(InputMissing, match=r"after waiting 0\.001 minute"):
         wait_for_input({"input": str(tmp_path / "never" / "*")}, 0.001, poke_s=0.01)
@@ -575,6 +576,7 @@ NIGHT_PARAMS = {
     "engine": "tf",
     "max_failure_rate": 0.5,
     "input_wait_minutes": 0,
+    "input_ready": "any",  # staged just before the run: not settled (test_input_ready covers the wait)
 }
 
 

@@ -262,6 +262,7 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
         "methods": ["pca"],
         "max_failure_rate": 0.5,
         "input_wait_minutes": 0,
+        "input_ready": "any",  # staged just now: not settled yet (test_input_ready covers the wait)
         "index": False,  # the index job is covered by test_dag's night; this test is about the scheduler
     }
     run = af.api(

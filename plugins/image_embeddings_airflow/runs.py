@@ -10,6 +10,7 @@ run's date and the manifests read.
 from __future__ import annotations
 
 from beam_jobs.nightly import (
+    ALLOWED_ROOTS_ENV,
     DATAFLOW_SETTINGS,
     IMAGE_REFERENCE,
     KEYWORD_WEIGHTS,
@@ -17,15 +18,22 @@ from beam_jobs.nightly import (
     ExtractionRejected,
     Plan,
     PlanError,
+    allowed_roots,
     build_plan,
     check_extraction,
+    confine,
+    cost_jump,
+    cost_summary,
     default_setup_file,
+    prices,
     projections_key,
     reduction_key,
+    roots_pattern,
     run_record,
 )
 
 __all__ = [
+    "ALLOWED_ROOTS_ENV",
     "DAG_ID",
     "DATAFLOW_SETTINGS",
     "IMAGE_REFERENCE",
@@ -36,11 +44,18 @@ __all__ = [
     "ExtractionRejected",
     "Plan",
     "PlanError",
+    "allowed_roots",
     "build_plan",
     "check_extraction",
+    "confine",
+    "cost_jump",
+    "cost_summary",
     "default_setup_file",
+    "earlier_records",
+    "prices",
     "projections_key",
     "reduction_key",
+    "roots_pattern",
     "run_record",
 ]
 
@@ -49,3 +64,19 @@ DAG_ID = "image_embeddings"
 # The Asset the publish task emits one event on per published run (the maps page reads them).
 MAPS_ASSET = "image_embeddings_maps"
 PUBLISH_TASK = "publish"
+
+
+def earlier_records(output_root: str, ds: str, nights: int, read_json) -> list[dict]:
+    """The published run records of the ``nights`` dates before ``ds`` that exist (for the cost median)."""
+    from datetime import date, timedelta
+
+    from beam_jobs.contract import run_record_path
+
+    day = date.fromisoformat(ds)
+    records = []
+    for back in range(1, nights + 1):
+        try:
+            records.append(read_json(run_record_path(output_root, (day - timedelta(days=back)).isoformat())))
+        except Exception:  # noqa: BLE001 - a night never published (or unreadable) is simply not in the median
+            continue
+    return records
