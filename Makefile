@@ -12,11 +12,16 @@ DATA ?= data
 WEIGHTS ?= random
 N ?= 40
 DATA_ABS = $(abspath $(DATA))
+comma := ,
+# Where the local runs may read and write (IMAGE_EMBEDDINGS_ALLOWED_ROOTS): the data folder, and the folder of a
+# weights file when WEIGHTS names one.
+ALLOWED_ROOTS ?= $(DATA_ABS)$(if $(filter-out random imagenet,$(WEIGHTS)),$(comma)$(abspath $(dir $(WEIGHTS))))
 AIRFLOW_HOME ?= $(CURDIR)/airflow_home
 # A self-contained local Airflow: SQLite in airflow_home/, this repo's dags/ and plugins/, sample data in DATA.
 AIRFLOW_ENV = mkdir -p $(AIRFLOW_HOME) && AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	IMAGE_EMBEDDINGS_DATA=$(DATA_ABS) IMAGE_EMBEDDINGS_WEIGHTS=$(WEIGHTS) TF_CPP_MIN_LOG_LEVEL=2
+	IMAGE_EMBEDDINGS_DATA=$(DATA_ABS) IMAGE_EMBEDDINGS_WEIGHTS=$(WEIGHTS) IMAGE_EMBEDDINGS_ALLOWED_ROOTS=$(ALLOWED_ROOTS) \
+	TF_CPP_MIN_LOG_LEVEL=2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint demo airflow bench lock clean
@@ -47,7 +52,7 @@ demo: $(STAMP) ## run the nightly DAG once for date DS on N bundled sample image
 	$(PY) -m devtools.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
 	@$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	@echo "running DAG image_embeddings for ds=$(DS) (log: $(AIRFLOW_HOME)/demo.log) ..."
-	@$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test image_embeddings $(DS) -c '{"weights": "$(WEIGHTS)", "input_wait_minutes": 0}' \
+	@$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test image_embeddings $(DS) -c '{"weights": "$(WEIGHTS)", "input_wait_minutes": 0, "input_ready": "any"}' \
 		> $(AIRFLOW_HOME)/demo.log 2>&1 || { tail -40 $(AIRFLOW_HOME)/demo.log; exit 1; }
 	@$(PY) scripts/demo_summary.py $(DATA_ABS)/out $(DS) || { grep -E "ERROR|Failed|failed" $(AIRFLOW_HOME)/demo.log | tail -20; exit 1; }
 
@@ -56,8 +61,9 @@ airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://loc
 	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
 	@$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 
-bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min)
+bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_extract.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_models.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_reduce.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_map.py
 	$(PY) scripts/bench_index.py

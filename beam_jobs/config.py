@@ -112,8 +112,8 @@ def _kind(f) -> type:
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    """Flags every job has. Subclasses add theirs with ``option()``."""
+class BaseConfig:
+    """Flags every job has, Beam or not. Subclasses add theirs with ``option()``."""
 
     PROG: ClassVar[str] = ""
     DESCRIPTION: ClassVar[str] = ""
@@ -122,12 +122,6 @@ class JobConfig:
     run_id: str = option(
         help="recorded in every row (Airflow passes its run id); default: manual__<UTC time>-<random>",
         default_factory=default_run_id,
-    )
-    num_shards: int = option(0, "output shards; 0 lets the runner decide", check=at_least(0, " (0 = runner decides)"))
-    detach: bool = option(
-        False,
-        "remote runners: return once the job is submitted (Airflow's sensor waits; the job still "
-        "writes its manifest, without the launcher's metrics)",
     )
     started_at: float = field(default_factory=time.time)
 
@@ -194,16 +188,75 @@ class JobConfig:
         return cls(**values).validate(), beam_args
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobConfig(BaseConfig):
+    """Flags every Beam job has."""
+
+    num_shards: int = option(0, "output shards; 0 lets the runner decide", check=at_least(0, " (0 = runner decides)"))
+    detach: bool = option(
+        False,
+        "remote runners: return once the job is submitted (Airflow's sensor waits; the job still "
+        "writes its manifest, without the launcher's metrics)",
+    )
+
+
 # --------------------------------------------------------------------------- extract_embeddings
 
 
-def _model_check(model: str) -> str | None:
+def split_models(model: str) -> tuple[str, ...]:
+    """``--model a,b`` -> ("a", "b"): the models one pass runs, the first being the primary one."""
+    return tuple(name.strip() for name in model.split(","))
+
+
+def _one_model_check(model: str) -> str | None:
     if model in MODELS:
         return None
     for prefix in (SAVEDMODEL_PREFIX, HUB_PREFIX):
         if model.startswith(prefix):
             return None if model[len(prefix) :].strip() else f"needs a path or handle after {prefix!r}"
     return f"must be one of {', '.join(MODELS)}, savedmodel:PATH or hub:HANDLE, got {model!r}"
+
+
+def _model_check(model: str) -> str | None:
+    names = split_models(model)
+    if len(set(names)) != len(names):
+        return f"names a model twice: {model!r}"
+    problems = [problem for name in names if (problem := _one_model_check(name))]
+    return "; ".join(problems) or None
+
+
+def weights_for(models: tuple[str, ...], weights: str) -> dict[str, str]:
+    """``--weights`` per model: ``model=value`` pairs (comma-separated), a plain value for the rest.
+
+    A plain value applies to every registry model; with several models a SavedModel (whose weights
+    are inside it) keeps the flag's default. An item counts as a pair only when the text before its
+    first '=' names one of ``models`` exactly, so a path such as ``/w/ds=2026-11-20/w.h5`` stays a
+    path. Raises ConfigError for a pair naming no model of the run, or a model given twice.
+    """
+    pairs: dict[str, str] = {}
+    plain: list[str] = []
+    for item in (part.strip() for part in weights.split(",")):
+        name, sep, value = item.partition("=")
+        if sep and name.strip() in models:
+            if name.strip() in pairs:
+                raise ConfigError(f"--weights gives {name.strip()!r} twice")
+            pairs[name.strip()] = value.strip()
+        elif sep and "/" not in name and not name.startswith((SAVEDMODEL_PREFIX, HUB_PREFIX)) and "." not in name:
+            raise ConfigError(f"--weights {item!r}: {name!r} is not one of this run's models ({', '.join(models)})")
+        elif item:
+            plain.append(item)
+    if len(plain) > 1:
+        raise ConfigError(f"--weights {weights!r}: give one plain value (for every model) and model=value pairs")
+    default = plain[0] if plain else WEIGHTS_IMAGENET
+    out = {}
+    for name in models:
+        if name in pairs:
+            out[name] = pairs[name]
+        elif len(models) > 1 and name.startswith((SAVEDMODEL_PREFIX, HUB_PREFIX)):
+            out[name] = WEIGHTS_IMAGENET
+        else:
+            out[name] = default
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,7 +277,9 @@ class ExtractConfig(JobConfig):
     model: str = option(
         DEFAULT_MODEL,
         f"embedding model: {MODEL_CHOICES_TEXT}; or savedmodel:PATH (an image feature-vector SavedModel, local "
-        "or gs://; input size and dtype from its serving signature) or hub:HANDLE",
+        "or gs://; input size and dtype from its serving signature) or hub:HANDLE. Several, comma-separated "
+        "(--model resnet50,mobilenet_v3_large), run in one pass: each image is decoded once, every model "
+        "writes its rows (their model_id tells them apart) into the one partition",
         check=_model_check,
     )
     input_range: str | None = option(
@@ -237,7 +292,8 @@ class ExtractConfig(JobConfig):
     weights: str = option(
         WEIGHTS_IMAGENET,
         "'imagenet' (needs internet or the Keras cache), 'random' (seeded; for tests), "
-        "or a path (local or gs://) to a .weights.h5/.h5/.keras file",
+        "or a path (local or gs://) to a .weights.h5/.h5/.keras file; with several models, model=value "
+        "pairs, comma-separated (a plain value applies to the models no pair names)",
         check=lambda v: None if v else "must be 'imagenet', 'random' or a path to a weights file",
     )
     seed: int = option(0, "seed for --weights random")
@@ -275,12 +331,26 @@ class ExtractConfig(JobConfig):
         "in an earlier ds= partition beside --output or under another URI tonight, instead of computing it again",
     )
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models of the pass, primary first."""
+        return split_models(self.model)
+
+    def weights_of(self) -> dict[str, str]:
+        """``--weights`` for each model of the pass."""
+        return weights_for(self.models, self.weights)
+
     def cross_field_problems(self) -> list[str]:
         problems = []
         if bool(self.input) == bool(self.input_manifest):
             problems.append("give exactly one of --input (a glob) or --input_manifest (a file of URIs)")
-        if self.input_range and not self.model.startswith((SAVEDMODEL_PREFIX, HUB_PREFIX)):
+        if self.input_range and not any(m.startswith((SAVEDMODEL_PREFIX, HUB_PREFIX)) for m in self.models):
             problems.append(f"--input_range applies to savedmodel:/hub: models; {self.model} sets its own")
+        if not _model_check(self.model):
+            try:
+                weights_for(self.models, self.weights)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if self.engine == ENGINE_TF and self.precision == PRECISION_BF16:
             problems.append("--precision bf16 needs --engine openvino or auto (--engine tf runs f32)")
         return problems
@@ -429,3 +499,40 @@ class IndexConfig(JobConfig):
 
 def parse_index_args(argv: list[str] | None) -> tuple[IndexConfig, list[str]]:
     return IndexConfig.parse(argv)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig(BaseConfig):
+    PROG: ClassVar[str] = "python -m beam_jobs.compare"
+    DESCRIPTION: ClassVar[str] = (
+        "Compare the models of one embeddings partition on the images they share: kNN overlap@k, Spearman "
+        "correlation of pairwise distances, linear CKA; writes comparison.json and comparison.png."
+    )
+
+    inputs: tuple[str, ...] = option(
+        help="an embeddings partition holding two or more models (…/embeddings/ds=YYYY-MM-DD); repeat to add more",
+        flag="input",
+        kind=tuple,
+        check=_inputs_check,
+    )
+    model_ids: tuple[str, ...] = option(
+        (),
+        "compare only these model_ids (repeat the flag); default: every model in the input",
+        flag="model_id",
+        kind=tuple,
+    )
+    k: int = option(10, "neighbours per image for the kNN overlap", check=between(1, 100))
+    sample_size: int = option(
+        5000, "images (seeded sample of those all models embedded) the figures are computed on", check=at_least(3)
+    )
+    pairs: int = option(
+        200_000, "seeded image pairs whose distances the Spearman correlation ranks", check=at_least(10)
+    )
+    seed: int = option(0, "seeds the image sample and the pairs")
+
+
+def parse_compare_args(argv: list[str] | None) -> tuple[CompareConfig, list[str]]:
+    return CompareConfig.parse(argv)

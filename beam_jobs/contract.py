@@ -69,7 +69,11 @@ def embeddings_dir(output_root: str, ds: str) -> str:
     return _join(output_root, "embeddings", partition(ds))
 
 
-def projections_dir(output_root: str, method: str, ds: str) -> str:
+def projections_dir(output_root: str, method: str, ds: str, model: str | None = None) -> str:
+    """A night's map of one method: the primary (first) model's where a single-model night puts it, the other
+    models' of a several-model night one level down, under ``model=<name>``."""
+    if model:
+        return _join(output_root, "projections", f"model={model}", f"method={method}", partition(ds))
     return _join(output_root, "projections", f"method={method}", partition(ds))
 
 
@@ -112,12 +116,22 @@ def references_dir(output_root: str, method: str, label: str) -> str:
     return _join(output_root, "references", f"method={method}", label)
 
 
+# How the models of a several-model night differ (beam_jobs.compare): <output_root>/comparisons/ds=YYYY-MM-DD/
+COMPARISON_JSON = "comparison.json"  # ComparisonReport
+COMPARISON_PNG = "comparison.png"  # per pair, the distribution of per-image kNN overlap
+
+
+def comparisons_dir(output_root: str, ds: str) -> str:
+    return _join(output_root, "comparisons", partition(ds))
+
+
 # --------------------------------------------------------------------------- vocabulary
 
 JOB_EXTRACT = "extract_embeddings"
 JOB_REDUCE = "reduce_dim"
 # Beam Metrics namespaces: the job's own name (Airflow reads these back from Dataflow).
 JOB_INDEX = "build_index"
+JOB_COMPARE = "compare"
 METRIC_NAMESPACES = (JOB_EXTRACT, JOB_REDUCE, JOB_INDEX)
 
 METHODS = ("pca", "umap")
@@ -131,6 +145,16 @@ DATAFLOW_WORKER_OPTIONS: dict[str, Any] = {
     "experiments": "no_use_multiple_sdk_containers",
     "number_of_worker_harness_threads": 4,
 }
+# Dataflow's Flexible Resource Scheduling (Beam's --flexrs_goal): "" leaves it off. COST_OPTIMIZED runs
+# on discounted, preemptible-backed capacity and may sit JOB_STATE_QUEUED for up to 6 hours first.
+FLEXRS_GOALS = ("", "COST_OPTIMIZED", "SPEED_OPTIMIZED")
+# When the night's input counts as complete (the DAG's wait_for_input): "settled" once the matching
+# files' count and sizes have not changed for input_settle_minutes, "marker" once a marker object
+# (input_marker, e.g. _SUCCESS) is beside them, "any" as soon as one file matches.
+INPUT_READY_RULES = ("settled", "marker", "any")
+DEFAULT_INPUT_READY = "settled"
+DEFAULT_SETTLE_MINUTES = 10
+DEFAULT_INPUT_MARKER = "_SUCCESS"
 OUTPUT_FORMATS = ("parquet", "npy")
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -311,6 +335,30 @@ class OutputFiles(TypedDict, total=False):
     map_mosaic: str
 
 
+class ModelFigures(TypedDict):
+    """One model's entry in an extraction manifest's ``models`` (keyed by its ``--model`` name).
+
+    Args:
+        model_id: what its rows carry; dim: its vectors' length; input_size: [width, height].
+        weights: the ``--weights`` value it ran with.
+        embedded, failed: ``embedded + failed == inputs`` for each model; a read or decode failure
+            counts against every model, an inference failure against its own.
+        failures_by_reason: ``"<stage>/<error>" -> count``, for this model.
+        images_per_second: its rows over the pass's wall time (the models share the pass).
+        engines: the engines that ran it (``engines`` entries whose ``model`` is this one).
+    """
+
+    model_id: str
+    dim: int
+    input_size: list[int]
+    weights: str
+    embedded: int
+    failed: int
+    failures_by_reason: dict[str, int]
+    images_per_second: float
+    engines: list[dict[str, Any]]
+
+
 class ExtractManifest(TypedDict):
     """``manifest.json`` of an embeddings partition; ``inputs == embedded + failed`` always holds.
 
@@ -327,6 +375,10 @@ class ExtractManifest(TypedDict):
             NotRequired: older manifests lack them.
         metrics: the pipeline's Beam counters, added by the launcher once the job is done
             (absent with ``--detach``: then the Airflow sensor reads them from Dataflow).
+        models: each model of the pass (``--model a,b``), by name. The top-level model, model_id,
+            weights, embedding_dim, embedded, failed, failures_by_reason and images_per_second are
+            the primary (first) model's, so single-model readers keep working. Absent in manifests
+            written before several models were possible.
     """
 
     job: str
@@ -358,6 +410,7 @@ class ExtractManifest(TypedDict):
     finished_at: str
     seconds: float
     images_per_second: float
+    models: NotRequired[dict[str, ModelFigures]]
     metrics: NotRequired[dict[str, Any]]
 
 
@@ -463,6 +516,62 @@ class IndexManifest(TypedDict):
     metrics: NotRequired[dict[str, Any]]
 
 
+class KnnOverlap(TypedDict):
+    """Per-image share of the k nearest neighbours two models agree on: mean, quantiles, and
+    ``histogram[i]`` = images sharing exactly i of their k neighbours."""
+
+    mean: float
+    p10: float
+    p50: float
+    p90: float
+    histogram: list[int]
+
+
+class PairComparison(TypedDict):
+    """Two models on the same images (``beam_jobs.compare``); every figure is 1.0 for a rotated copy.
+
+    Args:
+        models: the two model names (``--model`` values) and model_ids: theirs.
+        images: common images the figures were computed on (the seeded sample); k: neighbours per image.
+        knn_overlap: neighbours both agree on (cosine, the image itself excluded, within the sample).
+        distance_spearman: Spearman correlation of the two models' cosine distances over seeded pairs.
+        linear_cka: linear centred kernel alignment of the two feature matrices.
+    """
+
+    models: list[str]
+    model_ids: list[str]
+    images: int
+    k: int
+    knn_overlap: KnnOverlap
+    distance_spearman: float
+    linear_cka: float
+
+
+class ComparisonReport(TypedDict):
+    """``comparison.json``: every pair of the partition's models.
+
+    Args:
+        common_images: images every compared model embedded (by image_uri); sample_size, pairs, seed: as run.
+        images_by_model: model_id -> rows it has in the input.
+    """
+
+    job: str
+    run_id: str
+    inputs: list[str]
+    output: str
+    model_ids: list[str]
+    images_by_model: dict[str, int]
+    common_images: int
+    sample_size: int
+    pairs: int
+    seed: int
+    comparisons: list[PairComparison]
+    files: dict[str, str]
+    started_at: str
+    finished_at: str
+    seconds: float
+
+
 class IndexEntry(TypedDict):
     """The run record's index figures (``nightly.index_entry``)."""
 
@@ -488,6 +597,36 @@ class ExtractionSummary(TypedDict):
     model_id: str | None
     engines: list[dict[str, Any]]
     embeddings_dir: str
+    models: dict[str, ModelSummary]
+
+
+class ModelSummary(TypedDict):
+    """One model of the night, as ``validate_extraction`` keeps it (every model's failure rate is checked)."""
+
+    model_id: str
+    embedded: int
+    failed: int
+    failure_rate: float
+    images_per_second: float | None
+
+
+class ModelEntry(TypedDict):
+    """The run record's figures of one model, with its maps (``projections``: method -> entry)."""
+
+    model_id: str
+    embedded: int
+    failed: int
+    images_per_second: float | None
+    projections: dict[str, ProjectionEntry]
+
+
+class ComparisonEntry(TypedDict):
+    """The run record's model comparison: where it is, and per pair the three figures."""
+
+    dir: str
+    comparison_json: str
+    comparison_png: str
+    pairs: list[dict[str, Any]]
 
 
 class EmbeddingsEntry(TypedDict):
@@ -515,12 +654,35 @@ class ProjectionEntry(TypedDict):
     trustworthiness: NotRequired[float]
 
 
+class InputReady(TypedDict):
+    """What let the run start (``wait_for_input``'s result, the run record's ``input_ready``).
+
+    Args:
+        rule: ``settled``, ``marker`` or ``any``; files, bytes: what matched when it fired.
+        newest_change: epoch seconds of the latest change seen (a file, or a folder's entries);
+        marker: the marker's path (rule ``marker``); reason: the sensor's words for why it fired.
+    """
+
+    rule: str
+    files: int
+    bytes: int
+    newest_change: float | None
+    marker: str | None
+    reason: str
+
+
 class RunRecord(TypedDict):
     """``runs/ds=YYYY-MM-DD/run.json``, also the ``extra`` of the maps Asset event.
 
     Args:
+        model_id, embeddings, projections: the primary (first) model's, as a single-model night's.
         projections: one entry per method run, with the paths of its maps.
+        models: every model of the night by name, with its figures and maps (the maps page groups by it).
+        comparison: the models compared pairwise (nights with two or more models).
         dataflow_jobs: Beam task id -> Dataflow job id, state and metrics (Dataflow runs only).
+        input_ready: which rule let the run start, and the files it saw.
+        cost: per job the resources used (Dataflow's billing metrics, or a local job's CPU seconds and
+            peak memory) and a USD estimate; totals and per 1,000 embedded images (beam_jobs.nightly.cost_summary).
     """
 
     ds: str
@@ -530,5 +692,9 @@ class RunRecord(TypedDict):
     model_id: str | None
     embeddings: EmbeddingsEntry
     projections: dict[str, ProjectionEntry]
+    models: NotRequired[dict[str, ModelEntry]]
+    comparison: NotRequired[ComparisonEntry]
     dataflow_jobs: NotRequired[dict[str, dict[str, Any]]]
     index: NotRequired[IndexEntry]
+    input_ready: NotRequired[InputReady]
+    cost: NotRequired[dict[str, Any]]

@@ -106,32 +106,71 @@ def extract_options(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def reduce_options(
-    plan: dict[str, Any], method: str, html_points: int, thumbnail_budget_mb: float, mosaic_grid: int
+    plan: dict[str, Any],
+    method: str,
+    html_points: int,
+    thumbnail_budget_mb: float,
+    mosaic_grid: int,
+    reduction: dict[str, Any] | None = None,
+    model_id: str | None = None,
 ) -> dict[str, Any]:
-    """The reduce job's flags for one method: what the DAG's ``reduce_<method>`` task passes."""
-    return {
+    """The reduce job's flags for one method (of one model: ``reduction``, one of the plan's ``reductions``,
+    and its ``model_id``, which picks its rows out of a several-model partition): what the DAG's reduce task
+    passes. Without ``reduction``: the primary model's partition."""
+    # The saved frame (reference_policy) is the primary model's: another model's vectors have another
+    # model_id and length, which a reference refuses; its maps refit every night.
+    primary = not reduction or reduction["model"] == (plan.get("models") or [reduction["model"]])[0]
+    options = {
         "input": plan["embeddings_dir"],
-        "output": plan["projections"][method],
+        "output": reduction["dir"] if reduction else plan["projections"][method],
         "method": method,
         "html_points": html_points,
         "thumbnail_budget_mb": thumbnail_budget_mb,
         "mosaic_grid": mosaic_grid,
-        "reference": (plan.get("references") or {}).get(method, ""),
-        "fit_reference": bool(plan.get("fit_reference", False)),
+        "reference": (plan.get("references") or {}).get(method, "") if primary else "",
+        "fit_reference": bool(plan.get("fit_reference", False)) and primary,
         "fit_window_days": plan.get("reference_window_days", 1),
         "run_id": plan["run_id"],
     }
+    if model_id:
+        options["model_id"] = model_id
+    return options
 
 
-def index_options(plan: dict[str, Any]) -> dict[str, Any]:
-    """The index job's flags for a plan: what the DAG's ``build_index`` task passes."""
-    return {
+def reduction_options(
+    plan: dict[str, Any],
+    reduction: dict[str, Any],
+    model_ids: dict[str, str],
+    html_points: int,
+    thumbnail_budget_mb: float,
+    mosaic_grid: int,
+) -> dict[str, Any]:
+    """The reduce job's flags for one of the plan's ``reductions`` (a model and a method), ``model_ids`` being
+    each model's from the extraction: what the DAG's mapped reduce task and the Kubeflow reduce step pass."""
+    return reduce_options(
+        plan,
+        reduction["method"],
+        html_points,
+        thumbnail_budget_mb,
+        mosaic_grid,
+        reduction=reduction,
+        model_id=model_ids[reduction["model"]],
+    )
+
+
+def index_options(plan: dict[str, Any], model_id: str | None = None) -> dict[str, Any]:
+    """The index job's flags for a plan: what the DAG's ``build_index`` task passes (``model_id``: the
+    primary model's, which a several-model partition needs named)."""
+    options = {
         "input": plan["embeddings_dir"],
         "output": plan["index_dir"],
         "window_days": plan["index_window_days"],
         "duplicate_threshold": plan["duplicate_threshold"],
         "run_id": plan["run_id"],
     }
+    if model_id:
+        options["model_id"] = model_id
+    return options
 
 
 def job_command(job: str, options: dict[str, Any], plan: dict[str, Any], step: str) -> list[str]:

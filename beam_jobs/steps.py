@@ -14,20 +14,46 @@ import base64
 import logging
 import time
 from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
-from beam_jobs.contract import JOB_EXTRACT, JOB_INDEX, JOB_REDUCE, MANIFEST, MAP_HTML, MAP_PNG, run_record_path
-from beam_jobs.launch import extract_options, gcp_resources, index_options, job_command, reduce_options, run_step
+from beam_jobs.contract import (
+    COMPARISON_JSON,
+    JOB_EXTRACT,
+    JOB_INDEX,
+    JOB_REDUCE,
+    MANIFEST,
+    MAP_HTML,
+    MAP_PNG,
+    InputReady,
+    run_record_path,
+)
+from beam_jobs.launch import (
+    extract_options,
+    gcp_resources,
+    index_options,
+    job_command,
+    reduction_options,
+    run_step,
+)
 from beam_jobs.nightly import (
+    COST_HISTORY_NIGHTS,
     DATAFLOW_SETTINGS,
     Plan,
     PlanError,
     build_plan,
     check_extraction,
+    cost_jump,
+    cost_summary,
     drift_alerts,
     fill_date,
+    input_ready_record,
+    input_verdict,
     join,
+    local_snapshot,
+    model_summaries,
     param_problems,
+    reduction_key,
     run_date,
     run_record,
 )
@@ -86,34 +112,60 @@ class InputMissing(RuntimeError):
     """The night's input glob matched nothing within the wait."""
 
 
-def count_matching(pattern: str) -> int:
-    """Files ``pattern`` matches, through Beam's FileSystems: what the extraction job will list."""
+def snapshot(pattern: str, marker: str | None = None) -> dict[str, Any]:
+    """Count, total size and latest change of the files ``pattern`` matches, and whether ``marker`` exists.
+
+    Local paths as the DAG's sensor reads them (``local_snapshot``); gs:// through Beam's FileSystems,
+    what the extraction job will list (each object's size and last update time).
+    """
+    if not pattern.startswith("gs://"):
+        return local_snapshot(pattern, marker)
     from apache_beam.io.filesystems import FileSystems
 
     try:
         (result,) = FileSystems.match([pattern])
-    except Exception:  # noqa: BLE001 - a missing folder or bucket prefix matches nothing
-        return 0
-    return len(result.metadata_list)
+        found = result.metadata_list
+    except Exception:  # noqa: BLE001 - a missing bucket prefix matches nothing
+        found = []
+    newest = max((m.last_updated_in_seconds for m in found), default=None)
+    return {
+        "files": len(found),
+        "bytes": sum(m.size_in_bytes for m in found),
+        "newest_change": newest,
+        "marker_found": FileSystems.exists(marker) if marker else None,
+    }
 
 
 def wait_for_input(
-    plan: Plan, wait_minutes: float, poke_s: float = POKE_SECONDS, sleep: Callable[[float], None] = time.sleep
-) -> int:
-    """The DAG's wait_for_input sensor: until the plan's input matches a file; after ``wait_minutes`` (0: at once)
-    fail saying which glob was empty. Returns how many files matched."""
+    plan: Plan,
+    wait_minutes: float,
+    poke_s: float = POKE_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """The DAG's wait_for_input sensor: until the plan's input is ready by its ``input_ready`` rule; after
+    ``wait_minutes`` (0: at once) fail saying which glob and why. Returns the run record's ``input_ready``."""
     pattern = plan["input"]
+    rule = plan.get("input_ready") or "any"
+    settle = float(plan.get("input_settle_minutes") or 0)
+    marker = plan.get("input_marker") or None
+    if rule == "settled":
+        poke_s = max(1.0, min(poke_s, settle * 30))  # twice per settle window, as the DAG's sensor
     deadline = time.monotonic() + max(float(wait_minutes), 0.0) * 60
     while True:
-        found = count_matching(pattern)
-        LOG.info("%d file(s) match %s", found, pattern)
-        if found:
-            return found
+        seen = snapshot(pattern, marker if rule == "marker" else None)
+        ready, reason = input_verdict(rule, seen, settle, clock(), marker)
+        LOG.info("input %s (rule %s): %s", pattern, rule, reason)
+        if ready:
+            # KFP values hold no nulls (marker, newest_change may be None): publish_step fills them back in.
+            return {
+                key: value for key, value in input_ready_record(rule, seen, marker, reason).items() if value is not None
+            }
         left = deadline - time.monotonic()
         if left <= 0:
             raise InputMissing(
-                f"no input: {pattern!r} matched no file after waiting {float(wait_minutes):g} minute(s). "
-                "Have the night's images landed?"
+                f"no input: {pattern!r} was not ready by rule {rule!r} after waiting {float(wait_minutes):g} "
+                f"minute(s): {reason}. Have the night's images landed?"
             )
         sleep(min(poke_s, left))
 
@@ -129,7 +181,20 @@ def _job(job: str, options: dict[str, Any], plan: Plan, step: str, resources_pat
     if resources_path:
         with open(resources_path, "w", encoding="utf-8") as handle:
             handle.write("{}")
-    return run_step(job_command(job, options, plan, step), plan, on_job_id=record)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ran = run_step(job_command(job, options, plan, step), plan, on_job_id=record)
+    if ran.get("job_id"):
+        return ran  # on Dataflow the launcher only submitted: the job's resources are Dataflow's metrics
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    # As the DAG's Beam tasks measure a local job (ChildResources): CPU seconds, and the children's peak
+    # memory when it rose during this job (a high-water mark over every child of this process).
+    used = {"cpu_seconds": round(cpu, 3)}
+    if after.ru_maxrss > before.ru_maxrss:  # KFP values hold no nulls: an unknown peak is left out
+        used["peak_memory_mb"] = round(after.ru_maxrss / 1024, 1)
+    return {**ran, "runner": plan["runner"], "resources": used}
 
 
 def extract_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
@@ -150,18 +215,36 @@ def validate_step(plan: Plan, log_metric: Callable[[str, float], None] | None = 
     return check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
 
 
+def model_ids(plan: Plan) -> dict[str, str]:
+    """Each model's model_id, from the night's extraction manifest."""
+    manifest = _read_json(join(plan["embeddings_dir"], MANIFEST))
+    return {name: model["model_id"] for name, model in model_summaries(manifest).items()}
+
+
 def reduce_step(
     plan: Plan,
-    method: str,
+    reduction: dict[str, Any],
     html_points: int,
     thumbnail_budget_mb: float,
     mosaic_grid: int,
     resources_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run the reduce job for one method of the plan. Returns its Dataflow job, if any."""
+    """Run the reduce job for one (model, method) of the plan's ``reductions``. Returns its Dataflow job, if any."""
+    plan, reduction = from_struct(plan), from_struct(reduction)
+    options = reduction_options(plan, reduction, model_ids(plan), html_points, thumbnail_budget_mb, mosaic_grid)
+    step = reduction_key(reduction).replace("_", "-")
+    return _job(JOB_REDUCE, options, plan, step, resources_path)
+
+
+def compare_step(plan: Plan) -> dict[str, Any]:
+    """Two or more models: the comparison report (``beam_jobs.compare``); else nothing ({})."""
     plan = from_struct(plan)
-    options = reduce_options(plan, method, html_points, thumbnail_budget_mb, mosaic_grid)
-    return _job(JOB_REDUCE, options, plan, f"reduce-{method}", resources_path)
+    if not plan.get("compare"):
+        LOG.info("one model for ds=%s: nothing to compare", plan["ds"])
+        return {}
+    from beam_jobs.compare.job import run
+
+    return run(["--input", plan["embeddings_dir"], "--output", plan["comparison_dir"], "--run_id", plan["run_id"]])
 
 
 def index_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
@@ -174,16 +257,22 @@ def index_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any]:
                 handle.write("{}")
         LOG.info("index off for ds=%s: no build_index job", plan["ds"])
         return {}
-    return _job(JOB_INDEX, index_options(plan), plan, "build-index", resources_path)
+    primary = plan["models"][0] if plan.get("models") else None
+    model_id = model_ids(plan).get(primary) if primary else None
+    return _job(JOB_INDEX, index_options(plan, model_id), plan, "build-index", resources_path)
 
 
 def projection_report(
-    plan: Plan, method: str, html_path: str | None, markdown_path: str | None, log_metric: Callable | None = None
+    plan: Plan,
+    reduction: dict[str, Any],
+    html_path: str | None,
+    markdown_path: str | None,
+    log_metric: Callable | None = None,
 ) -> dict[str, Any]:
-    """The method's manifest; its figures to ``log_metric``, map.html copied to ``html_path`` and a Markdown
-    summary with map.png inline to ``markdown_path`` (what the orchestrator's UI shows)."""
-    plan = from_struct(plan)
-    folder = plan["projections"][method]
+    """The (model, method) map's manifest; its figures to ``log_metric``, map.html copied to ``html_path`` and a
+    Markdown summary with map.png inline to ``markdown_path`` (what the orchestrator's UI shows)."""
+    plan, reduction = from_struct(plan), from_struct(reduction)
+    folder, method = reduction["dir"], reduction["method"]
     manifest = _read_json(join(folder, MANIFEST))
     figures = {"rows": manifest.get("rows"), "seconds": manifest.get("seconds")}
     figures["trustworthiness"] = manifest.get("trustworthiness")
@@ -201,7 +290,7 @@ def projection_report(
         png = base64.b64encode(_read_bytes(join(folder, MAP_PNG))).decode("ascii")
         rows = "\n".join(f"| {name} | {value} |" for name, value in figures.items() if value is not None)
         text = (
-            f"### {method} map, ds={plan['ds']}\n\n| figure | value |\n|---|---|\n{rows}\n\n"
+            f"### {method} map, ds={plan['ds']} ({reduction['model']})\n\n| figure | value |\n|---|---|\n{rows}\n\n"
             f"Outputs: `{folder}`\n\n![{method} map](data:image/png;base64,{png})\n"
         )
         with open(markdown_path, "w", encoding="utf-8") as handle:
@@ -209,14 +298,46 @@ def projection_report(
     return manifest
 
 
-def publish_step(plan: Plan, extraction: dict[str, Any], jobs: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+def publish_step(
+    plan: Plan,
+    extraction: dict[str, Any],
+    jobs: dict[str, dict[str, Any] | None],
+    input_ready: dict[str, Any] | None = None,
+    cost_jump_ratio: float = 2.0,
+) -> dict[str, Any]:
     """The DAG's publish task: ``run_record`` from the manifests, written to ``runs/ds=.../run.json``."""
     from beam_jobs.storage import write_json
 
     plan, extraction, jobs = from_struct(plan), from_struct(extraction), from_struct(jobs)
     projections = {method: _read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
+    reduced = {reduction_key(r): _read_json(join(r["dir"], MANIFEST)) for r in plan.get("reductions", [])}
     index = _read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-    record = run_record(plan, extraction, projections, jobs, index=index)
+    comparison = _read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
+    flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
+    cost = cost_summary(jobs, extraction["embedded"], flexrs=flexrs)
+    earlier = []
+    for back in range(1, COST_HISTORY_NIGHTS + 1):
+        day = (date.fromisoformat(plan["ds"]) - timedelta(days=back)).isoformat()
+        try:
+            earlier.append(_read_json(run_record_path(plan["output_root"], day)).get("cost"))
+        except Exception:  # noqa: BLE001 - a night never published is not in the median
+            continue
+    jump = cost_jump(cost, earlier, float(cost_jump_ratio))
+    if jump:
+        LOG.warning("ALERT cost ds=%s: %s", plan["ds"], jump)
+        cost["alert"] = jump
+    ready = {**dict.fromkeys(InputReady.__annotations__), **from_struct(input_ready)} if input_ready else None
+    record = run_record(
+        plan,
+        extraction,
+        projections,
+        jobs,
+        index=index,
+        reductions=reduced,
+        comparison=comparison,
+        input_ready=ready,
+        cost=cost,
+    )
     write_json(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
     for method, manifest in projections.items():

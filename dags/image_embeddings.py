@@ -1,17 +1,19 @@
 """
 ### Nightly image embeddings
 
-Embeds the images that landed for the run's date with a pretrained Keras
-ResNet50 (Beam job `beam_jobs.extract_embeddings`), checks the result, reduces
-the embeddings to 2D with the selected methods (`beam_jobs.reduce_dim`, one
-task per method) and publishes the run as an Asset event with its counts and
-the location of the maps.
+Embeds the images that landed for the run's date with one or more pretrained
+Keras models (param `models`; Beam job `beam_jobs.extract_embeddings`, one pass
+that decodes each image once), checks the result, reduces the embeddings to 2D
+for every (model, method) pair (`beam_jobs.reduce_dim`, one mapped `reduce`
+task instance per pair), compares the models when there are two or more
+(`beam_jobs.compare`) and publishes the run as an Asset event with its counts
+and the location of the maps, grouped by model.
 
 ```
 plan -> wait_for_input -> extract_embeddings -> extract_embeddings_done -> validate_extraction
-     -> choose_methods -> reduce_pca -> reduce_pca_done   -> publish
-                       -> reduce_umap -> reduce_umap_done -/
-     -> choose_index   -> build_index -> build_index_done -/   (param `index`)
+     -> reductions -> reduce[model, method] -> reduce_done[model, method] -> publish   (.expand)
+     -> compare_models ------------------------------------------------/   (2+ models)
+     -> choose_index   -> build_index -> build_index_done -------------/   (param `index`)
 ```
 
 On `DataflowRunner` each Beam task submits its job and the `*_done` task
@@ -24,7 +26,9 @@ Beam tasks and the `*_done` tasks return at once.
 re-runs and `airflow backfill create` never leave two copies):
 
 - `<output_root>/embeddings/ds=YYYY-MM-DD/` embeddings Parquet, failures JSONL, manifest.json
-- `<output_root>/projections/method=<m>/ds=YYYY-MM-DD/` projection Parquet, map.png, map.html
+- `<output_root>/projections/method=<m>/ds=YYYY-MM-DD/` projection Parquet, map.png, map.html (the first
+  model's; the others' under `projections/model=<name>/method=<m>/ds=YYYY-MM-DD/`)
+- `<output_root>/comparisons/ds=YYYY-MM-DD/` comparison.json and comparison.png (two or more models)
 - `<output_root>/index/ds=YYYY-MM-DD/` similarity index (faiss), rows, near/exact duplicates, manifest.json
 - `<output_root>/runs/ds=YYYY-MM-DD/run.json` the published record
 
@@ -54,9 +58,14 @@ from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
+    DEFAULT_INPUT_MARKER,
+    DEFAULT_INPUT_READY,
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
+    DEFAULT_SETTLE_MINUTES,
     ENGINES,
+    FLEXRS_GOALS,
+    INPUT_READY_RULES,
     JOB_EXTRACT,
     JOB_INDEX,
     JOB_REDUCE,
@@ -78,11 +87,14 @@ from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOper
 from image_embeddings_airflow.runs import (
     DAG_ID,
     DRIFT_DEFAULTS,
+    KEYWORD_WEIGHTS,
     MAPS_ASSET,
     PUBLISH_TASK,
     REFERENCE_DEFAULTS,
-    projections_key,
-    reference_key,
+    PlanError,
+    allowed_roots,
+    confine,
+    roots_pattern,
 )
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
@@ -95,6 +107,22 @@ PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpre
 DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
+# Where runs may read and write (IMAGE_EMBEDDINGS_ALLOWED_ROOTS, default the data folder): refused already
+# by the trigger form and the REST API; the plan task checks again, symlinks resolved.
+try:
+    ROOTS: list[str] | None = allowed_roots()
+except PlanError as exc:  # the plan task refuses every run with the same message
+    LOG.error("%s", exc)
+    ROOTS = None
+ROOTS_TEXT = ", ".join(ROOTS or [])
+FORM_ROOTS = list(ROOTS or [])
+if ROOTS and confine("the data folder", DATA, ROOTS)[1]:
+    # Airflow refuses to load a scheduled DAG whose defaults fail their schemas, so the form lets the
+    # default paths through; the plan task refuses them, naming the roots, on every run that uses them.
+    LOG.error("IMAGE_EMBEDDINGS_DATA %s is outside the allowed roots (%s): default paths fail", DATA, ROOTS_TEXT)
+    FORM_ROOTS.append(DATA)
+PATH_RULE = {"pattern": roots_pattern(FORM_ROOTS)} if ROOTS else {}
+WEIGHTS_RULE = {"pattern": roots_pattern(FORM_ROOTS, KEYWORD_WEIGHTS)} if ROOTS else {}
 # The reduce job's own defaults for the map params (declared once, in beam_jobs.config).
 REDUCE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReduceConfig)}
 INDEX_DEFAULTS = {f.name: f.default for f in dataclasses.fields(IndexConfig)}
@@ -141,18 +169,32 @@ with DAG(
             title="Input images",
             description=(
                 "Glob of the night's images, or a folder / gs:// prefix ending in '/'. "
-                "'{{ ds }}' becomes the run's date."
+                f"'{{{{ ds }}}}' becomes the run's date. Must be under: {ROOTS_TEXT}."
             ),
+            **PATH_RULE,
         ),
         "output_root": Param(
             f"{DATA}/out",
             type="string",
             minLength=1,
             title="Output root",
-            description="Embeddings, projections and run records are written under this folder (local or gs://).",
+            description=(
+                "Embeddings, projections and run records are written under this folder (local or gs://). "
+                f"Must be under: {ROOTS_TEXT}."
+            ),
+            **PATH_RULE,
         ),
-        "model": Param(
-            DEFAULT_MODEL, type="string", enum=list(MODELS), description=f"Embedding model: {MODEL_CHOICES_TEXT}."
+        "models": Param(
+            [DEFAULT_MODEL],
+            type="array",
+            items={"type": "string", "enum": list(MODELS)},
+            minItems=1,
+            uniqueItems=True,
+            title="Embedding models",
+            description=(
+                f"One or more of {MODEL_CHOICES_TEXT}. Several run in one extraction pass; each gets its maps, "
+                "the first the similarity index, and the night a comparison report of every pair."
+            ),
         ),
         "weights": Param(
             DEFAULT_WEIGHTS,
@@ -160,8 +202,9 @@ with DAG(
             minLength=1,
             description=(
                 f"'{WEIGHTS_IMAGENET}', '{WEIGHTS_RANDOM}' (seeded, for smoke runs) "
-                "or a path (local or gs://) to a weights file."
+                f"or a path (local or gs://) to a weights file under: {ROOTS_TEXT}."
             ),
+            **WEIGHTS_RULE,
         ),
         "engine": Param(
             DEFAULT_ENGINE,
@@ -312,11 +355,58 @@ with DAG(
             type="integer",
             minimum=0,
             maximum=24 * 60,
-            description="How long to wait for the input to appear; 0 fails at once (useful in backfills).",
+            description="How long to wait for the input to be ready; 0 fails at once (useful in backfills).",
+        ),
+        "input_ready": Param(
+            DEFAULT_INPUT_READY,
+            type="string",
+            enum=list(INPUT_READY_RULES),
+            title="Input complete when",
+            description=(
+                "'settled': the matching files' count and sizes unchanged for input_settle_minutes; "
+                "'marker': the input_marker file is beside them (the uploader writes it last); "
+                "'any': as soon as one file matches (a night still uploading is embedded half)."
+            ),
+        ),
+        "input_settle_minutes": Param(
+            DEFAULT_SETTLE_MINUTES,
+            type="number",
+            minimum=0,
+            maximum=24 * 60,
+            description="input_ready 'settled': minutes without any change to the input before the run starts.",
+        ),
+        "input_marker": Param(
+            DEFAULT_INPUT_MARKER,
+            type="string",
+            pattern=r"^[^/*?\[\]\x00-\x1f]+$",
+            description=(
+                "input_ready 'marker': the file name the uploader writes beside the images when done "
+                "(the input glob must not match it, e.g. '*.jpg')."
+            ),
+        ),
+        "cost_jump_ratio": Param(
+            2.0,
+            type="number",
+            minimum=0,
+            maximum=100,
+            description=(
+                "Alert when this night's cost per 1,000 images is over this many times the median of the "
+                "nights before it (USD on Dataflow, CPU seconds locally; 0: off)."
+            ),
         ),
         "project": Param(None, type=["null", "string"], description="DataflowRunner: GCP project."),
         "region": Param(None, type=["null", "string"], description="DataflowRunner: region."),
         "temp_location": Param(None, type=["null", "string"], description="DataflowRunner: gs:// temp folder."),
+        "flexrs_goal": Param(
+            "",
+            type="string",
+            enum=list(FLEXRS_GOALS),
+            title="Dataflow FlexRS",
+            description=(
+                "DataflowRunner: Flexible Resource Scheduling (--flexrs_goal). COST_OPTIMIZED is billed at a lower "
+                "rate but each job may wait in JOB_STATE_QUEUED for up to 6 hours before it starts; '' = off."
+            ),
+        ),
         "sdk_container_image": Param(
             None,
             type=["null", "string"],
@@ -362,6 +452,9 @@ with DAG(
         task_id="wait_for_input",
         pattern=planned["input"],
         wait_minutes="{{ params.input_wait_minutes }}",
+        rule=planned["input_ready"],
+        settle_minutes=planned["input_settle_minutes"],
+        marker=planned["input_marker"],
         poke_interval=300,
         retries=0,
     )
@@ -369,6 +462,10 @@ with DAG(
     # Project and region come from the plan's Dataflow settings; the operator ignores all of it
     # with a local runner.
     dataflow_config = {"job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ds_nodash }}"}
+    # Mapped instances run at once: each Dataflow job needs a name of its own.
+    mapped_dataflow_config = {
+        "job_name": "image-embeddings-{{ task.task_id | replace('_', '-') }}-{{ ti.map_index }}-{{ ds_nodash }}"
+    }
 
     extract = NightlyBeamOperator(
         task_id="extract_embeddings",
@@ -403,7 +500,7 @@ with DAG(
 
     extract_done = job_done(extract.task_id)
 
-    @task(retries=0)
+    @task(retries=0, multiple_outputs=True)
     def validate_extraction(plan: dict) -> dict:
         """Read the job's manifest: fail when nothing was embedded or too many inputs failed."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -430,36 +527,54 @@ with DAG(
         )
         return summary
 
-    @task.branch(retries=0)
-    def choose_methods(methods: list[str]) -> list[str]:
-        return [f"reduce_{method}" for method in methods]
+    @task(retries=0)
+    def reductions(plan: dict, extraction: dict, params: dict | None = None) -> list[dict]:
+        """The reduce job's flags for every (model, method) pair: what the mapped reduce task expands over."""
+        from beam_jobs.launch import reduction_options
 
-    reducers = [
-        NightlyBeamOperator(
-            task_id=f"reduce_{method}",
-            job=JOB_REDUCE,
-            runner="{{ params.runner }}",
-            py_interpreter=PYTHON,
-            pipeline_options={
-                "input": planned["embeddings_dir"],
-                "output": planned[projections_key(method)],
-                "method": method,
-                "html_points": "{{ params.map_points }}",
-                "thumbnail_budget_mb": "{{ params.thumbnail_budget_mb }}",
-                "mosaic_grid": "{{ params.mosaic_grid }}",
-                # The plan's frame: the reference folder ("" with reference_policy refit), fitted when missing.
-                "reference": planned[reference_key(method)],
-                "fit_reference": planned["fit_reference"],
-                "fit_window_days": planned["reference_window_days"],
-                "run_id": "{{ run_id }}",
-            },
-            dataflow_config=dataflow_config,
-            dataflow_options=planned["dataflow"],
-            execution_timeout=timedelta(hours=2),
+        model_ids = {name: model["model_id"] for name, model in extraction["models"].items()}
+        return [
+            reduction_options(
+                plan, r, model_ids, params["map_points"], params["thumbnail_budget_mb"], params["mosaic_grid"]
+            )
+            for r in plan["reductions"]
+        ]
+
+    # One mapped task instance per (model, method): the graph stays this size whatever the night asks for.
+    validated = validate_extraction(planned)
+    reduce_flags = reductions(planned, validated)
+    reducer = NightlyBeamOperator.partial(
+        task_id="reduce",
+        job=JOB_REDUCE,
+        runner="{{ params.runner }}",
+        py_interpreter=PYTHON,
+        dataflow_config=mapped_dataflow_config,
+        dataflow_options=planned["dataflow"],
+        execution_timeout=timedelta(hours=2),
+    ).expand(pipeline_options=reduce_flags)
+    reducer_done = DataflowJobDoneSensor.partial(
+        task_id="reduce_done",
+        beam_task_id="reduce",
+        runner="{{ params.runner }}",
+        dataflow=planned["dataflow"],
+        execution_timeout=timedelta(hours=6),
+    ).expand(job=reduce_flags)
+
+    @task(retries=0)
+    def compare_models(plan: dict) -> dict:
+        """Two or more models: how much their neighbourhoods differ (comparison.json, comparison.png)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not plan["compare"]:
+            raise AirflowSkipException("one model: nothing to compare")
+        from beam_jobs.compare.job import run
+
+        report = run(
+            ["--input", plan["embeddings_dir"], "--output", plan["comparison_dir"], "--run_id", plan["run_id"]]
         )
-        for method in METHODS
-    ]
-    reducers_done = [job_done(reducer.task_id) for reducer in reducers]
+        for pair in report["comparisons"]:
+            LOG.info("%s: overlap@%s %s", " vs ".join(pair["models"]), pair["k"], pair["knn_overlap"]["mean"])
+        return report
 
     @task.branch(retries=0)
     def choose_index(index: bool) -> list[str]:
@@ -475,6 +590,8 @@ with DAG(
             "output": planned["index_dir"],
             "window_days": planned["index_window_days"],
             "duplicate_threshold": planned["duplicate_threshold"],
+            # A several-model partition: the index is the first model's.
+            "model_id": validated["model_id"],
             "run_id": "{{ run_id }}",
         },
         dataflow_config=dataflow_config,
@@ -484,14 +601,26 @@ with DAG(
     indexer_done = job_done(indexer.task_id)
 
     @task(task_id=PUBLISH_TASK, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[MAPS], retries=1)
-    def publish(plan: dict, extraction: dict, **context) -> dict:
+    def publish(plan: dict, extraction: dict, params: dict | None = None, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
-        from beam_jobs.contract import MANIFEST, run_record_path
-        from image_embeddings_airflow.alerts import drift_alert_payload, post_alert
-        from image_embeddings_airflow.metrics import emit_projection
-        from image_embeddings_airflow.paths import join, read_json, write_json
-        from image_embeddings_airflow.runs import drift_alerts, run_record
+        from airflow.sdk import Variable
 
+        from beam_jobs.contract import COMPARISON_JSON, MANIFEST, run_record_path
+        from beam_jobs.nightly import COST_HISTORY_NIGHTS
+        from image_embeddings_airflow.alerts import cost_alert, drift_alert_payload, post_alert
+        from image_embeddings_airflow.metrics import emit_cost, emit_projection
+        from image_embeddings_airflow.paths import join, read_json, write_json
+        from image_embeddings_airflow.runs import (
+            cost_jump,
+            cost_summary,
+            drift_alerts,
+            earlier_records,
+            prices,
+            reduction_key,
+            run_record,
+        )
+
+        reduced = {reduction_key(r): read_json(join(r["dir"], MANIFEST)) for r in plan["reductions"]}
         projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
         for method, manifest in projections.items():
             emit_projection(method, manifest)
@@ -499,15 +628,42 @@ with DAG(
             problems = drift_alerts(manifest.get("drift"), plan)
             if problems:
                 post_alert(drift_alert_payload(plan, method, manifest, problems, context["run_id"]))
-        # The *_done results of the Beam tasks that ran (pulled here: the set depends on the methods).
-        beam_tasks = [extract.task_id, *(f"reduce_{method}" for method in plan["methods"])]
+        # The *_done results of the Beam tasks that ran; the mapped reduce_done's come in the reductions' order.
+        ti = context["ti"]
+        jobs = {"extract_embeddings": ti.xcom_pull(task_ids="extract_embeddings_done")}
+        done = ti.xcom_pull(task_ids="reduce_done", map_indexes=list(range(len(plan["reductions"])))) or []
+        jobs.update({reduction_key(r): job for r, job in zip(plan["reductions"], done, strict=False)})
         if plan.get("index"):
-            beam_tasks.append("build_index")
-        jobs = {beam_task: context["ti"].xcom_pull(task_ids=f"{beam_task}_done") for beam_task in beam_tasks}
+            jobs["build_index"] = ti.xcom_pull(task_ids="build_index_done")
         index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-        record = run_record(plan, extraction, projections, jobs, index=index)
+        comparison = read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
+        input_ready = ti.xcom_pull(task_ids=wait_for_input.task_id)
+        overrides = Variable.get("image_embeddings_prices", default=None, deserialize_json=True)
+        table, price_problems = prices(overrides)
+        for problem in price_problems:
+            LOG.warning("Variable image_embeddings_prices: %s (the default is used)", problem)
+        flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
+        cost = cost_summary(jobs, extraction["embedded"], table, flexrs=flexrs, overridden=bool(overrides))
+        history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, read_json)
+        jump = cost_jump(cost, [night.get("cost") for night in history], float(params.get("cost_jump_ratio", 2.0)))
+        if jump:
+            cost["alert"] = jump
+        record = run_record(
+            plan,
+            extraction,
+            projections,
+            jobs,
+            index=index,
+            reductions=reduced,
+            comparison=comparison,
+            input_ready=input_ready,
+            cost=cost,
+        )
         write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
+        emit_cost(cost)
+        if jump:
+            cost_alert(plan["ds"], plan["run_id"], jump)
         embeddings = record["embeddings"]
         LOG.info(
             "published ds=%s: %s embedded of %s inputs, %s images/s",
@@ -516,17 +672,20 @@ with DAG(
             embeddings["inputs"],
             embeddings["images_per_second"],
         )
-        for method, entry in record["projections"].items():
-            LOG.info("  %s: %s rows; map %s and %s", method, entry["rows"], entry["map_png"], entry["map_html"])
+        for name, model in record.get("models", {}).items():
+            for method, entry in model["projections"].items():
+                LOG.info(
+                    "  %s %s: %s rows; map %s and %s", name, method, entry["rows"], entry["map_png"], entry["map_html"]
+                )
+        if "comparison" in record:
+            LOG.info("  comparison: %s", record["comparison"])
         if "index" in record:
             LOG.info("  index: %s", record["index"])
         return record
 
-    validated = validate_extraction(planned)
-    branch = choose_methods(planned["methods"])
-    planned >> wait_for_input >> extract >> extract_done >> validated >> branch >> reducers
-    for reducer, done in zip(reducers, reducers_done, strict=True):
-        reducer >> done
+    planned >> wait_for_input >> extract >> extract_done >> validated
+    reducer >> reducer_done
     published = publish(planned, validated)
-    reducers_done >> published
+    reducer_done >> published
+    validated >> compare_models(planned) >> published
     validated >> choose_index(planned["index"]) >> indexer >> indexer_done >> published

@@ -3,9 +3,12 @@
 The same night as the Airflow DAG ``dags/image_embeddings.py``, with the same params:
 
 ```
-plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each method: reduce -> publish
-                                                                    -> build-index ----------------/
+plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each (model, method): reduce -> publish
+                                                                    -> compare-models -------------------------/
+                                                                    -> build-index ----------------------------/
 ```
+
+``compare-models`` always appears; with one model it starts nothing (as ``build-index`` with ``index`` off).
 
 ``build-index`` always appears; with ``index`` off it starts no job (a ``dsl.If`` around it would
 need its own sub-pipeline for ``publish`` to wait on it, as the reduce loop has).
@@ -33,8 +36,11 @@ from beam_jobs.config import IndexConfig, ReduceConfig
 from beam_jobs.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
+    DEFAULT_INPUT_MARKER,
+    DEFAULT_INPUT_READY,
     DEFAULT_MODEL,
     DEFAULT_RUNNER,
+    DEFAULT_SETTLE_MINUTES,
     METHODS,
     PRECISION_AUTO,
 )
@@ -42,6 +48,9 @@ from beam_jobs.nightly import DRIFT_DEFAULTS, REFERENCE_DEFAULTS
 
 PIPELINE_NAME = "image-embeddings-nightly"
 WORKER_IMAGE = os.environ.get("IMAGE_EMBEDDINGS_WORKER_IMAGE") or "image-embeddings-worker:latest"
+# Where runs may read and write (beam_jobs.nightly.allowed_roots), fixed when compiling: the plan step gets it
+# in its environment, since the worker image has no data folder of its own to default to.
+ALLOWED_ROOTS = os.environ.get("IMAGE_EMBEDDINGS_ALLOWED_ROOTS", "")
 OUTPUT = os.path.join("build", "image_embeddings_pipeline.yaml")
 # The DAG's default_args: 2 retries, 2 minutes doubling up to 30 (tests/test_kfp.py compares them).
 RETRIES, BACKOFF, BACKOFF_FACTOR, BACKOFF_MAX = 2, "120s", 2.0, "1800s"
@@ -56,7 +65,7 @@ component = dsl.component(base_image=WORKER_IMAGE, install_kfp_package=False)
 def plan(
     input: str,
     output_root: str,
-    model: str,
+    models: list,
     weights: str,
     engine: str,
     precision: str,
@@ -81,11 +90,15 @@ def plan(
     staging_location: str,
     sdk_container_image: str,
     setup_file: str,
+    flexrs_goal: str,
+    input_ready: str,
+    input_settle_minutes: float,
+    input_marker: str,
     ds: str,
     run_id: str,
     scheduled_time: str,
     created_time: str,
-) -> NamedTuple("Plan", plan=dict, methods=list):
+) -> NamedTuple("Plan", plan=dict, reductions=list):
     """Check the params together and resolve the run's paths (the DAG's plan task); fails at once."""
     from collections import namedtuple
 
@@ -93,15 +106,17 @@ def plan(
 
     params = {k: v for k, v in locals().items() if k not in ("ds", "run_id", "scheduled_time", "created_time")}
     resolved = plan_step(params, ds, run_id, scheduled_time, created_time)
-    # KFP structs hold no nulls: no Dataflow settings travel as {}.
-    return namedtuple("Plan", ["plan", "methods"])(
-        {**resolved, "dataflow": resolved["dataflow"] or {}}, resolved["methods"]
+    # KFP structs hold no nulls: no Dataflow settings travel as {}, other unset keys (input_marker) are left out.
+    kept = {key: value for key, value in resolved.items() if value is not None}
+    return namedtuple("Plan", ["plan", "reductions"])(
+        {**kept, "dataflow": resolved["dataflow"] or {}}, resolved["reductions"]
     )
 
 
 @component
-def wait_for_input(plan: dict, wait_minutes: int) -> int:
-    """Until the night's images are there (the DAG's sensor); 0 minutes: fail at once when they are not."""
+def wait_for_input(plan: dict, wait_minutes: int) -> dict:
+    """Until the night's images are complete by the plan's input_ready rule (the DAG's sensor); 0 minutes:
+    fail at once when they are not. Returns which rule let the run start and what it saw."""
     from beam_jobs.steps import wait_for_input as wait
 
     return wait(plan, wait_minutes)
@@ -129,7 +144,7 @@ def validate_extraction(plan: dict, metrics: Output[Metrics]) -> dict:
 @component
 def reduce_dim(
     plan: dict,
-    method: str,
+    reduction: dict,
     map_points: int,
     thumbnail_budget_mb: float,
     mosaic_grid: int,
@@ -139,14 +154,23 @@ def reduce_dim(
     map_summary: Output[Markdown],
     gcp_resources: OutputPath(str),
 ) -> dict:
-    """python -m beam_jobs.reduce_dim --method <method>; the map as HTML, the figures as metrics."""
+    """python -m beam_jobs.reduce_dim for one (model, method); the map as HTML, the figures as metrics."""
+    from beam_jobs.nightly import reduction_key
     from beam_jobs.steps import projection_report, reduce_step
 
-    job = reduce_step(plan, method, map_points, thumbnail_budget_mb, mosaic_grid, gcp_resources)
-    projection_report(plan, method, map_html.path, map_summary.path, metrics.log_metric)
-    projections.uri = plan["projections"][method]
-    projections.metadata.update({"ds": plan["ds"], "method": method, **job})
-    return {"task": f"reduce_{method}", **job}
+    job = reduce_step(plan, reduction, map_points, thumbnail_budget_mb, mosaic_grid, gcp_resources)
+    projection_report(plan, reduction, map_html.path, map_summary.path, metrics.log_metric)
+    projections.uri = reduction["dir"]
+    projections.metadata.update({"ds": plan["ds"], "model": reduction["model"], "method": reduction["method"], **job})
+    return {"task": reduction_key(reduction), **job}
+
+
+@component
+def compare_models(plan: dict) -> dict:
+    """Two or more models: python -m beam_jobs.compare (comparison.json, comparison.png); else nothing."""
+    from beam_jobs.steps import compare_step
+
+    return compare_step(plan)
 
 
 @component
@@ -161,14 +185,24 @@ def build_index(plan: dict, index: Output[Dataset], gcp_resources: OutputPath(st
 
 
 @component
-def publish(plan: dict, extraction: dict, extract_job: dict, reduce_jobs: list, index_job: dict) -> dict:
+def publish(
+    plan: dict,
+    extraction: dict,
+    extract_job: dict,
+    reduce_jobs: list,
+    index_job: dict,
+    comparison: dict,
+    input_ready: dict,
+    cost_jump_ratio: float,
+) -> dict:
     """The run record (counts, throughput, where the maps are) to <output_root>/runs/ds=<ds>/run.json."""
     from beam_jobs.steps import publish_step
 
     jobs = {"extract_embeddings": extract_job, **{job.pop("task"): job for job in reduce_jobs}}
     if plan["index"]:
         jobs["build_index"] = index_job
-    return publish_step(plan, extraction, jobs)
+    # The record reads comparison.json itself when the plan compared models (``comparison`` orders this step).
+    return publish_step(plan, extraction, jobs, input_ready, cost_jump_ratio)
 
 
 def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
@@ -184,17 +218,17 @@ def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(name="reduce-methods", description="One reduce_dim step per selected method, in parallel")
+@dsl.pipeline(name="reduce-methods", description="One reduce_dim step per (model, method), in parallel")
 def reduce_methods(
-    plan: dict, methods: list, map_points: int, thumbnail_budget_mb: float, mosaic_grid: int
+    plan: dict, reductions: list, map_points: int, thumbnail_budget_mb: float, mosaic_grid: int
 ) -> list[dict]:
     # A pipeline of its own so the step after it (publish) depends on one task: kfp.local runs loops
     # only after every plain task of the same DAG.
-    with dsl.ParallelFor(methods, name="methods") as method:
+    with dsl.ParallelFor(reductions, name="reductions") as reduction:
         reduce = _retry(
             reduce_dim(
                 plan=plan,
-                method=method,
+                reduction=reduction,
                 map_points=map_points,
                 thumbnail_budget_mb=thumbnail_budget_mb,
                 mosaic_grid=mosaic_grid,
@@ -213,13 +247,14 @@ def nightly_pipeline(run_times: bool = True):
     )
 
     @dsl.pipeline(
-        name=PIPELINE_NAME, description="Embed the night's images, reduce to 2D (PCA, UMAP), publish the maps"
+        name=PIPELINE_NAME,
+        description="Embed the night's images with one or more models, reduce to 2D (PCA, UMAP), publish the maps",
     )
     def image_embeddings(
         input: str,
         output_root: str,
         weights: str = "imagenet",
-        model: str = DEFAULT_MODEL,
+        models: list = [DEFAULT_MODEL],  # noqa: B006 - a KFP default value, never mutated
         engine: str = DEFAULT_ENGINE,
         precision: str = PRECISION_AUTO,
         methods: list = list(METHODS),  # noqa: B006 - a KFP default value, never mutated
@@ -238,6 +273,10 @@ def nightly_pipeline(run_times: bool = True):
         novelty_rate_alert: float = DRIFT_DEFAULTS["novelty_rate_alert"],
         mean_shift_alert: float = DRIFT_DEFAULTS["mean_shift_alert"],
         input_wait_minutes: int = 360,
+        input_ready: str = DEFAULT_INPUT_READY,
+        input_settle_minutes: float = DEFAULT_SETTLE_MINUTES,
+        input_marker: str = DEFAULT_INPUT_MARKER,
+        cost_jump_ratio: float = 2.0,
         map_points: int = REDUCE_DEFAULTS["html_points"],
         thumbnail_budget_mb: float = REDUCE_DEFAULTS["thumbnail_budget_mb"],
         mosaic_grid: int = REDUCE_DEFAULTS["mosaic_grid"],
@@ -247,6 +286,7 @@ def nightly_pipeline(run_times: bool = True):
         staging_location: str = "",
         sdk_container_image: str = WORKER_IMAGE,
         setup_file: str = "",
+        flexrs_goal: str = "",
         ds: str = "",
     ):
         """``input`` may hold ``{{ ds }}`` (the run's date); ``ds`` empty: the recurring run's scheduled date."""
@@ -254,7 +294,7 @@ def nightly_pipeline(run_times: bool = True):
             plan(
                 input=input,
                 output_root=output_root,
-                model=model,
+                models=models,
                 weights=weights,
                 engine=engine,
                 precision=precision,
@@ -279,6 +319,10 @@ def nightly_pipeline(run_times: bool = True):
                 staging_location=staging_location,
                 sdk_container_image=sdk_container_image,
                 setup_file=setup_file,
+                flexrs_goal=flexrs_goal,
+                input_ready=input_ready,
+                input_settle_minutes=input_settle_minutes,
+                input_marker=input_marker,
                 ds=ds,
                 run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 scheduled_time=times[0],
@@ -286,18 +330,21 @@ def nightly_pipeline(run_times: bool = True):
             ),
             retries=0,
         )
+        if ALLOWED_ROOTS:
+            planned.set_env_variable("IMAGE_EMBEDDINGS_ALLOWED_ROOTS", ALLOWED_ROOTS)
         the_plan = planned.outputs["plan"]
         waited = _retry(wait_for_input(plan=the_plan, wait_minutes=input_wait_minutes), retries=0)
         extract = _retry(extract_embeddings(plan=the_plan).after(waited))
         validated = _retry(validate_extraction(plan=the_plan).after(extract), retries=0)
         reduced = reduce_methods(
             plan=the_plan,
-            methods=planned.outputs["methods"],
+            reductions=planned.outputs["reductions"],
             map_points=map_points,
             thumbnail_budget_mb=thumbnail_budget_mb,
             mosaic_grid=mosaic_grid,
         ).after(validated)
         indexed = _retry(build_index(plan=the_plan).after(validated))
+        compared = _retry(compare_models(plan=the_plan).after(validated), retries=0)
         _retry(
             publish(
                 plan=the_plan,
@@ -305,6 +352,9 @@ def nightly_pipeline(run_times: bool = True):
                 extract_job=extract.outputs["Output"],
                 reduce_jobs=reduced.output,
                 index_job=indexed.outputs["Output"],
+                comparison=compared.outputs["Output"],
+                input_ready=waited.output,
+                cost_jump_ratio=cost_jump_ratio,
             ),
             retries=1,
         )

@@ -34,6 +34,16 @@ def main(output_root: str, ds: str) -> int:
         if projection.get("map_mosaic"):
             print(f"  {method:<5} mosaic: {projection['map_mosaic']}")
         print(f"  {method:<5} rows:  {projection['dir']}/{PROJECTION_FILES} ({projection['rows']} rows)")
+    for name, model in (record.get("models") or {}).items():
+        if len(record["models"]) < 2 or model["model_id"] == record.get("model_id"):
+            continue  # one model, or the first one: its maps are the ones above
+        for method, projection in model["projections"].items():
+            print(f"  {name} {method} map: {projection['map_html']}")
+    if record.get("comparison"):
+        print(f"  comparison:  {record['comparison']['comparison_json']}")
+        for pair in record["comparison"]["pairs"]:
+            figures = ", ".join(f"{k} {v}" for k, v in pair.items() if k not in ("models", "images"))
+            print(f"    {' vs '.join(pair['models'])}: {figures}")
     print(f"  run record:  {record_path}")
     return 0
 

@@ -39,6 +39,8 @@ def conf_for(root: Path, **overrides) -> dict:
         "methods": ["pca"],
         "max_failure_rate": 0.5,
         "input_wait_minutes": 0,
+        # The images are staged just before the run: they have not settled (test_input_ready waits for that).
+        "input_ready": "any",
         # The index job adds a Beam run per night: on only where a test asks (test_dag's first night).
         "index": False,
         **overrides,

@@ -32,6 +32,12 @@ os.environ.update(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
     }
 )
+# The deployment's fence for input, output and weights paths (beam_jobs.nightly.allowed_roots): the
+# tests' folders live under the temp folder, and their gs:// paths in these made-up buckets.
+TEST_BUCKETS = ("gs://b", "gs://bucket", "gs://m", "gs://acme-images", "gs://acme-out", "gs://acme-models")
+os.environ["IMAGE_EMBEDDINGS_ALLOWED_ROOTS"] = ",".join(
+    [tempfile.gettempdir(), *("/x", "/i", "/o"), *TEST_BUCKETS]  # /x, /i, /o: test_runs' paths never read
+)
 # What Airflow does for its own processes: the plugins folder is importable.
 sys.path.insert(0, os.path.join(ROOT, "plugins"))
 

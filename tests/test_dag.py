@@ -18,7 +18,7 @@ import pytest
 
 from tests.airflow_support import DAG_FILE, conf_for, load_dagbag, run_dag, stage_images, task_states
 
-BEAM_TASKS = {"extract_embeddings", "reduce_pca", "reduce_umap", "build_index"}
+BEAM_TASKS = {"extract_embeddings", "reduce", "build_index"}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,11 @@ def test_dag_serializes_with_its_xcom_args(dag, serialized):
 
     data = DagSerialization.to_dict(dag)
     assert set(serialized.task_dict) == set(dag.task_dict)
-    (umap,) = (t["__var"] for t in data["dag"]["tasks"] if t["__var"]["task_id"] == "reduce_umap")
-    assert "key='projections_dir_umap'" in umap["pipeline_options"]["output"]
+    tasks = {t["__var"]["task_id"]: t["__var"] for t in data["dag"]["tasks"]}
+    assert "key='model_id'" in tasks["build_index"]["pipeline_options"]["model_id"]
+    # The mapped reduce expands over what the reductions task returns (one instance per model and method).
+    assert "'task_id': 'reductions'" in str(tasks["reduce"]["expand_input"])
+    assert "'task_id': 'reductions'" in str(tasks["reduce_done"]["expand_input"])
 
 
 def test_schedule_and_defaults(dag):
@@ -102,21 +105,25 @@ def test_structure(dag):
 
     # The Beam tasks and *_done sensors take plan's values as XComArgs, which makes them its
     # direct downstream too (besides the chain plan -> wait_for_input -> ...).
-    assert down("plan") == {"wait_for_input", "validate_extraction", "choose_methods", "choose_index", "publish"} | {
-        *BEAM_TASKS,
-        *(f"{t}_done" for t in BEAM_TASKS),
-    }
+    assert down("plan") == {
+        "wait_for_input",
+        "validate_extraction",
+        "reductions",
+        "compare_models",
+        "choose_index",
+        "publish",
+    } | {*BEAM_TASKS, *(f"{t}_done" for t in BEAM_TASKS)}
     assert down("wait_for_input") == {"extract_embeddings"}
     assert down("extract_embeddings") == {"extract_embeddings_done"}
     assert down("extract_embeddings_done") == {"validate_extraction"}
-    assert down("validate_extraction") == {"choose_methods", "choose_index", "publish"}
+    assert down("validate_extraction") == {"reductions", "compare_models", "choose_index", "build_index", "publish"}
     assert down("choose_index") == {"build_index"}
     assert down("build_index") == {"build_index_done"}
     assert down("build_index_done") == {"publish"}
-    assert down("choose_methods") == {"reduce_pca", "reduce_umap"}
-    assert down("reduce_pca") == {"reduce_pca_done"}
-    assert down("reduce_umap") == {"reduce_umap_done"}
-    assert down("reduce_pca_done") == down("reduce_umap_done") == {"publish"}
+    # One mapped reduce (and its wait) for every (model, method) pair, whatever the night asks for.
+    assert down("reductions") == {"reduce", "reduce_done"}
+    assert down("reduce") == {"reduce_done"}
+    assert down("reduce_done") == down("compare_models") == {"publish"}
     assert dag.get_task("publish").trigger_rule == "none_failed_min_one_success"
     assert [o.name for o in dag.get_task("publish").outlets] == ["image_embeddings_maps"]
 
@@ -130,7 +137,7 @@ def test_retries_backoff_and_fail_fast_tasks(dag):
             assert task.max_retry_delay.total_seconds() == 1800
             assert task.execution_timeout is not None
     # Decisions on parameters and data are not transient: they fail once, without retries.
-    for task_id in ("plan", "wait_for_input", "validate_extraction", "choose_methods", "choose_index"):
+    for task_id in ("plan", "wait_for_input", "validate_extraction", "reductions", "compare_models", "choose_index"):
         assert dag.get_task(task_id).retries == 0
 
 
@@ -139,8 +146,6 @@ def test_beam_tasks_launch_the_job_modules(dag):
 
     for task_id, module in (
         ("extract_embeddings", "beam_jobs.extract_embeddings"),
-        ("reduce_pca", "beam_jobs.reduce_dim"),
-        ("reduce_umap", "beam_jobs.reduce_dim"),
         ("build_index", "beam_jobs.build_index"),
     ):
         task = dag.get_task(task_id)
@@ -148,7 +153,11 @@ def test_beam_tasks_launch_the_job_modules(dag):
         assert task.py_file == module
         assert task.py_options == ["-m"]
         assert task.runner == "{{ params.runner }}"
-    assert dag.get_task("reduce_umap").pipeline_options["method"] == "umap"
+    reduce = dag.get_task("reduce")  # mapped: its class and the arguments every instance shares
+    assert reduce.operator_class is NightlyBeamOperator
+    assert reduce.partial_kwargs["job"] == "reduce_dim"
+    assert reduce.partial_kwargs["runner"] == "{{ params.runner }}"
+    assert "ti.map_index" in reduce.partial_kwargs["dataflow_config"]["job_name"]
 
 
 def test_params_defaults_are_valid_and_come_from_the_contract(dag):
@@ -158,7 +167,7 @@ def test_params_defaults_are_valid_and_come_from_the_contract(dag):
     assert set(dag.params) >= {
         "input",
         "output_root",
-        "model",
+        "models",
         "weights",
         "methods",
         "runner",
@@ -171,8 +180,8 @@ def test_params_defaults_are_valid_and_come_from_the_contract(dag):
         return dag.params.get_param(name).schema
 
     # The form offers exactly what the jobs accept (beam_jobs.contract, imported: no copies to keep equal).
-    assert schema("model")["enum"] == list(contract.MODELS)
-    assert dag.params["model"] == contract.DEFAULT_MODEL
+    assert schema("models")["items"]["enum"] == list(contract.MODELS)
+    assert dag.params["models"] == [contract.DEFAULT_MODEL]
     assert schema("batch_size")["maximum"] == contract.MAX_BATCH_SIZE
     assert dag.params["batch_size"] == contract.DEFAULT_BATCH_SIZE
     assert schema("methods")["items"]["enum"] == list(contract.METHODS)
@@ -193,7 +202,9 @@ def test_params_defaults_are_valid_and_come_from_the_contract(dag):
         {"batch_size": 1025},
         {"batch_size": "32"},
         {"max_failure_rate": 1.5},
-        {"model": "vgg16"},
+        {"models": ["vgg16"]},
+        {"models": []},
+        {"models": ["resnet50", "resnet50"]},
         {"weights": ""},
         {"output_root": ""},
     ],
@@ -223,16 +234,19 @@ def parquet_rows(folder: str, prefix: str) -> list[dict]:
 
 
 NIGHT = "2026-11-20"  # 12 photos and a broken file, both methods
-RERUN = "2026-11-18"  # 3 photos, then a late one and the date run again (PCA only)
+RERUN = "2026-11-18"  # 3 photos, then a late one and the date run again (PCA only), the re-run with two models
+TWO_MODELS = ["resnet50", "mobilenet_v3_large"]
 
 
 @pytest.fixture(scope="module")
 def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     """Three dag.test() runs into one output root, asserted on by the tests below: a whole night with both
-    methods, another date, and that date re-run after a late image arrived (a backfill's re-run).
+    methods, another date, and that date re-run after a late image arrived (a backfill's re-run), the re-run
+    with a second, cheap model added (one extraction pass, a map each, the comparison report).
 
     The other date runs with reference_policy fixed: its first run fits the reference, the re-run only
-    transforms with it; and its photos are among the first night's, so skip_known reuses their vectors.
+    transforms with it; and its photos are among the first night's, so the first run's skip_known reuses
+    their vectors (the re-run's two models embed every image: skip_known is for one-model runs).
     """
     root = tmp_path_factory.mktemp("nights")
     images = {NIGHT: stage_images(sample_dir, root, NIGHT, count=12, broken=True)}
@@ -243,8 +257,19 @@ def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     projection = root / "out" / "projections" / "method=pca" / f"ds={RERUN}"
     first_coords = {r["image_uri"]: (r["x"], r["y"]) for r in parquet_rows(str(projection), "projection")}
     images[RERUN] = stage_images(sample_dir, root, RERUN, 4)  # the late image arrives
-    again = run_dag(dag, RERUN, fixed)
-    return root, images, {"night": night, "first": first, "again": again, "first_coords": first_coords}
+    first_manifest = json.loads((root / "out" / "embeddings" / f"ds={RERUN}" / "manifest.json").read_text())
+    again = run_dag(dag, RERUN, {**fixed, "models": TWO_MODELS})
+    return (
+        root,
+        images,
+        {
+            "night": night,
+            "first": first,
+            "again": again,
+            "first_coords": first_coords,
+            "first_manifest": first_manifest,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -254,8 +279,10 @@ def test_nightly_run_end_to_end(nights):
     assert str(dr.state) == "success", task_states(dr)
     # Local runner: the jobs ran inside the Beam tasks; the *_done tasks pass straight through.
     assert {t: s for t, s in task_states(dr).items() if t.endswith("_done")} == dict.fromkeys(
-        ("extract_embeddings_done", "reduce_pca_done", "reduce_umap_done", "build_index_done"), "success"
+        ("extract_embeddings_done", "reduce_done", "build_index_done"), "success"
     )
+    assert sorted(ti.map_index for ti in dr.get_task_instances() if ti.task_id == "reduce") == [0, 1]
+    assert task_states(dr)["compare_models"] == "skipped"  # one model
     out = root / "out"
     emb = out / "embeddings" / f"ds={ds}"
     rows = parquet_rows(str(emb), "embeddings")
@@ -305,6 +332,7 @@ def test_rerun_of_a_date_replaces_its_partitions_whole(nights):
         assert str(runs[name].state) == "success", (name, task_states(runs[name]))
     out = root / "out"
     emb = parquet_rows(str(out / "embeddings" / f"ds={RERUN}"), "embeddings")
+    emb = [r for r in emb if r["model_id"].startswith("resnet50/")]  # the re-run added a second model
     proj = parquet_rows(str(out / "projections" / "method=pca" / f"ds={RERUN}"), "projection")
     assert sorted(r["image_uri"] for r in emb) == images[RERUN]
     assert sorted(r["image_uri"] for r in proj) == images[RERUN]
@@ -324,9 +352,46 @@ def test_rerun_of_a_date_replaces_its_partitions_whole(nights):
     assert reference["dir"] == str(out / "references" / "method=pca" / "fixed")
     assert (reference["mode"], reference["partitions"]) == ("loaded", [RERUN])
     assert record["projections"]["pca"]["drift"]["rows"] == 4
-    # skip_known (on by default): the photos were embedded on the first night already.
+    # skip_known (on by default): the first run's photos were embedded on the first night already.
+    first = runs["first_manifest"]
+    assert (first["reused"], first["computed"], first["known_partitions"]) == (3, 0, [f"ds={NIGHT}"])
     manifest = json.loads((out / "embeddings" / f"ds={RERUN}" / "manifest.json").read_text())
-    assert (manifest["reused"], manifest["computed"], manifest["known_partitions"]) == (4, 0, [f"ds={NIGHT}"])
+    assert manifest["skip_known"] is False  # two models: each embeds every image
+    assert manifest["reused"] == 0
+
+
+@pytest.mark.slow
+def test_two_models_one_night_maps_each_and_compares_them(nights):
+    """The re-run with models=[resnet50, mobilenet_v3_large]: both models' rows in the one partition, a PCA map
+    each (the first where a single-model night puts it), the comparison report, the record grouped by model."""
+    root, images, runs = nights
+    dr = runs["again"]
+    assert str(dr.state) == "success", task_states(dr)
+    assert task_states(dr)["compare_models"] == "success"
+    out = root / "out"
+    manifest = json.loads((out / "embeddings" / f"ds={RERUN}" / "manifest.json").read_text())
+    assert set(manifest["models"]) == set(TWO_MODELS)  # JSON keys are sorted; the top level names the first
+    assert manifest["model"] == TWO_MODELS[0]
+    rows = parquet_rows(str(out / "embeddings" / f"ds={RERUN}"), "embeddings")
+    for name, dim in zip(TWO_MODELS, (2048, 960), strict=True):
+        mine = [r for r in rows if r["model_id"] == manifest["models"][name]["model_id"]]
+        assert sorted(r["image_uri"] for r in mine) == images[RERUN]
+        assert {len(r["embedding"]) for r in mine} == {dim}
+    second = out / "projections" / "model=mobilenet_v3_large" / "method=pca" / f"ds={RERUN}"
+    second_rows = parquet_rows(str(second), "projection")
+    assert {r["model_id"] for r in second_rows} == {manifest["models"]["mobilenet_v3_large"]["model_id"]}
+    assert len(second_rows) == len(images[RERUN])
+    comparison = json.loads((out / "comparisons" / f"ds={RERUN}" / "comparison.json").read_text())
+    (pair,) = comparison["comparisons"]
+    assert pair["models"] == TWO_MODELS
+    assert pair["images"] == len(images[RERUN])
+    assert (out / "comparisons" / f"ds={RERUN}" / "comparison.png").stat().st_size > 1000
+    record = json.loads((out / "runs" / f"ds={RERUN}" / "run.json").read_text())
+    assert set(record["models"]) == set(TWO_MODELS)
+    assert record["models"]["mobilenet_v3_large"]["projections"]["pca"]["dir"] == str(second)
+    assert record["models"]["resnet50"]["projections"]["pca"] == record["projections"]["pca"]
+    assert record["comparison"]["pairs"][0]["models"] == TWO_MODELS
+    assert record["model_id"] == manifest["models"]["resnet50"]["model_id"]
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ record = {{
     "module": module, "args": args, "beam_args": beam_args, "cfg": {{k: str(v) for k, v in vars(cfg).items()}},
     "runner": opts.view_as(StandardOptions).runner, "project": gcp.project, "region": gcp.region,
     "temp_location": gcp.temp_location, "staging_location": gcp.staging_location, "job_name": gcp.job_name,
-    "labels": gcp.labels, "setup_file": opts.view_as(SetupOptions).setup_file,
+    "labels": gcp.labels, "flexrs_goal": gcp.flexrs_goal, "setup_file": opts.view_as(SetupOptions).setup_file,
     "sdk_container_image": opts.view_as(WorkerOptions).sdk_container_image,
     "experiments": opts.view_as(DebugOptions).experiments,
     "harness_threads": opts.view_as(DebugOptions).number_of_worker_harness_threads,
@@ -71,11 +71,15 @@ print("INFO apiclient: Created job with id: [{job_id}]", file=sys.stderr, flush=
 class RecordingTI:
     """The slice of a task instance that rendering and the Beam operator use: XCom in and out."""
 
-    def __init__(self, xcoms: dict[tuple[str, str], Any]):
+    def __init__(self, xcoms: dict[tuple, Any], map_index: int = -1):
         self.xcoms = xcoms
+        self.map_index = map_index
         self.pushed: dict[str, Any] = {}
 
-    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", **_):
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", map_indexes: int | None = None, **_):
+        """Keys (task, key), or (task, key, map index) for a mapped task's instance."""
+        if map_indexes is not None and map_indexes >= 0:
+            return self.xcoms.get((task_ids, key, map_indexes))
         return self.xcoms.get((task_ids, key))
 
     def xcom_push(self, key: str, value: Any, **_) -> None:
@@ -100,6 +104,8 @@ def dataflow_plan(dag):
         "output_root": "gs://acme-out/nightly",
         "weights": "gs://acme-models/resnet50_notop.h5",
         "methods": ["pca", "umap"],
+        "models": ["resnet50", "mobilenet_v3_large"],
+        "flexrs_goal": "COST_OPTIMIZED",
     }
     run_id = f"scheduled__{DS}T03:00:00+00:00"
     plan = build_plan(params, DS, run_id, f"gs://acme-images/ds={DS}/*.jpg", DATAFLOW)
@@ -111,9 +117,17 @@ def plan_xcoms(plan: dict) -> dict[tuple[str, str], Any]:
     return {("plan", "return_value"): plan, **{("plan", key): value for key, value in plan.items()}}
 
 
-def render(dag, task_id: str, params: dict, xcoms: dict) -> tuple[Any, dict]:
-    task = dag.get_task(task_id).prepare_for_execution()
-    ti = RecordingTI(xcoms)
+def render(
+    dag, task_id: str, params: dict, xcoms: dict, mapped: dict | None = None, map_index: int = -1
+) -> tuple[Any, dict]:
+    """The task as a worker runs it, templates rendered; a mapped task's instance ``map_index`` from the
+    values ``mapped`` it expands with."""
+    task = dag.get_task(task_id)
+    if mapped is not None:
+        task = task.unmap(mapped)
+        task.dag = dag
+    task = task.prepare_for_execution()
+    ti = RecordingTI(xcoms, map_index)
     context = {
         "params": params,
         "ti": ti,
@@ -155,12 +169,13 @@ def launcher(tmp_path, monkeypatch) -> tuple[str, Path]:
             },
         ),
         (
-            "reduce_umap",
+            "reduce",
             "beam_jobs.reduce_dim",
             {
                 "inputs": "('gs://acme-out/nightly/embeddings/ds=2026-11-20',)",
-                "output": "gs://acme-out/nightly/projections/method=umap/ds=2026-11-20",
+                "output": "gs://acme-out/nightly/projections/model=mobilenet_v3_large/method=umap/ds=2026-11-20",
                 "method": "umap",
+                "model_id": "mobilenet-id",
             },
         ),
     ],
@@ -171,10 +186,16 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus  # noqa: F401 - provider present
     from airflow.sdk.exceptions import TaskDeferred
 
+    from beam_jobs.launch import reduce_options
     from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger
 
     params, plan = dataflow_plan
-    task, context = render(dag, task_id, params, plan_xcoms(plan))
+    mapped = None
+    if task_id == "reduce":  # the mapped instance of (mobilenet_v3_large, umap), as the reductions task lists it
+        (umap,) = [r for r in plan["reductions"] if r["model"] == "mobilenet_v3_large" and r["method"] == "umap"]
+        flags = reduce_options(plan, "umap", 100, 1.0, 0, reduction=umap, model_id="mobilenet-id")
+        mapped = {"pipeline_options": flags}
+    task, context = render(dag, task_id, params, plan_xcoms(plan), mapped, map_index=3)
     interpreter, record_file = launcher
     task.py_interpreter = interpreter
     with pytest.raises(TaskDeferred) as deferred:
@@ -195,8 +216,11 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     # One SDK process per worker VM, whose engine uses every vCPU (README, "Performance").
     assert "no_use_multiple_sdk_containers" in launched["experiments"]
     assert launched["harness_threads"] == 4
+    assert launched["flexrs_goal"] == "COST_OPTIMIZED"  # the param, as Beam's own option
     # Dataflow job names: lowercase letters, digits and hyphens; the provider adds a unique suffix.
-    assert launched["job_name"].startswith(f"image-embeddings-{task_id.replace('_', '-')}-20261120-")
+    # Mapped instances run at once: the map index keeps their job names apart.
+    name = task_id.replace("_", "-") + ("-3" if mapped else "")
+    assert launched["job_name"].startswith(f"image-embeddings-{name}-20261120-")
     assert all(c.islower() or c.isdigit() or c == "-" for c in launched["job_name"])
     assert not any(a.startswith("--wait") for a in launched["args"])
 
@@ -210,19 +234,23 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
 
 def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, dataflow_plan):
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
     from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
 
     params, plan = dataflow_plan
-    for beam_task in ("extract_embeddings", "reduce_pca", "reduce_umap"):
-        xcoms = {**plan_xcoms(plan), (beam_task, "dataflow_job_id"): f"{JOB_ID}-{beam_task}"}
-        sensor, context = render(dag, f"{beam_task}_done", params, xcoms)
+    # Unmapped, and the mapped reduce_done's instances, each waiting on its own reduce instance's job.
+    cases = [("extract_embeddings", None, -1), ("build_index", None, -1), ("reduce", {"job": {}}, 0)]
+    cases.append(("reduce", {"job": {}}, 3))
+    for beam_task, mapped, index in cases:
+        key = (beam_task, "dataflow_job_id") if index < 0 else (beam_task, "dataflow_job_id", index)
+        xcoms = {**plan_xcoms(plan), key: f"{JOB_ID}-{beam_task}{index}"}
+        sensor, context = render(dag, f"{beam_task}_done", params, xcoms, mapped, index)
         with pytest.raises(TaskDeferred) as deferred:
             sensor.execute(context)
         trigger = deferred.value.trigger
         assert isinstance(trigger, CancellingJobStatusTrigger)
-        assert trigger.job_id == f"{JOB_ID}-{beam_task}"
+        assert trigger.job_id == f"{JOB_ID}-{beam_task}{index}"
         assert trigger.expected_statuses == {DataflowJobStatus.JOB_STATE_DONE}
         assert (trigger.project_id, trigger.location) == ("acme-ml", "europe-west4")
         assert deferred.value.method_name == "execute_complete"
@@ -232,25 +260,134 @@ def test_done_sensor_waits_on_the_beam_tasks_job_id_in_the_triggerer(dag, datafl
         rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
         assert rebuilt.serialize() == (classpath, kwargs)
 
-    # A job that ended badly fails the sensor outright (retrying it would poll a dead job).
-    failed = f"Job with id '{JOB_ID}' is already in terminal state: JOB_STATE_FAILED"
-    with pytest.raises(AirflowFailException, match=r"did not finish: .*JOB_STATE_FAILED.*Clear reduce_umap"):
-        sensor.execute_complete(context, {"status": "error", "message": failed})
-    # The polling failing (API, credentials) is worth a retry: the retry polls the same job.
-    with pytest.raises(AirflowException, match=r"could not check Dataflow job .*503") as polled:
-        sensor.execute_complete(context, {"status": "error", "message": "503 Service Unavailable"})
-    assert not isinstance(polled.value, AirflowFailException)
     # No job id (the launcher never logged one) is a clear failure, not a wait on "None".
     sensor, context = render(dag, "extract_embeddings_done", params, plan_xcoms(plan))
     with pytest.raises(AirflowFailException, match="left no dataflow_job_id"):
         sensor.execute(context)
 
 
+class StandInHook:
+    """Dataflow's API at the sensor's one call per question: get_job and the job's metrics."""
+
+    def __init__(self, job: dict | Exception, metrics: dict | None = None):
+        self.job, self.metrics, self.calls = job, metrics or {"metrics": []}, []
+
+    def get_job(self, job_id, project_id=None, location=None):
+        self.calls.append(("get_job", job_id, project_id, location))
+        if isinstance(self.job, Exception):
+            raise self.job
+        return self.job
+
+    def fetch_job_metrics_by_id(self, job_id, project_id=None, location=None):
+        self.calls.append(("metrics", job_id, project_id, location))
+        return self.metrics
+
+
+@pytest.fixture
+def done_sensor(dag, dataflow_plan):
+    params, plan = dataflow_plan
+    xcoms = {**plan_xcoms(plan), ("reduce", "dataflow_job_id", 1): JOB_ID}
+    sensor, context = render(dag, "reduce_done", params, xcoms, {"job": {}}, 1)
+    assert sensor.job_id == JOB_ID  # the job of its own map index
+    sensor.project_id, sensor.location = "acme-ml", "europe-west4"
+    return sensor, context
+
+
+@pytest.mark.parametrize(
+    ("state", "outcome"),
+    [
+        ("JOB_STATE_DONE", "done"),
+        ("JOB_STATE_FAILED", "fail: failed"),
+        ("JOB_STATE_CANCELLED", "fail: was cancelled"),
+        ("JOB_STATE_DRAINED", "fail: was drained"),
+        ("JOB_STATE_UPDATED", "fail: was replaced by another job"),
+        ("JOB_STATE_RUNNING", "retry: still JOB_STATE_RUNNING"),
+        ("JOB_STATE_PAUSED_FOR_AUDIT", "retry: does not know"),  # a state newer than this code
+    ],
+)
+def test_done_sensor_decides_from_the_jobs_state_not_the_message(done_sensor, state, outcome):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    sensor, context = done_sensor
+    hook = StandInHook({"currentState": "JOB_STATE_RUNNING"}, {"metrics": []})
+    sensor.__dict__["hook"] = hook  # the provider's cached hook property
+    # The message is misleading on purpose: only the state counts.
+    event = {"status": "ended", "state": state, "job_id": JOB_ID, "message": "reached an expected state: DONE"}
+    if outcome == "done":
+        assert sensor.execute_complete(context, event)["state"] == state
+        assert [c[0] for c in hook.calls] == ["metrics"]  # the state came with the event: no get_job
+        return
+    kind, _, words = outcome.partition(": ")
+    with pytest.raises(AirflowException, match=words) as raised:
+        sensor.execute_complete(context, event)
+    # Failing for good (no retries) only for the states that have ended; unknown or running: retried.
+    assert isinstance(raised.value, AirflowFailException) is (kind == "fail")
+    if kind == "fail":
+        assert "Clear reduce " in str(raised.value)
+    assert hook.calls == []
+
+
+def test_done_sensor_reads_the_state_once_when_polling_failed(done_sensor):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    sensor, context = done_sensor
+    # The provider's own trigger event (a wording that used to decide): no state, so get_job decides.
+    event = {"status": "error", "message": f"Job with id '{JOB_ID}' is already in terminal state: JOB_STATE_DONE"}
+    sensor.__dict__["hook"] = hook = StandInHook({"id": JOB_ID, "currentState": "JOB_STATE_FAILED"})
+    with pytest.raises(AirflowFailException, match=r"failed .JOB_STATE_FAILED"):
+        sensor.execute_complete(context, event)
+    assert hook.calls == [("get_job", JOB_ID, "acme-ml", "europe-west4")]
+    sensor.__dict__["hook"] = StandInHook({"id": JOB_ID, "currentState": "JOB_STATE_DONE"})
+    assert sensor.execute_complete(context, event)["state"] == "JOB_STATE_DONE"
+    # The API unreachable: retried, and the retry polls the same job.
+    sensor.__dict__["hook"] = StandInHook(ConnectionError("503 Service Unavailable"))
+    with pytest.raises(AirflowException, match=r"could not check Dataflow job .*503") as polled:
+        sensor.execute_complete(context, {"status": "error", "message": "deadline exceeded"})
+    assert not isinstance(polled.value, AirflowFailException)
+
+
+def test_status_trigger_ends_on_any_state_it_does_not_know_to_be_going(monkeypatch):
+    from image_embeddings_airflow.dataflow import CancellingJobStatusTrigger
+
+    class StandInAsyncHook:
+        def __init__(self, states):
+            self.states = list(states)
+
+        async def get_job_status(self, job_id, project_id, location):
+            return self.states.pop(0)
+
+    def events(states):
+        trigger = CancellingJobStatusTrigger(
+            job_id="j1", expected_statuses={"JOB_STATE_DONE"}, project_id="p", location="europe-west4", poll_sleep=0
+        )
+        monkeypatch.setattr(CancellingJobStatusTrigger, "async_hook", StandInAsyncHook(states), raising=False)
+
+        async def collect():
+            return [event.payload async for event in trigger.run()]
+
+        return asyncio.run(collect())
+
+    going = ["JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_DRAINING"]
+    assert events([*going, "JOB_STATE_DRAINED"]) == [{"status": "ended", "state": "JOB_STATE_DRAINED", "job_id": "j1"}]
+    assert events(["JOB_STATE_RUNNING", 99]) == [{"status": "ended", "state": "99", "job_id": "j1"}]
+
+
 def test_done_sensor_passes_through_on_a_local_runner(dag, dataflow_plan):
     params, plan = dataflow_plan
     params = {**params, "runner": "FnApiRunner"}
-    sensor, context = render(dag, "reduce_pca_done", params, plan_xcoms(plan))
-    assert sensor.execute(context) == {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}}
+    sensor, context = render(dag, "reduce_done", params, plan_xcoms(plan), {"job": {}}, 0)
+    passed = {"runner": "FnApiRunner", "job_id": None, "state": None, "metrics": {}, "resources": {}}
+    assert sensor.execute(context) == passed
+    # The Beam task's own measure of its local job (CPU seconds, peak memory) becomes the job's resources:
+    # a mapped instance reads its own Beam instance's (same map index), not another's.
+    used = {"cpu_seconds": 12.5, "peak_memory_mb": 812.0}
+    other = {"cpu_seconds": 99.0, "peak_memory_mb": 1.0}
+    xcoms = {**plan_xcoms(plan), ("reduce", "local_resources", 1): used, ("reduce", "local_resources", 0): other}
+    sensor, context = render(dag, "reduce_done", params, xcoms, {"job": {}}, 1)
+    assert sensor.execute(context)["resources"] == used
+    extract = {**plan_xcoms(plan), ("extract_embeddings", "local_resources"): used}
+    sensor, context = render(dag, "extract_embeddings_done", params, extract)
+    assert sensor.execute(context)["resources"] == used
 
 
 def test_killing_a_deferred_task_cancels_its_dataflow_job(monkeypatch):

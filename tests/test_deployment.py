@@ -122,3 +122,22 @@ def test_worker_image_is_beams_sdk_image_of_the_locked_versions_with_this_packag
     assert all(keyword != "ENTRYPOINT" for keyword, _ in steps), "the SDK image's boot entrypoint must stay"
     for package in ("apache-beam", "tensorflow", "openvino"):
         assert package in locked
+
+
+def test_compose_takes_its_secrets_from_the_environment():
+    """Fernet key, admin login and database password: from the environment (.env), laptop values only as
+    fallbacks, and the README says how to set them for anything else."""
+    text = Path(ROOT, "docker-compose.yaml").read_text()
+    compose = yaml.safe_load(text)
+    env = compose["x-airflow-common"]["environment"]
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == "${AIRFLOW_FERNET_KEY:-}"
+    assert "${POSTGRES_PASSWORD:-airflow}@postgres" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-airflow}"
+    init = compose["services"]["airflow-init"]["environment"]
+    assert init["_AIRFLOW_WWW_USER_PASSWORD"] == "${AIRFLOW_ADMIN_PASSWORD:-airflow}"
+    assert env["IMAGE_EMBEDDINGS_ALLOWED_ROOTS"] == "${IMAGE_EMBEDDINGS_ALLOWED_ROOTS:-/opt/airflow/data}"
+    # No password written out anywhere but as a fallback of a variable.
+    assert not re.search(r"airflow:airflow@|PASSWORD: airflow\b|FERNET_KEY: ''", text)
+    readme = Path(ROOT, "README.md").read_text()
+    for name in ("AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "Fernet.generate_key()"):
+        assert name in readme

@@ -80,17 +80,21 @@ def test_tasks_and_dependencies(compiled):
         "validate-extraction": {"plan", "extract-embeddings"},
         "reduce-methods": {"plan", "validate-extraction"},
         "build-index": {"plan", "validate-extraction"},
-        "publish": {"plan", "extract-embeddings", "validate-extraction", "reduce-methods", "build-index"},
+        "compare-models": {"plan", "validate-extraction"},
+        "publish": {
+            *("plan", "wait-for-input", "extract-embeddings", "validate-extraction"),
+            *("reduce-methods", "build-index", "compare-models"),
+        },
     }
-    # One reduce per selected method: a loop over the plan's methods inside the reduce-methods pipeline.
+    # One reduce per (model, method): a loop over the plan's reductions inside the reduce-methods pipeline.
     inner = compiled["components"]["comp-reduce-methods"]["dag"]["tasks"]
     (loop,) = inner.values()
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--methods"
-    assert loop["taskInfo"]["name"] == "methods"
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--reductions"
+    assert loop["taskInfo"]["name"] == "reductions"
     body = compiled["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert list(body) == ["reduce-dim"]
-    method = body["reduce-dim"]["inputs"]["parameters"]["method"]
-    assert method["componentInputParameter"] == "pipelinechannel--methods-loop-item"
+    reduction = body["reduce-dim"]["inputs"]["parameters"]["reduction"]
+    assert reduction["componentInputParameter"] == "pipelinechannel--reductions-loop-item"
     # The run's figures and maps reach the UI as artifacts.
     outputs = compiled["components"]["comp-reduce-dim"]["outputDefinitions"]["artifacts"]
     assert {name: spec["artifactType"]["schemaTitle"] for name, spec in outputs.items()} == {
@@ -148,7 +152,7 @@ def test_params_are_the_dags(compiled, dag):
     assert params["methods"]["defaultValue"] == list(METHODS) == dag.params["methods"]
     assert params["batch_size"]["defaultValue"] == DEFAULT_BATCH_SIZE == dag.params["batch_size"]
     for name in (
-        "model",
+        "models",
         "engine",
         "precision",
         "runner",
@@ -180,7 +184,7 @@ def test_every_step_runs_in_the_worker_image(compiled):
     from pipelines.image_embeddings_kfp import WORKER_IMAGE
 
     executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 7
+    assert len(executors) == 8
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == WORKER_IMAGE, name
@@ -203,7 +207,7 @@ def test_the_image_is_chosen_when_compiling(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert text.count(f"image: {image}") == 7
+    assert text.count(f"image: {image}") == 8  # one per executor
     assert "image-embeddings-worker:latest" not in text
 
 
@@ -224,7 +228,7 @@ def _rendered_flags(dag, task_id: str, plan: dict) -> list[str]:
 
     task = dag.get_task(task_id).prepare_for_execution()
     xcoms = {("plan", "return_value"): plan, **{("plan", key): value for key, value in plan.items()}}
-    ti = _TI(xcoms)
+    ti = _TI({**xcoms, ("validate_extraction", "model_id"): "primary-model-id"})
     params = {name: dag.params[name] for name in dag.params}
     context = {"params": params, "ti": ti, "task_instance": ti, "task": task, "run_id": plan["run_id"]}
     context.update(ds=DS, ds_nodash=DS.replace("-", ""))
@@ -233,7 +237,7 @@ def _rendered_flags(dag, task_id: str, plan: dict) -> list[str]:
 
 
 def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
-    from beam_jobs.launch import extract_options, index_options, job_command, reduce_options
+    from beam_jobs.launch import extract_options, index_options, job_command, reduction_options
     from beam_jobs.nightly import build_plan
 
     params = {name: dag.params[name] for name in dag.params}
@@ -242,14 +246,19 @@ def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
     extract = job_command("extract_embeddings", extract_options(plan), plan, "extract-embeddings")
     assert extract[:3] == [sys.executable, "-m", "beam_jobs.extract_embeddings"]
     assert sorted(extract[3:]) == sorted(_rendered_flags(dag, "extract_embeddings", plan))
-    for method in ("pca", "umap"):
-        options = reduce_options(
-            plan, method, params["map_points"], params["thumbnail_budget_mb"], params["mosaic_grid"]
+    # The DAG's reduce instances take their flags from its reductions task; the Kubeflow steps build the same.
+    model_ids = {name: f"{name}-id" for name in plan["models"]}
+    extraction = {"models": {name: {"model_id": mid} for name, mid in model_ids.items()}}
+    expanded = dag.get_task("reductions").python_callable(plan, extraction, params=params)
+    assert len(expanded) == len(plan["reductions"]) == len(plan["methods"])
+    for reduction, flags in zip(plan["reductions"], expanded, strict=True):
+        options = reduction_options(
+            plan, reduction, model_ids, params["map_points"], params["thumbnail_budget_mb"], params["mosaic_grid"]
         )
-        command = job_command("reduce_dim", options, plan, f"reduce-{method}")
+        assert options == flags
+        command = job_command("reduce_dim", options, plan, f"reduce-{reduction['method']}")
         assert command[:3] == [sys.executable, "-m", "beam_jobs.reduce_dim"]
-        assert sorted(command[3:]) == sorted(_rendered_flags(dag, f"reduce_{method}", plan))
-    index = job_command("build_index", index_options(plan), plan, "build-index")
+    index = job_command("build_index", index_options(plan, "primary-model-id"), plan, "build-index")
     assert index[:3] == [sys.executable, "-m", "beam_jobs.build_index"]
     assert sorted(index[3:]) == sorted(_rendered_flags(dag, "build_index", plan))
 
@@ -446,7 +455,7 @@ def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp
 
     folder = tmp_path / f"ds={DS}"
     plan = {"input": str(folder / "*")}
-    with pytest.raises(InputMissing, match=r"no input: '.*ds=2026-11-20/\*' matched no file after waiting 0 minute"):
+    with pytest.raises(InputMissing, match=r"no input: '.*ds=2026-11-20/\*' was not ready .* 0 minute.*no file"):
         wait_for_input(plan, 0)
     naps: list[float] = []
 
@@ -455,7 +464,7 @@ def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp
         folder.mkdir(exist_ok=True)
         (folder / f"img_{len(naps)}.jpg").write_bytes(b"x")
 
-    assert wait_for_input(plan, 10, poke_s=300, sleep=land_images) == 1
+    assert wait_for_input(plan, 10, poke_s=300, sleep=land_images)["files"] == 1
     assert naps == [300]
     with pytest.raises(InputMissing, match=r"after waiting 0\.001 minute"):
         wait_for_input({"input": str(tmp_path / "never" / "*")}, 0.001, poke_s=0.01)
@@ -571,10 +580,11 @@ def test_submit_refuses_a_half_range_before_contacting_anything(capsys):
 NIGHT_PARAMS = {
     "index": True,  # the build-index step once through each orchestrator
     "weights": "random",
-    "model": "mobilenet_v3_large",
+    "models": ["mobilenet_v3_large"],
     "engine": "tf",
     "max_failure_rate": 0.5,
     "input_wait_minutes": 0,
+    "input_ready": "any",  # staged just before the run: not settled (test_input_ready covers the wait)
 }
 
 

@@ -192,7 +192,7 @@ def test_plan_resolves_each_policys_reference_folder(tmp_path):
     from beam_jobs.nightly import build_plan, reference_key, rolling_anchor
 
     base = {
-        "input": "/in/*",
+        "input": "/i/in/*",
         "output_root": str(tmp_path),
         "methods": ["pca", "umap"],
         "runner": "FnApiRunner",
@@ -201,22 +201,22 @@ def test_plan_resolves_each_policys_reference_folder(tmp_path):
         "batch_size": 8,
         "max_failure_rate": 0.1,
     }
-    refit = build_plan(base, "2026-11-20", "r", "/in/*")
+    refit = build_plan(base, "2026-11-20", "r", "/i/in/*")
     assert refit["references"] == {"pca": "", "umap": ""}
     assert refit["fit_reference"] is False
-    fixed = build_plan({**base, "reference_policy": "fixed"}, "2026-11-20", "r", "/in/*")
+    fixed = build_plan({**base, "reference_policy": "fixed"}, "2026-11-20", "r", "/i/in/*")
     assert fixed[reference_key("pca")] == f"{tmp_path}/references/method=pca/fixed"
     assert fixed["fit_reference"] is True
-    chosen = build_plan({**base, "reference_policy": "fixed", "reference": "gs://b/ref/"}, "2026-11-20", "r", "/in/*")
+    chosen = build_plan({**base, "reference_policy": "fixed", "reference": "gs://b/ref/"}, "2026-11-20", "r", "/i/in/*")
     assert chosen["references"]["umap"] == "gs://b/ref/method=umap"
     rolling = {**base, "reference_policy": "rolling", "reference_every_days": 7, "reference_window_days": 14}
     nights = [f"2026-11-{day:02d}" for day in range(12, 26)]  # 2026-11-12 is an anchor (day 20769 = 7 x 2967)
-    folders = {ds: build_plan(rolling, ds, "r", "/in/*")["references"]["pca"] for ds in nights}
+    folders = {ds: build_plan(rolling, ds, "r", "/i/in/*")["references"]["pca"] for ds in nights}
     # A new reference every 7 nights; each night (and a backfill of it) finds the one of its anchor.
     assert len(set(folders.values())) == 2
     assert all(folders[ds].endswith(f"ds={rolling_anchor(ds, 7)}") for ds in nights)
     assert rolling_anchor("2026-11-20", 7) <= "2026-11-20"
-    assert build_plan(rolling, "2026-11-20", "r", "/in/*")["reference_window_days"] == 14
+    assert build_plan(rolling, "2026-11-20", "r", "/i/in/*")["reference_window_days"] == 14
 
 
 def test_drift_alerts_name_what_crossed_and_zero_switches_one_off():

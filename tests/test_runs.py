@@ -90,7 +90,7 @@ def test_plan_refuses_what_rendering_or_stripping_leaves_empty(tmp_path):
         build_plan(ok, "2026-11-20", "r", "/x/ds={{ ds_typo }}/*")
     with pytest.raises(PlanError, match="Dataflow workers need a gs:// path to the weights"):
         build_plan(
-            {**ok, "weights": "/w.h5", "runner": "DataflowRunner", "output_root": "gs://b/o"},
+            {**ok, "weights": "/x/w.h5", "runner": "DataflowRunner", "output_root": "gs://b/o"},
             "d",
             "r",
             "gs://b/i/*",
@@ -132,8 +132,8 @@ def test_check_extraction_summarises_or_rejects():
 
 
 def test_run_record_has_the_contract_shape():
-    from beam_jobs.contract import EmbeddingsEntry, IndexEntry, RunRecord
-    from image_embeddings_airflow.runs import build_plan, check_extraction, run_record
+    from beam_jobs.contract import EmbeddingsEntry, IndexEntry, InputReady, RunRecord
+    from image_embeddings_airflow.runs import build_plan, check_extraction, cost_summary, run_record
 
     plan = build_plan({**OK, "methods": ["pca", "umap"], "output_root": "/o"}, "2026-11-20", "r1", "/i/*")
     ran = [{"engine": "openvino", "precision": "bf16", "guard_min_cosine": 0.99998, "cpu_features": ["amx_bf16"]}]
@@ -154,8 +154,11 @@ def test_run_record_has_the_contract_shape():
         "near_duplicate_pairs": 3,
         "parameters": {"kind": "flat"},
     }
-    record = run_record(plan, extraction, projections, jobs, index=index)
-    assert set(record) == set(RunRecord.__annotations__)
+    ready = {"rule": "settled", "files": 2, "bytes": 9, "newest_change": 1.0, "marker": None, "reason": "quiet"}
+    cost = cost_summary(jobs, extraction["embedded"])
+    record = run_record(plan, extraction, projections, jobs, index=index, input_ready=ready, cost=cost)
+    assert set(record) == set(RunRecord.__annotations__) - {"comparison"}  # one model: nothing compared
+    assert set(record["input_ready"]) == set(InputReady.__annotations__)
     assert set(record["embeddings"]) == set(EmbeddingsEntry.__annotations__)
     assert set(record["index"]) == set(IndexEntry.__annotations__)
     assert record["index"]["dir"] == "/o/index/ds=2026-11-20"
@@ -177,6 +180,54 @@ def test_run_record_has_the_contract_shape():
 
 
 # --------------------------------------------------------------------------- Dataflow's setup_file default
+
+
+def test_a_two_model_night_plans_every_pair_and_records_each_model():
+    from beam_jobs.contract import ModelEntry, RunRecord
+    from image_embeddings_airflow.runs import (
+        ExtractionRejected,
+        build_plan,
+        check_extraction,
+        reduction_key,
+        run_record,
+    )
+
+    models = ["resnet50", "mobilenet_v3_large"]
+    params = {**OK, "models": models, "methods": ["pca", "umap"], "output_root": "/o"}
+    plan = build_plan(params, "2026-11-20", "r", "/i")
+    assert (plan["model"], plan["compare"]) == (",".join(models), True)
+    assert plan["comparison_dir"] == "/o/comparisons/ds=2026-11-20"
+    dirs = {reduction_key(r): r["dir"] for r in plan["reductions"]}
+    assert dirs == {
+        "reduce_pca": "/o/projections/method=pca/ds=2026-11-20",
+        "reduce_umap": "/o/projections/method=umap/ds=2026-11-20",
+        "reduce_mobilenet_v3_large_pca": "/o/projections/model=mobilenet_v3_large/method=pca/ds=2026-11-20",
+        "reduce_mobilenet_v3_large_umap": "/o/projections/model=mobilenet_v3_large/method=umap/ds=2026-11-20",
+    }
+    figures = {"resnet50": ("R", 10, 0), "mobilenet_v3_large": ("M", 9, 1)}
+    per_model = {
+        n: {"model_id": i, "embedded": e, "failed": f, "images_per_second": 2.0} for n, (i, e, f) in figures.items()
+    }
+    manifest = {"inputs": 10, "embedded": 10, "failed": 0, "model_id": "R", "models": per_model}
+    extraction = check_extraction(manifest, 0.1, plan["embeddings_dir"])
+    assert extraction["models"]["mobilenet_v3_large"]["failure_rate"] == 0.1
+    with pytest.raises(ExtractionRejected, match=r"model mobilenet_v3_large: 10\.0% failed"):
+        check_extraction(manifest, 0.05, plan["embeddings_dir"])
+    reduced = {key: {"rows": 9, "seconds": 1.0, "trustworthiness": 0.9} for key in dirs}
+    overlap = {"mean": 0.5, "p10": 0, "p50": 0.5, "p90": 1, "histogram": []}
+    pair = {"models": models, "images": 9, "k": 8, "distance_spearman": 0.7, "linear_cka": 0.8, "knn_overlap": overlap}
+    projections = {m: reduced[f"reduce_{m}"] for m in ("pca", "umap")}
+    record = run_record(plan, extraction, projections, reductions=reduced, comparison={"comparisons": [pair]})
+    assert set(record) == set(RunRecord.__annotations__) - {"dataflow_jobs", "index", "input_ready", "cost"}
+    assert list(record["models"]) == models
+    assert set(record["models"]["resnet50"]) == set(ModelEntry.__annotations__)
+    assert record["models"]["resnet50"]["projections"] == record["projections"]
+    umap = record["models"]["mobilenet_v3_large"]["projections"]["umap"]
+    assert umap["dir"] == dirs["reduce_mobilenet_v3_large_umap"]
+    assert record["comparison"]["pairs"] == [
+        {"models": models, "images": 9, "knn_overlap_at_8": 0.5, "distance_spearman": 0.7, "linear_cka": 0.8}
+    ]
+    assert record["comparison"]["comparison_png"] == "/o/comparisons/ds=2026-11-20/comparison.png"
 
 
 def test_setup_file_defaults_to_the_checkout_and_follows_the_environment(tmp_path, monkeypatch):
@@ -274,3 +325,82 @@ def test_setup_file_default_in_a_non_editable_install(installed_copy, tmp_path):
         "package": unset["package"],
         "derived_exists": False,
     }
+
+
+ROOTS = ["/srv/data", "gs://acme-images/nightly", "gs://acme-out"]
+
+
+def test_plan_confines_input_output_and_weights_to_the_allowed_roots(tmp_path):
+    from image_embeddings_airflow.runs import PlanError, build_plan
+
+    ok = {**OK, "output_root": "/srv/data/out/"}
+    plan = build_plan(ok, "2026-11-20", "r", "/srv/data/images/x/../ds=2026-11-20/", roots=ROOTS)
+    assert (plan["input"], plan["output_root"]) == ("/srv/data/images/ds=2026-11-20/*", "/srv/data/out")
+    on_gcs = build_plan(
+        {**ok, "output_root": "gs://acme-out/n//o"}, "2026-11-20", "r", "gs://acme-images/nightly/ds=1/*", roots=ROOTS
+    )
+    assert (on_gcs["input"], on_gcs["output_root"]) == ("gs://acme-images/nightly/ds=1/*", "gs://acme-out/n/o")
+
+    def refusal(input_glob: str, **params) -> str:
+        with pytest.raises(PlanError) as err:
+            build_plan({**ok, **params}, "2026-11-20", "r", input_glob, roots=ROOTS)
+        return str(err.value)
+
+    roots_named = (
+        "allowed roots (/srv/data, gs://acme-images/nightly, gs://acme-out; set by IMAGE_EMBEDDINGS_ALLOWED_ROOTS)"
+    )
+    assert roots_named in refusal("/etc/*")
+    assert "input '/srv/data/../etc/*' is outside the allowed roots" in refusal("/srv/data/../etc/*")
+    assert "input '/srv/database/*' is outside" in refusal("/srv/database/*")  # a prefix, not a folder of it
+    assert "relative path" in refusal("images/ds=2026-11-20/*")
+    assert "control characters" in refusal("/srv/data/images/a\nb/*")
+    assert "output_root '/tmp/out' is outside" in refusal("/srv/data/i/*", output_root="/tmp/out")
+    assert "'..' segments are not allowed" in refusal("gs://acme-images/nightly/../private/*")
+    assert "input 'gs://acme-images/other/*' is outside" in refusal("gs://acme-images/other/*")
+    assert "weights '/root/w.h5' is outside" in refusal("/srv/data/i/*", weights="/root/w.h5")
+    assert "weights 'w.h5' is a relative path" in refusal("/srv/data/i/*", weights="w.h5")
+    # Every problem at once: a person fixes the form in one go.
+    both = refusal("relative/*", output_root="/etc")
+    assert "input 'relative/*' is a relative path" in both
+    assert "output_root '/etc' is outside" in both
+
+
+def test_a_symlink_out_of_an_allowed_root_counts_where_it_points(tmp_path):
+    from image_embeddings_airflow.runs import PlanError, build_plan
+
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (data / "images").symlink_to(outside)
+    ok = {**OK, "output_root": str(data / "out")}
+    with pytest.raises(PlanError, match=r"input .* is outside the allowed roots"):
+        build_plan(ok, "2026-11-20", "r", str(data / "images" / "*.jpg"), roots=[str(data)])
+    assert build_plan(ok, "2026-11-20", "r", str(data / "night" / "*.jpg"), roots=[str(data)])["input"]
+
+
+def test_allowed_roots_default_to_the_data_folder(monkeypatch):
+    from beam_jobs.nightly import ALLOWED_ROOTS_ENV, PlanError, allowed_roots
+
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV)
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_DATA", "/srv/data")
+    assert allowed_roots() == ["/srv/data"]
+    monkeypatch.delenv("IMAGE_EMBEDDINGS_DATA")
+    assert allowed_roots() == ["/opt/airflow/data"]
+    assert allowed_roots(" /srv/a/ , gs://b/p/ ,") == ["/srv/a", "gs://b/p"]
+    for bad in ("relative/dir", "gs:///p", "gs://b/../c", "/srv/*"):
+        with pytest.raises(PlanError, match=ALLOWED_ROOTS_ENV):
+            allowed_roots(bad)
+
+
+def test_flexrs_goal_reaches_dataflow_only():
+    from beam_jobs.nightly import param_problems
+    from image_embeddings_airflow.runs import build_plan
+
+    params = {**OK, "runner": "DataflowRunner", "output_root": "gs://b/out", "flexrs_goal": "COST_OPTIMIZED"}
+    dataflow = {**DATAFLOW, "setup_file": "/app/setup.py"}
+    assert build_plan(params, "2026-11-20", "r", "gs://b/i/*", dataflow)["dataflow"]["flexrs_goal"] == "COST_OPTIMIZED"
+    off = build_plan({**params, "flexrs_goal": ""}, "2026-11-20", "r", "gs://b/i/*", dataflow)
+    assert "flexrs_goal" not in off["dataflow"]
+    assert build_plan({**params, "runner": "FnApiRunner", "output_root": "/o"}, "d", "r", "/x/*")["dataflow"] is None
+    problems = param_problems({**params, "input": "gs://b/i/*", "flexrs_goal": "CHEAP"})
+    assert problems == ["flexrs_goal 'CHEAP' is not one of '', COST_OPTIMIZED, SPEED_OPTIMIZED"]

@@ -77,6 +77,43 @@ def test_index_page_links_each_map_and_escapes_what_runs_say():
     assert "<img src='map_mosaic.png?event=7&amp;method=umap'" in detail
 
 
+def test_a_two_model_night_shows_a_group_per_model_and_the_comparison(monkeypatch):
+    import asyncio
+
+    from image_embeddings_airflow import ui
+
+    night = record("2026-11-20", "two")
+    second = {
+        "pca": {"rows": 12, "map_png": "/m/pca/ds=2026-11-20/map.png", "map_html": "/m/pca/ds=2026-11-20/map.html"}
+    }
+    # Keys sorted, as run.json stores them: the primary (the record's model_id) is not the first key.
+    night["model_id"] = "resnet50/x"
+    night["models"] = {
+        "mobilenet_v3_large": {"model_id": "mobilenet/y", "embedded": 11, "failed": 2, "projections": second},
+        "resnet50": {"model_id": "resnet50/x", "embedded": 12, "failed": 1, "projections": night["projections"]},
+    }
+    pair = {"models": ["resnet50", "mobilenet_v3_large"], "knn_overlap_at_10": 0.4213, "distance_spearman": 0.61}
+    night["comparison"] = {"pairs": [{**pair, "linear_cka": 0.77}]}
+    runs = ui.latest_runs([event(9, 20, night)])
+    page = ui.render_index(runs)
+    assert page.index("<h3 class='model'>resnet50") < page.index("<h3 class='model'>mobilenet_v3_large")
+    # The first model's maps are the record's top-level ones; the other's are addressed by name.
+    assert "map.png?event=9&amp;method=pca'" in page
+    assert "map.png?event=9&amp;method=pca&amp;model=mobilenet_v3_large" in page
+    assert "./?ds=2026-11-20&amp;method=pca&amp;model=mobilenet_v3_large" in page
+    assert "kNN overlap@10 0.42 · Spearman 0.61 · CKA 0.77" in page
+    detail = ui.render_map(runs[0], "pca", "mobilenet_v3_large")
+    assert "src='map.html?event=9&amp;method=pca&amp;model=mobilenet_v3_large'" in detail
+    assert "PCA map · 2026-11-20 · mobilenet_v3_large" in detail
+    assert ui.projection_of(night, "pca", "mobilenet_v3_large") == second["pca"]
+    assert ui.projection_of(night, "umap", "mobilenet_v3_large") == {}
+    read: list[str] = []
+    monkeypatch.setattr(ui, "load_events", lambda event_id=None: [{"extra": night}])
+    monkeypatch.setattr(ui, "read_bytes", lambda path: read.append(path) or b"png")
+    assert asyncio.run(ui._map_file(9, "pca", "map_png", "mobilenet_v3_large")) == b"png"
+    assert read == ["/m/pca/ds=2026-11-20/map.png"]
+
+
 def test_map_files_are_only_the_three_names_and_the_mosaic_sits_beside_map_png():
     from image_embeddings_airflow.ui import MAP_CSP, map_path
 
@@ -266,7 +303,7 @@ def test_map_page_steps_through_the_nights_of_one_frame():
     assert frame_neighbours(runs, by_ds["2026-11-21"], "pca") == ("2026-11-20", "2026-11-22")
     assert frame_neighbours(runs, by_ds["2026-11-20"], "pca") == (None, "2026-11-21")
     assert frame_neighbours(runs, by_ds["2026-11-19"], "pca") == (None, None)  # refitted: its own axes
-    page = render_map(by_ds["2026-11-21"], "pca", ("2026-11-20", "2026-11-22"))
+    page = render_map(by_ds["2026-11-21"], "pca", neighbours=("2026-11-20", "2026-11-22"))
     assert "./?ds=2026-11-20&amp;method=pca" in page
     assert "./?ds=2026-11-22&amp;method=pca" in page
     assert "<code>/out/references/method=pca/fixed</code>" in page

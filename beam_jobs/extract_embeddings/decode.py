@@ -21,7 +21,7 @@ from beam_jobs.contract import (
     FailureRecord,
     ResizeMode,
 )
-from beam_jobs.extract_embeddings.images import ImageError, decode_and_resize, sha256_hex
+from beam_jobs.extract_embeddings.images import ImageError, decode_for_sizes, sha256_hex
 from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
 
 FAILURES_TAG = "failures"
@@ -107,13 +107,22 @@ def read_input(uri: str, max_bytes: int, timeout_s: float) -> bytes:
 
 @dataclass(frozen=True)
 class DecodeParams:
-    """What turns a URI into model pixels: the model's input size and the input limits."""
+    """What turns a URI into model pixels: the model's input size and the input limits.
+
+    ``more_sizes``: the other input sizes of a several-model pass. When they add a size,
+    each image comes out as (ImageMeta, {(width, height): pixels}), decoded once.
+    """
 
     input_size: tuple[int, int]  # (width, height)
     resize_mode: ResizeMode = ResizeMode.CENTER_CROP
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    more_sizes: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(dict.fromkeys((tuple(self.input_size), *map(tuple, self.more_sizes))))
 
 
 class DecodeImageFn(beam.DoFn):
@@ -157,7 +166,8 @@ class DecodeImageFn(beam.DoFn):
         start = time.perf_counter()
         try:
             params = self._params
-            img = decode_and_resize(data, params.input_size, params.resize_mode, params.max_pixels)
+            sizes = params.sizes
+            images = decode_for_sizes(data, sizes, params.resize_mode, params.max_pixels)
         except ImageError as exc:
             yield self._fail(uri, exc.stage, exc.reason, exc.message)
             return
@@ -166,7 +176,12 @@ class DecodeImageFn(beam.DoFn):
             return
         self._decode_ms.update(int((time.perf_counter() - start) * 1000))
         self._decoded.inc()
-        yield ImageMeta(uri, img.content_sha256, img.width, img.height), img.pixels
+        img = images[0]
+        meta = ImageMeta(uri, img.content_sha256, img.width, img.height)
+        if len(sizes) == 1:
+            yield meta, img.pixels
+        else:
+            yield meta, {size: image.pixels for size, image in zip(sizes, images, strict=True)}
 
 
 def _exists(uri: str) -> bool:

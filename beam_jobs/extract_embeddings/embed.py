@@ -7,6 +7,9 @@ commit step writes into the manifest.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -24,7 +27,7 @@ from beam_jobs.extract_embeddings.inference import (
     KerasEmbeddingModelHandler,
     count_through,
 )
-from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec
+from beam_jobs.extract_embeddings.models import ModelRun, ResolvedWeights, get_spec
 
 ENGINES_TAG = "engines"
 
@@ -120,3 +123,64 @@ class EmbedImages(beam.PTransform):
         failures = (checked[FAILURES_TAG], failed_batches) | "InferenceFailures" >> beam.Flatten()
         engines = checked[ENGINES_TAG] | "DistinctEngines" >> beam.Distinct()
         return {"rows": rows, FAILURES_TAG: failures, ENGINES_TAG: engines}
+
+
+def branch_label(run: ModelRun, index: int) -> str:
+    """A step label for one model's branch: readable, unique in the graph, no '/' or ':' (a path's)."""
+    safe = re.sub(r"[^A-Za-z0-9_]+", "_", run.name.rsplit("/", 1)[-1]).strip("_")[:40]
+    return f"{index}_{safe}"
+
+
+def pixels_for(item: tuple[ImageMeta, Any], size: tuple[int, int]) -> tuple[ImageMeta, np.ndarray]:
+    """One model's pixels out of a several-size decode (``DecodeParams.more_sizes``)."""
+    meta, pixels = item
+    return meta, pixels[size] if isinstance(pixels, dict) else pixels
+
+
+def tag_failure(record: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """An inference failure belongs to one model; read and decode failures (untagged) to every model."""
+    return {**record, "model_id": model_id}
+
+
+def tag_engine(engine: str, name: str) -> str:
+    return json.dumps({**json.loads(engine), "model": name}, sort_keys=True)
+
+
+class EmbedModels(beam.PTransform):
+    """Decoded images -> one RunInference branch per model; rows, failures and engines of all, flattened.
+
+    The input is (ImageMeta, pixels), or (ImageMeta, {(width, height): pixels}) when the
+    models take different sizes: each branch picks its own size from the one decode. Every
+    row carries its model's model_id, every inference failure record too, and every engine
+    description the model's name, so the commit step accounts each model on its own.
+    """
+
+    def __init__(
+        self,
+        runs: Sequence[ModelRun],
+        batch_size: int,
+        run_id: str,
+        engine: EngineChoice | None = None,
+    ):
+        super().__init__()
+        self._runs = list(runs)
+        self._batch_size = batch_size
+        self._run_id = run_id
+        self._engine = engine
+
+    def expand(self, images):
+        rows, failures, engines = [], [], []
+        for index, run in enumerate(self._runs):
+            label = branch_label(run, index)
+            pixels = images | f"PixelsFor_{label}" >> beam.Map(pixels_for, tuple(run.spec.input_size))
+            out = pixels | f"Embed_{label}" >> EmbedImages(
+                run.spec, run.weights, run.model_id, self._batch_size, self._run_id, self._engine
+            )
+            rows.append(out["rows"])
+            failures.append(out[FAILURES_TAG] | f"TagFailures_{label}" >> beam.Map(tag_failure, run.model_id))
+            engines.append(out[ENGINES_TAG] | f"TagEngines_{label}" >> beam.Map(tag_engine, run.name))
+        return {
+            "rows": rows | "AllRows" >> beam.Flatten(),
+            FAILURES_TAG: failures | "AllInferenceFailures" >> beam.Flatten(),
+            ENGINES_TAG: engines | "AllEngines" >> beam.Flatten(),
+        }

@@ -125,9 +125,25 @@ def decode_and_resize(
     Raises ``ImageError`` for anything that cannot become pixels; never
     returns a partial result.
     """
+    return decode_for_sizes(data, (size,), mode, max_pixels, use_draft)[0]
+
+
+def decode_for_sizes(
+    data: bytes,
+    sizes: tuple[tuple[int, int], ...],
+    mode: ResizeMode = ResizeMode.CENTER_CROP,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    use_draft: bool = True,
+) -> list[DecodedImage]:
+    """Decode once, then resize the same pixels to each of ``sizes`` (one result per size, in order).
+
+    Several models in one pass take their own input sizes from one decode: the
+    decode (and EXIF, mode conversion) is the expensive part, a resize of the
+    decoded picture is cheap. Draft decoding keeps both sides >= the largest size.
+    """
     if not data:
         raise ImageError("decode", "empty_file", "file is empty (0 bytes)")
-    target_w, target_h = size
+    draft_w, draft_h = max(w for w, _ in sizes), max(h for _, h in sizes)
     digest = sha256_hex(data)
     try:
         with warnings.catch_warnings():
@@ -147,20 +163,22 @@ def decode_and_resize(
                     "(possible decompression bomb); raise --max_pixels to accept it",
                 )
             # Only worth it when libjpeg can scale by at least 1/2.
-            if use_draft and src_format == "JPEG" and w0 >= 2 * target_w and h0 >= 2 * target_h:
-                img.draft("RGB", (target_w, target_h))
+            if use_draft and src_format == "JPEG" and w0 >= 2 * draft_w and h0 >= 2 * draft_h:
+                img.draft("RGB", (draft_w, draft_h))
             # Orientations 5-8 are the ones that swap width and height on display.
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             src_w, src_h = (h0, w0) if orientation in (5, 6, 7, 8) else (w0, h0)
             img.load()
             img = ImageOps.exif_transpose(img)
             img = to_rgb(img)
-            if mode == ResizeMode.CENTER_CROP:
-                box = _crop_box(img.size[0], img.size[1], target_w, target_h)
-                img = img.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box)
-            else:
-                img = img.resize((target_w, target_h), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
+            all_pixels = []
+            for target_w, target_h in sizes:
+                if mode == ResizeMode.CENTER_CROP:
+                    box = _crop_box(img.size[0], img.size[1], target_w, target_h)
+                    resized = img.resize((target_w, target_h), Image.Resampling.BILINEAR, box=box)
+                else:
+                    resized = img.resize((target_w, target_h), Image.Resampling.BILINEAR)
+                all_pixels.append(np.asarray(resized, dtype=np.uint8))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -171,12 +189,10 @@ def decode_and_resize(
         text = str(exc)
         reason = "truncated" if "truncated" in text.lower() else "corrupt"
         raise ImageError("decode", reason, f"{type(exc).__name__}: {text}") from exc
-    if pixels.shape != (target_h, target_w, 3):
-        raise ImageError("decode", "bad_shape", f"decoded to shape {pixels.shape}")
-    return DecodedImage(
-        pixels=pixels,
-        width=int(src_w),
-        height=int(src_h),
-        content_sha256=digest,
-        source_mode=src_mode,
-    )
+    for (target_w, target_h), pixels in zip(sizes, all_pixels, strict=True):
+        if pixels.shape != (target_h, target_w, 3):
+            raise ImageError("decode", "bad_shape", f"decoded to shape {pixels.shape}")
+    return [
+        DecodedImage(pixels=pixels, width=int(src_w), height=int(src_h), content_sha256=digest, source_mode=src_mode)
+        for pixels in all_pixels
+    ]

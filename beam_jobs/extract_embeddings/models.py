@@ -239,6 +239,40 @@ def model_id(spec: ModelSpec, weights: ResolvedWeights) -> str:
     return f"{spec.name}/pool={spec.pooling}/in={w}x{h}/weights={tag}"
 
 
+@dataclass(frozen=True)
+class ModelRun:
+    """One model of the pass: its ``--model`` name, spec, resolved weights and the model_id its rows carry."""
+
+    name: str
+    spec: ModelSpec
+    weights: ResolvedWeights
+    model_id: str
+
+
+def resolve_models(
+    names: tuple[str, ...], weights: dict[str, str], input_range: str | None = None, seed: int = 0
+) -> list[ModelRun]:
+    """Each model's spec and weights, checked before any work; the primary (first) one first.
+
+    Two entries whose vectors would carry one model_id (the same SavedModel under two paths)
+    are refused: their rows could not be told apart in the one partition.
+    """
+    runs = []
+    for name in names:
+        spec = get_spec(name, input_range)
+        resolved = resolve_weights(spec, weights[name], seed)
+        runs.append(ModelRun(name, spec, resolved, model_id(spec, resolved)))
+    seen: dict[str, str] = {}
+    for run in runs:
+        if run.model_id in seen:
+            raise ModelError(
+                f"--model {seen[run.model_id]} and {run.name} are the same model ({run.model_id}): "
+                "their rows could not be told apart; give it once"
+            )
+        seen[run.model_id] = run.name
+    return runs
+
+
 def _local_copy(path: str) -> tuple[str, bool]:
     """h5py needs a local file; copy remote weights to a temp file first."""
     from apache_beam.io.filesystems import FileSystems

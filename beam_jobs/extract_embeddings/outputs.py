@@ -23,9 +23,11 @@ from beam_jobs.contract import (
     NPY_DIR,
     ExtractManifest,
     FailureRecord,
+    ModelFigures,
 )
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG
 from beam_jobs.extract_embeddings.known import partitions_of
+from beam_jobs.extract_embeddings.models import ModelRun
 from beam_jobs.runtime import AccountingError
 
 
@@ -54,19 +56,38 @@ def failure_key(record: FailureRecord) -> str:
     return f"{record['stage']}/{record['error']}"
 
 
-def run_settings(
-    cfg: ExtractConfig, embedding_model_id: str, embedding_dim: int, known: Sequence[str] = ()
-) -> dict[str, Any]:
-    """The manifest fields fixed before the run starts (what was asked, which model ran, which earlier
-    partitions ``--skip_known`` looked vectors up in)."""
+def skips_known(cfg: ExtractConfig, runs: list[ModelRun]) -> bool:
+    """``--skip_known`` applies to one-model runs; a several-model pass embeds every image with each model
+    (the known-vector join is keyed by one model_id)."""
+    return cfg.skip_known and len(runs) == 1
+
+
+def run_settings(cfg: ExtractConfig, runs: list[ModelRun], known: Sequence[str] = ()) -> dict[str, Any]:
+    """The manifest fields fixed before the run starts (what was asked, which models ran, which earlier
+    partitions ``--skip_known`` looked vectors up in).
+
+    The top-level model fields name the primary (first) model, as a single-model run's do;
+    ``models`` holds each model's, keyed by its ``--model`` name.
+    """
+    weights = cfg.weights_of()
+    primary = runs[0]
     return {
-        "skip_known": cfg.skip_known,
+        "skip_known": skips_known(cfg, runs),
         "known_partitions": partitions_of(known),
         "input": cfg.input or cfg.input_manifest,
-        "model": cfg.model,
-        "model_id": embedding_model_id,
-        "weights": cfg.weights,
-        "embedding_dim": embedding_dim,
+        "model": primary.name,
+        "model_id": primary.model_id,
+        "weights": weights[primary.name],
+        "embedding_dim": primary.spec.embedding_dim,
+        "models": {
+            run.name: {
+                "model_id": run.model_id,
+                "dim": run.spec.embedding_dim,
+                "input_size": list(run.spec.input_size),
+                "weights": weights[run.name],
+            }
+            for run in runs
+        },
         "batch_size": cfg.batch_size,
         "resize_mode": cfg.resize_mode.value,
         "output_format": cfg.output_format,
@@ -87,12 +108,16 @@ def finish_extraction(
     npy_count: int,
     engines: list[str] = (),
     local_matches: int | None = None,
+    embedded_by_model: dict[str, int] | None = None,
+    failures_by_model: list[tuple[tuple[str, str], int]] | None = None,
 ) -> ExtractManifest:
     """The commit step's check and manifest: every distinct input is embedded or failed, once.
 
     ``local_matches`` is how many entries the local glob matched before the run: fewer
     listed in the pipeline means URIs were lost before they were counted. ``engines``: the
     JSON descriptions of the engines that computed the rows (empty when nothing was embedded).
+    With ``settings["models"]``, each model is accounted on its own (``per_model_figures``) and the
+    top-level counts are the primary model's.
     """
     inputs, embedded, failed = counts["inputs"], counts["embedded"], counts["failed"]
     if local_matches is not None and counts["listed"] < local_matches:
@@ -109,6 +134,17 @@ def finish_extraction(
             f"de-duplication mismatch: a glob lists each file once, but {counts['listed']} were listed "
             f"and {inputs} distinct URIs came out of the shuffle"
         )
+    decoded_engines = [json.loads(e) for e in sorted(engines)]
+    models = settings.get("models")
+    if models:
+        figures = per_model_figures(
+            models, inputs, seconds, embedded_by_model or {}, failures_by_model or [], decoded_engines
+        )
+        settings = {**settings, "models": figures}
+        if len(models) > 1:
+            primary = next(iter(figures.values()))
+            embedded, failed = primary["embedded"], primary["failed"]
+            failure_keys = primary["failures_by_reason"]
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
     reused = counts.get("reused", 0)
@@ -121,7 +157,7 @@ def finish_extraction(
         "computed": embedded - reused,
         "failed": failed,
         "failures_by_reason": failure_keys,
-        "engines": [json.loads(e) for e in sorted(engines)],
+        "engines": decoded_engines,
         "npy_files": npy_count,
         "files": {
             "embeddings": sorted(os.path.basename(f) for f in embedding_files),
@@ -129,6 +165,43 @@ def finish_extraction(
         },
         "images_per_second": round(embedded / seconds, 3),
     }  # type: ignore[typeddict-item]  # job, run_id, output and timings come from runtime.Commit
+
+
+def per_model_figures(
+    models: dict[str, dict[str, Any]],
+    inputs: int,
+    seconds: float,
+    embedded_by_model: dict[str, int],
+    failures_by_model: list[tuple[tuple[str, str], int]],
+    engines: list[dict[str, Any]],
+) -> dict[str, ModelFigures]:
+    """Each model's counts; raises AccountingError unless every input is embedded or failed for each.
+
+    ``failures_by_model``: ((model_id, "<stage>/<error>"), count); model_id "" marks a read or decode
+    failure, which counts against every model (the image never reached any of them).
+    """
+    out: dict[str, ModelFigures] = {}
+    for name, fixed in models.items():
+        mid = fixed["model_id"]
+        reasons: dict[str, int] = {}
+        for (owner, reason), count in failures_by_model:
+            if owner in ("", mid):
+                reasons[reason] = reasons.get(reason, 0) + count
+        embedded, failed = embedded_by_model.get(mid, 0), sum(reasons.values())
+        if inputs != embedded + failed:
+            raise AccountingError(
+                f"accounting mismatch for model {name}: {inputs} inputs but {embedded} embedded + {failed} failed"
+            )
+        out[name] = {
+            **fixed,  # type: ignore[typeddict-item]
+            "embedded": embedded,
+            "failed": failed,
+            "failures_by_reason": dict(sorted(reasons.items())),
+            # The models share the pass, so each one's rate is its rows over the pass's wall time.
+            "images_per_second": round(embedded / seconds, 3),
+            "engines": [e for e in engines if e.get("model") == name],
+        }
+    return out
 
 
 class WriteOutputs(beam.PTransform):
@@ -189,7 +262,22 @@ class WriteOutputs(beam.PTransform):
             | "ReasonsToDict" >> beam.combiners.ToDict()
             | "SortReasons" >> beam.Map(lambda counts: dict(sorted(counts.items())))
         )
+        # Per model: rows by model_id; failures by (model_id, reason), "" for read/decode (every model's).
+        embedded_by_model = (
+            rows
+            | "RowModel" >> beam.Map(lambda r: r["model_id"])
+            | "CountPerModel" >> beam.combiners.Count.PerElement()
+            | "ModelsToDict" >> beam.combiners.ToDict()
+        )
+        failures_by_model = (
+            failures
+            | "FailureModelReason" >> beam.Map(lambda r: (r.get("model_id", ""), failure_key(r)))
+            | "CountPerModelReason" >> beam.combiners.Count.PerElement()
+            | "ModelReasonsToList" >> beam.combiners.ToList()
+        )
         return {
+            "embedded_by_model": beam.pvalue.AsSingleton(embedded_by_model),
+            "failures_by_model": beam.pvalue.AsSingleton(failures_by_model),
             "counts": beam.pvalue.AsSingleton(counts),
             "failure_keys": beam.pvalue.AsSingleton(failure_keys),
             "embedding_files": beam.pvalue.AsList(emb_files),

@@ -8,16 +8,18 @@ Stages (each a composite PTransform, in its own module):
 
   ReadImageURIs   inputs.py   glob or manifest -> distinct URIs (the shuffle also spreads work over workers)
   DecodeImages    decode.py   read bytes + decode + resize in one step; bad files -> failure records
-                              (--skip_known: read and hash, join with the known hashes, decode only the
-                              unknown content; known.py)
-  EmbedImages     embed.py    batched RunInference with our Keras handler on the engine chosen for the
-                              worker's CPU (engines.py); a failed batch -> failure records
+                              (several models: decoded once, resized to each model's input size;
+                              --skip_known, one model: read and hash, join with the known hashes,
+                              decode only the unknown content; known.py)
+  EmbedImages     embed.py    one batched RunInference branch per model (--model a,b) with our Keras
+                              handler on the engine chosen for the worker's CPU (engines.py); a failed
+                              batch -> failure records of that model
   WriteOutputs    outputs.py  Parquet shards, failures JSONL, optional .npy
   Commit          runtime.py  manifest.json, then the staged directory replaces --output whole
 
-Every input URI ends up in exactly one of the embeddings or the failures;
-the commit step checks ``inputs == embedded + failed`` and fails the job
-otherwise.
+Every input URI ends up in exactly one of the embeddings or the failures, for
+each model; the commit step checks ``inputs == embedded + failed`` per model
+and fails the job otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from beam_jobs.extract_embeddings.decode import (
     DecodeParams,
     ReadAndHashFn,
 )
-from beam_jobs.extract_embeddings.embed import ENGINES_TAG, EmbedImages
+from beam_jobs.extract_embeddings.embed import ENGINES_TAG, EmbedModels
 from beam_jobs.extract_embeddings.engines import EngineChoice
 from beam_jobs.extract_embeddings.inputs import Preflight, ReadImageURIs, preflight
 from beam_jobs.extract_embeddings.known import (
@@ -50,8 +52,8 @@ from beam_jobs.extract_embeddings.known import (
     SplitByKnown,
     known_files,
 )
-from beam_jobs.extract_embeddings.models import ResolvedWeights, get_spec, model_id, resolve_weights
-from beam_jobs.extract_embeddings.outputs import WriteOutputs, finish_extraction, run_settings
+from beam_jobs.extract_embeddings.models import ModelRun, resolve_models
+from beam_jobs.extract_embeddings.outputs import WriteOutputs, finish_extraction, run_settings, skips_known
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
@@ -60,24 +62,26 @@ LOG = logging.getLogger(__name__)
 def build_pipeline(
     p: beam.Pipeline,
     cfg: ExtractConfig,
-    weights: ResolvedWeights,
+    runs: list[ModelRun],
     staging: str,
     checked: Preflight | None = None,
     known: Sequence[str] = (),
 ):
-    """Wire the graph; returns the PCollection holding the committed manifest.
+    """Wire the graph: one read and decode, one RunInference branch per model; returns the committed manifest.
 
-    ``known``: with ``--skip_known``, the earlier partitions' embeddings files whose vectors are reused.
+    ``known``: with ``--skip_known`` (one model), the earlier partitions' embeddings files whose vectors
+    are reused.
     """
     checked = checked or Preflight()
-    spec = get_spec(cfg.model, cfg.input_range)
-    embedding_model_id = model_id(spec, weights)
     read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, checked.manifest_column)
-    decode = DecodeParams(spec.input_size, cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s)
+    sizes = tuple(run.spec.input_size for run in runs)
+    decode = DecodeParams(
+        sizes[0], cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s, more_sizes=sizes[1:]
+    )
     engine = EngineChoice(cfg.engine, cfg.precision, cfg.engine_threads)
-    embed = EmbedImages(spec, weights, embedding_model_id, cfg.batch_size, cfg.run_id, engine)
-    if cfg.skip_known:
-        outputs, embedded = _embed_unknown(p, read["uris"], decode, embed, embedding_model_id, cfg.run_id, known)
+    embed = EmbedModels(runs, cfg.batch_size, cfg.run_id, engine)
+    if skips_known(cfg, runs):
+        outputs, embedded = _embed_unknown(p, read["uris"], decode, embed, runs[0].model_id, cfg.run_id, known)
     else:
         decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
         embedded = decoded.images | "EmbedImages" >> embed
@@ -87,14 +91,12 @@ def build_pipeline(
     written = outputs | "WriteOutputs" >> WriteOutputs(staging, cfg.num_shards, cfg.output_format == "npy")
     written["engines"] = beam.pvalue.AsList(embedded[ENGINES_TAG])
     finish = functools.partial(
-        finish_extraction,
-        settings=run_settings(cfg, embedding_model_id, spec.embedding_dim, known),
-        local_matches=checked.local_matches,
+        finish_extraction, settings=run_settings(cfg, runs, known), local_matches=checked.local_matches
     )
     return p | "Commit" >> Commit(JOB_EXTRACT, cfg, staging, finish, **written)
 
 
-def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedImages, embedding_model_id: str, run_id: str, known):
+def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_model_id: str, run_id: str, known):
     """``--skip_known``: read and hash each URI, join on the hash with the known vectors, read again, decode and
     embed only content without one (once per distinct content), copy vectors to the rest.
     Returns (outputs, embedded)."""
@@ -121,20 +123,21 @@ def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedImages, embedding_
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, check, run and wait; returns the manifest. Raises on bad input before any work."""
     cfg, beam_args = ExtractConfig.parse(argv)
-    spec = get_spec(cfg.model, cfg.input_range)
-    weights = resolve_weights(spec, cfg.weights, cfg.seed)
+    runs = resolve_models(cfg.models, cfg.weights_of(), cfg.input_range, cfg.seed)
     options = runtime.job_options(beam_args, cfg.detach)
     checked = preflight(cfg)
-    known = known_files(cfg.output) if cfg.skip_known else []
+    if cfg.skip_known and not skips_known(cfg, runs):
+        LOG.warning("--skip_known applies to one-model runs: every image is embedded with each of %d models", len(runs))
+    known = known_files(cfg.output) if skips_known(cfg, runs) else []
     LOG.info(
         "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
         cfg.run_id,
-        model_id(spec, weights),
+        ",".join(run.model_id for run in runs),
         cfg.input or cfg.input_manifest,
         cfg.output,
     )
     manifest = runtime.launch(
-        JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, weights, staging, checked, known)
+        JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, runs, staging, checked, known)
     )
     if not cfg.detach:
         LOG.info(
@@ -148,4 +151,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             manifest["images_per_second"],
             manifest["failures_by_reason"],
         )
+        if len(runs) > 1:
+            for name, figures in manifest["models"].items():
+                LOG.info(
+                    "  %s: embedded=%d failed=%d (%.1f images/s) %s",
+                    name,
+                    figures["embedded"],
+                    figures["failed"],
+                    figures["images_per_second"],
+                    figures["model_id"],
+                )
     return manifest

@@ -111,7 +111,9 @@ def inspect_inputs(inputs: Sequence[str], model_id: str | None = None) -> InputS
 
     files = _list_files(inputs)
     model_rows: dict[str, int] = {}
-    files_by_dim: dict[int, list[str]] = {}
+    # model_id -> vector length -> files: one partition may hold several models (``--model a,b``), each with
+    # its own length, in the same files; only the chosen model's rows must agree.
+    model_dims: dict[str, dict[int, list[str]]] = {}
     rows_total = 0
     for path in files:
         try:
@@ -124,9 +126,9 @@ def inspect_inputs(inputs: Sequence[str], model_id: str | None = None) -> InputS
                 file_rows = parquet.metadata.num_rows
                 if file_rows == 0:
                     continue
-                counts = pc.value_counts(parquet.read(columns=["model_id"]).column("model_id")).to_pylist()
-                first = next(parquet.iter_batches(batch_size=1, columns=["embedding"]))
-                dim = len(first.column(0)[0])
+                ids = parquet.read(columns=["model_id"]).column("model_id")
+                counts = pc.value_counts(ids).to_pylist()
+                dims = {e["values"]: _length_at(parquet, pc.index(ids, e["values"]).as_py()) for e in counts}
         except InputError:
             raise
         except Exception as exc:  # pyarrow's ArrowInvalid, OSError, or a filesystem's own errors
@@ -136,12 +138,10 @@ def inspect_inputs(inputs: Sequence[str], model_id: str | None = None) -> InputS
         rows_total += file_rows
         for entry in counts:
             model_rows[entry["values"]] = model_rows.get(entry["values"], 0) + entry["counts"]
-        files_by_dim.setdefault(dim, []).append(path)
+        for model, dim in dims.items():
+            model_dims.setdefault(model, {}).setdefault(dim, []).append(path)
     if rows_total == 0:
         raise InputError(f"no input rows: {len(files)} embeddings file(s) matched but all are empty")
-    if len(files_by_dim) > 1:
-        detail = "; ".join(f"length {d} in {len(p)} file(s), e.g. {p[0]}" for d, p in sorted(files_by_dim.items()))
-        raise InputError(f"input rows have different embedding lengths: {detail}")
     listing = ", ".join(f"{m!r} ({count} rows)" for m, count in sorted(model_rows.items()))
     if model_id is not None:
         if model_id not in model_rows:
@@ -154,8 +154,22 @@ def inspect_inputs(inputs: Sequence[str], model_id: str | None = None) -> InputS
         )
     else:
         chosen = next(iter(model_rows))
+    files_by_dim = model_dims[chosen]
+    if len(files_by_dim) > 1:
+        detail = "; ".join(f"length {d} in {len(p)} file(s), e.g. {p[0]}" for d, p in sorted(files_by_dim.items()))
+        raise InputError(f"input rows have different embedding lengths: {detail}")
     partitions = sorted({partition_of(f) or NO_PARTITION for f in files})
     return InputSummary(files, rows_total, model_rows[chosen], chosen, next(iter(files_by_dim)), partitions)
+
+
+def _length_at(parquet, row: int) -> int:
+    """Length of the embedding in row ``row`` of a file, reading only the row group that holds it."""
+    for group in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        if row < size:
+            return len(parquet.read_row_group(group, columns=["embedding"]).column(0)[row])
+        row -= size
+    raise ValueError(f"row {row} is beyond the file's rows")
 
 
 def _one_line(exc: BaseException) -> str:

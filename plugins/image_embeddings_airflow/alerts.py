@@ -106,6 +106,19 @@ def post_alert(payload: dict[str, Any], conn_id: str = ALERTS_CONN_ID, timeout: 
         LOG.error("alert webhook %s failed: %s", conn_id, exc)
 
 
+def cost_alert(ds: str, run_id: str, why: str, conn_id: str = ALERTS_CONN_ID) -> dict[str, Any]:
+    """The night cost much more than the nights before it (``beam_jobs.nightly.cost_jump`` said why)."""
+    payload = {
+        "what": "cost",
+        "ds": ds,
+        "run_id": run_id,
+        "reason": why,
+        "text": f":moneybag: image_embeddings ds={ds} ({run_id}): {why}",
+    }
+    post_alert(payload, conn_id)
+    return payload
+
+
 def _field(context: dict[str, Any], name: str):
     run = context.get("dag_run") or {}
     return context.get(name) or (run.get(name) if isinstance(run, dict) else getattr(run, name, None))

@@ -48,6 +48,14 @@ def emit_extraction(manifest: ExtractManifest) -> dict[str, float]:
     return emit("extract", {**manifest, "failure_rate": failure_rate}, EXTRACTION_FIGURES)
 
 
+COST_FIGURES = ("usd", "usd_per_1000_images", "cpu_seconds", "cpu_seconds_per_1000_images")
+
+
+def emit_cost(cost: Mapping[str, Any]) -> dict[str, float]:
+    """The night's cost: ``image_embeddings.cost.usd_per_1000_images`` (Dataflow; None locally), CPU seconds."""
+    return emit("cost", cost, COST_FIGURES)
+
+
 def emit_projection(method: str, manifest: ReduceManifest) -> dict[str, float]:
     sent = emit(f"reduce_{method}", manifest, PROJECTION_FIGURES)
     if manifest.get("drift"):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCompleteTrigger
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger, is_dataflow
-from image_embeddings_airflow.paths import count_matching
+from beam_jobs.nightly import input_ready_record, input_verdict
+from image_embeddings_airflow.dataflow import LOCAL_RESOURCES_KEY, CancellingJobStateCompleteTrigger, is_dataflow
+from image_embeddings_airflow.paths import snapshot
 
 
 class NightlyBeamOperator(BeamRunPythonPipelineOperator):
@@ -98,27 +100,68 @@ class NightlyBeamOperator(BeamRunPythonPipelineOperator):
             self.runner,
             self.deferrable,
         )
-        return super().execute(context)
+        if self.on_dataflow:
+            return super().execute(context)
+        with ChildResources() as used:
+            result = super().execute(context)
+        self.log.info("local job used %s", used.figures)
+        context["ti"].xcom_push(key=LOCAL_RESOURCES_KEY, value=used.figures)
+        return result
+
+
+class ChildResources:
+    """CPU seconds (user + system) and peak resident memory of the child processes that end inside the block.
+
+    A local runner's job is the launcher's child process (and its workers), so this is the job's
+    cost in the units a machine is billed by. Peak memory is ``ru_maxrss`` of the children: a
+    high-water mark over every child this process has waited for, so it is the job's own only when
+    it rose inside the block. A worker runs each task in a process of its own, where it always
+    does; where one process runs several tasks (``dag.test``) a job smaller than an earlier one
+    gets None rather than the earlier job's figure.
+    """
+
+    def __enter__(self) -> ChildResources:
+        import resource
+
+        self._start = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.figures: dict[str, float] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import resource
+
+        end = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (end.ru_utime - self._start.ru_utime) + (end.ru_stime - self._start.ru_stime)
+        # ru_maxrss is in KiB on Linux.
+        peak = round(end.ru_maxrss / 1024, 1) if end.ru_maxrss > self._start.ru_maxrss else None
+        self.figures = {"cpu_seconds": round(cpu, 3), "peak_memory_mb": peak}
 
 
 class InputFilesSensor(BaseSensorOperator):
-    """Waits until the night's input glob (local or gs://) matches at least ``min_files`` files.
+    """Waits until the night's input (a local or gs:// glob) is complete by the plan's rule.
 
-    Runs in reschedule mode (no worker slot held between pokes). ``wait_minutes``
-    is templated so a run can choose: 0 fails at once when nothing is there
-    (backfilling old dates), the default waits for late uploads. A timeout ends in
-    a failure that says which glob was empty, and is not retried.
+    ``rule`` (the param ``input_ready``): ``settled``, the matching files' count and sizes unchanged
+    for ``settle_minutes`` (read from the store's change times, so nothing has to survive between
+    pokes); ``marker``, the ``marker`` object beside the files exists; ``any``, one file matches.
+    Runs in reschedule mode (no worker slot held between pokes), poking at least twice per settle
+    window. ``wait_minutes`` is templated: 0 fails at once when the input is not ready (backfilling
+    old dates, whose files settled long ago), the default waits for late uploads. A timeout ends in a
+    failure that says which glob and why, and is not retried. Returns (XCom) which rule let the run
+    start and how many files and bytes it saw.
     """
 
-    template_fields: Sequence[str] = ("pattern", "wait_minutes")
+    template_fields: Sequence[str] = ("pattern", "wait_minutes", "rule", "settle_minutes", "marker")
 
     def __init__(
         self,
         *,
         pattern: str,
         wait_minutes: int | str = 360,
-        min_files: int = 1,
+        rule: str = "settled",
+        settle_minutes: float | str = 10,
+        marker: str | None = None,
         gcp_conn_id: str = "google_cloud_default",
+        clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("mode", "reschedule")
@@ -126,20 +169,30 @@ class InputFilesSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.pattern = pattern
         self.wait_minutes = wait_minutes
-        self.min_files = min_files
+        self.rule = rule
+        self.settle_minutes = settle_minutes
+        self.marker = marker
         self.gcp_conn_id = gcp_conn_id
+        self.clock = clock
+        self.last_reason = "not looked yet"
 
-    def poke(self, context: Any) -> bool:
-        found = count_matching(self.pattern, self.gcp_conn_id, limit=max(self.min_files, 1))
-        self.log.info("%d file(s) match %s (need %d)", found, self.pattern, self.min_files)
-        return found >= self.min_files
+    def poke(self, context: Any) -> PokeReturnValue:
+        marker = self.marker if self.marker not in (None, "", "None") else None
+        seen = snapshot(self.pattern, marker if self.rule == "marker" else None, self.gcp_conn_id)
+        ready, self.last_reason = input_verdict(self.rule, seen, float(self.settle_minutes), self.clock(), marker)
+        self.log.info("input %s (rule %s): %s", self.pattern, self.rule, self.last_reason)
+        record = input_ready_record(self.rule, seen, marker, self.last_reason) if ready else None
+        return PokeReturnValue(is_done=ready, xcom_value=record)
 
     def execute(self, context: Any):
         self.timeout = max(float(self.wait_minutes), 0.0) * 60
+        if self.rule == "settled":
+            # Twice per settle window, so a quiet input is seen within half a window of settling.
+            self.poke_interval = max(1.0, min(float(self.poke_interval), float(self.settle_minutes) * 30))
         try:
             return super().execute(context)
         except AirflowSensorTimeout as exc:
             raise AirflowSensorTimeout(
-                f"no input: {self.pattern!r} matched fewer than {self.min_files} file(s) after waiting "
-                f"{float(self.wait_minutes):g} minute(s). Have the night's images landed? ({exc})"
+                f"no input: {self.pattern!r} was not ready by rule {self.rule!r} after waiting "
+                f"{float(self.wait_minutes):g} minute(s): {self.last_reason}. Have the night's images landed? ({exc})"
             ) from exc

@@ -45,6 +45,32 @@ def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limi
     return sum(1 for p in glob.iglob(pattern, recursive=True) if os.path.isfile(p))
 
 
+def snapshot(pattern: str, marker: str | None = None, gcp_conn_id: str = "google_cloud_default") -> dict[str, Any]:
+    """Count, total size and latest change time of the files ``pattern`` matches, and whether ``marker`` exists.
+
+    Locally ``beam_jobs.nightly.local_snapshot``; on gs:// one listing with each object's size and
+    ``updated`` time (what the Google provider's GCSUploadSessionCompleteSensor compares between pokes).
+    """
+    from beam_jobs.nightly import local_snapshot
+
+    if not is_gcs(pattern):
+        return local_snapshot(pattern, marker)
+    hook, bucket, name = _gcs(pattern, gcp_conn_id)
+    files = size = 0
+    newest = None
+    for blob in hook.get_conn().bucket(bucket).list_blobs(match_glob=name):
+        if blob.name.endswith("/"):
+            continue
+        files, size = files + 1, size + (blob.size or 0)
+        if blob.updated is not None:
+            newest = max(newest or 0.0, blob.updated.timestamp())
+    found = None
+    if marker:
+        marker_bucket, marker_name = split_gcs(marker)
+        found = hook.exists(marker_bucket, marker_name)
+    return {"files": files, "bytes": size, "newest_change": newest, "marker_found": found}
+
+
 def read_bytes(uri: str, gcp_conn_id: str = "google_cloud_default") -> bytes:
     if is_gcs(uri):
         hook, bucket, name = _gcs(uri, gcp_conn_id)

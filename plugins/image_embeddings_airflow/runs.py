@@ -10,6 +10,7 @@ run's date and the manifests read.
 from __future__ import annotations
 
 from beam_jobs.nightly import (
+    ALLOWED_ROOTS_ENV,
     DATAFLOW_SETTINGS,
     DRIFT_DEFAULTS,
     IMAGE_REFERENCE,
@@ -19,16 +20,24 @@ from beam_jobs.nightly import (
     ExtractionRejected,
     Plan,
     PlanError,
+    allowed_roots,
     build_plan,
     check_extraction,
+    confine,
+    cost_jump,
+    cost_summary,
     default_setup_file,
     drift_alerts,
+    prices,
     projections_key,
+    reduction_key,
     reference_key,
+    roots_pattern,
     run_record,
 )
 
 __all__ = [
+    "ALLOWED_ROOTS_ENV",
     "DAG_ID",
     "DATAFLOW_SETTINGS",
     "DRIFT_DEFAULTS",
@@ -41,12 +50,20 @@ __all__ = [
     "ExtractionRejected",
     "Plan",
     "PlanError",
+    "allowed_roots",
     "build_plan",
     "check_extraction",
+    "confine",
+    "cost_jump",
+    "cost_summary",
     "default_setup_file",
     "drift_alerts",
+    "earlier_records",
+    "prices",
     "projections_key",
+    "reduction_key",
     "reference_key",
+    "roots_pattern",
     "run_record",
 ]
 
@@ -55,3 +72,19 @@ DAG_ID = "image_embeddings"
 # The Asset the publish task emits one event on per published run (the maps page reads them).
 MAPS_ASSET = "image_embeddings_maps"
 PUBLISH_TASK = "publish"
+
+
+def earlier_records(output_root: str, ds: str, nights: int, read_json) -> list[dict]:
+    """The published run records of the ``nights`` dates before ``ds`` that exist (for the cost median)."""
+    from datetime import date, timedelta
+
+    from beam_jobs.contract import run_record_path
+
+    day = date.fromisoformat(ds)
+    records = []
+    for back in range(1, nights + 1):
+        try:
+            records.append(read_json(run_record_path(output_root, (day - timedelta(days=back)).isoformat())))
+        except Exception:  # noqa: BLE001 - a night never published (or unreadable) is simply not in the median
+            continue
+    return records

@@ -1,4 +1,4 @@
-"""The "Embedding maps" page in the Airflow 3 UI: the latest published maps per date and method.
+"""The "Embedding maps" page in the Airflow 3 UI: the latest published maps per date, model and method.
 
 Served by the API server as a FastAPI app (``/image-embeddings``) and shown
 inside the Airflow UI as an external view (see ``plugins/image_embeddings_plugin.py``).
@@ -24,6 +24,10 @@ selection it builds (``allow-downloads``), but it can neither reach the
 network nor see Airflow's cookies. map_mosaic.png (the night's images on a
 grid) is read from the folder of the run's map.png: run records written
 before it existed have no field for it.
+
+Several models in a night (the DAG's ``models``): the record's ``models`` holds each
+model's maps, and the page shows one group per model, with the night's model
+comparison; a map of a model other than the first is addressed with ``model=<name>``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,43 @@ def map_path(projection: dict[str, Any], field: str) -> str | None:
     return path
 
 
+def projection_of(record: dict[str, Any], method: str, model: str | None = None) -> dict[str, Any]:
+    """The record's entry for ``method``'s map: the first model's (``projections``), or ``model``'s."""
+    if model:
+        entry = (((record.get("models") or {}).get(model) or {}).get("projections") or {}).get(method)
+    else:
+        entry = (record.get("projections") or {}).get(method)
+    return entry if isinstance(entry, dict) else {}
+
+
+def model_groups(run: dict[str, Any]) -> list[tuple[str | None, dict[str, Any], dict[str, Any], str | None]]:
+    """(model name or None, its figures, its projections, the ``model`` its links carry) per model of the run.
+
+    One unnamed group for a single-model night (and records from before there could be several); else
+    one per model, the primary first. The primary is the model whose model_id is the record's top-level
+    one (JSON sorts the keys, so the order says nothing): its maps are the record's top-level ones and
+    its links carry no ``model``.
+    """
+    models = run.get("models") or {}
+    if len(models) < 2:
+        return [(None, run.get("embeddings") or {}, run.get("projections") or {}, None)]
+    groups = [
+        (
+            name,
+            figures,
+            figures.get("projections") or {},
+            None if figures.get("model_id") == run.get("model_id") else name,
+        )
+        for name, figures in models.items()
+    ]
+    return sorted(groups, key=lambda group: group[3] is not None)
+
+
+def _query(**values: Any) -> str:
+    """A query string of the values given, leaving out the None ones."""
+    return urlencode({key: value for key, value in values.items() if value is not None})
+
+
 def latest_runs(events: list[dict[str, Any]], method: str | None = None, limit: int = 14) -> list[dict[str, Any]]:
     """Newest published run per date (newest date first), from ``{"id", "timestamp", "extra"}`` events.
 
@@ -117,7 +158,13 @@ PAGES = jinja2.Environment(
 )
 PAGES.filters.update(num=_number, query=urlencode)
 PAGES.globals.update(
-    quality=_quality, dag_id=DAG_ID, maps_asset=MAPS_ASSET, publish_task=PUBLISH_TASK, map_sandbox=MAP_SANDBOX
+    quality=_quality,
+    dag_id=DAG_ID,
+    maps_asset=MAPS_ASSET,
+    publish_task=PUBLISH_TASK,
+    map_sandbox=MAP_SANDBOX,
+    q=_query,
+    model_groups=model_groups,
 )
 
 
@@ -127,13 +174,14 @@ def render_index(runs: list[dict[str, Any]], method: str | None = None) -> str:
 
 
 def frame_of(run: dict[str, Any], method: str) -> str | None:
-    """The saved reference a run's ``method`` map is in (its folder), or None when that night was refitted."""
+    """The saved reference a run's ``method`` map (of the primary model) is in (its folder), or None when that
+    night was refitted."""
     reference = ((run.get("projections") or {}).get(method) or {}).get("reference") or {}
     return reference.get("dir") if isinstance(reference, dict) else None
 
 
 def frame_neighbours(runs: list[dict[str, Any]], run: dict[str, Any], method: str) -> tuple[str | None, str | None]:
-    """(the previous, the next) date whose ``method`` map is in the same frame as ``run``'s; None at either end
+    """(the previous, the next) date whose ``method`` map is in the same frame as ``run`'s; None at either end
     or when ``run`` has no reference (then no two nights share axes)."""
     frame = frame_of(run, method)
     if not frame:
@@ -145,11 +193,19 @@ def frame_neighbours(runs: list[dict[str, Any]], run: dict[str, Any], method: st
     return (dates[at - 1] if at > 0 else None), (dates[at + 1] if at + 1 < len(dates) else None)
 
 
-def render_map(run: dict[str, Any], method: str, neighbours: tuple[str | None, str | None] = (None, None)) -> str:
-    """One date and method: the interactive map (sandboxed frame) with its figures; with a reference, links to
-    the previous and next nights in the same frame and the night's drift against it."""
+def render_map(
+    run: dict[str, Any],
+    method: str,
+    model: str | None = None,
+    neighbours: tuple[str | None, str | None] = (None, None),
+) -> str:
+    """One date, method (and model): the interactive map (sandboxed frame) with its figures; with a reference
+    (the primary model's maps), links to the previous and next nights in the same frame and the night's drift."""
+    projection = projection_of(run, method, model)
     previous, following = neighbours
-    return PAGES.get_template("map_page.html").render(run=run, method=method, previous=previous, following=following)
+    return PAGES.get_template("map_page.html").render(
+        run=run, method=method, model=model, projection=projection, previous=previous, following=following
+    )
 
 
 def load_events(event_id: int | None = None) -> list[dict[str, Any]]:
@@ -190,14 +246,20 @@ router = APIRouter()
 
 
 @router.get("/", response_class=HTMLResponse)
-async def index(method: str | None = None, ds: str | None = None, limit: int = Query(14, ge=1, le=366)) -> HTMLResponse:
+async def index(
+    method: str | None = None,
+    ds: str | None = None,
+    model: str | None = None,
+    limit: int = Query(14, ge=1, le=366),
+) -> HTMLResponse:
     _check_method(method or None)
     if ds and method:
-        runs = await _runs(method, 10_000)
-        match = [run for run in runs if run["ds"] == ds]
+        runs = await _runs(None, 10_000)
+        match = [run for run in runs if run["ds"] == ds and projection_of(run, method, model)]
         if not match:
-            raise HTTPException(404, f"no published {method} map for ds={ds}")
-        return HTMLResponse(render_map(match[0], method, frame_neighbours(runs, match[0], method)))
+            raise HTTPException(404, f"no published {method} map{f' of {model}' if model else ''} for ds={ds}")
+        neighbours = (None, None) if model else frame_neighbours(runs, match[0], method)
+        return HTMLResponse(render_map(match[0], method, model or None, neighbours))
     return HTMLResponse(render_index(await _runs(method or None, limit), method or None))
 
 
@@ -207,12 +269,12 @@ async def latest(method: str | None = None, limit: int = Query(14, ge=1, le=366)
     return JSONResponse(await _runs(method, limit), headers={"Cache-Control": "no-store"})
 
 
-async def _map_file(event: int, method: str, field: str) -> bytes:
-    """The bytes of the map file that the publish task's event ``event`` names in ``field``."""
+async def _map_file(event: int, method: str, field: str, model: str | None = None) -> bytes:
+    """The bytes of the map file that the publish task's event ``event`` names in ``field`` (of ``model``)."""
     _check_method(method)
     events = await asyncio.to_thread(load_events, event)
     record: RunRecord | dict = (events[0]["extra"] if events else None) or {}
-    path = map_path((record.get("projections") or {}).get(method) or {}, field)
+    path = map_path(projection_of(record, method, model), field)
     if path is None:
         raise HTTPException(404, f"event {event} published no {method} {field}")
     try:
@@ -222,19 +284,19 @@ async def _map_file(event: int, method: str, field: str) -> bytes:
 
 
 @router.get("/map.png")
-async def map_png(event: int, method: str) -> Response:
-    return Response(await _map_file(event, method, "map_png"), media_type="image/png")
+async def map_png(event: int, method: str, model: str | None = None) -> Response:
+    return Response(await _map_file(event, method, "map_png", model), media_type="image/png")
 
 
 @router.get("/map.html")
-async def map_html(event: int, method: str) -> Response:
-    body = await _map_file(event, method, "map_html")
+async def map_html(event: int, method: str, model: str | None = None) -> Response:
+    body = await _map_file(event, method, "map_html", model)
     return Response(body, media_type="text/html", headers={"Content-Security-Policy": MAP_CSP})
 
 
 @router.get("/map_mosaic.png")
-async def map_mosaic(event: int, method: str) -> Response:
-    return Response(await _map_file(event, method, "map_mosaic"), media_type="image/png")
+async def map_mosaic(event: int, method: str, model: str | None = None) -> Response:
+    return Response(await _map_file(event, method, "map_mosaic", model), media_type="image/png")
 
 
 # --------------------------------------------------------------------------- similar images
