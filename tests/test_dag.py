@@ -346,7 +346,10 @@ def test_rerun_of_a_date_replaces_its_partitions_whole(nights):
     assert sorted(os.listdir(out / "projections" / "method=umap")) == [f"ds={NIGHT}"]
     # reference_policy fixed: the re-run drew the three photos where the first run had, in the saved frame.
     again = {r["image_uri"]: (r["x"], r["y"]) for r in proj}
-    assert runs["first_coords"] == {uri: again[uri] for uri in runs["first_coords"]}
+    # Not bit-equal: the first run reused the first night's vectors (skip_known), the two-model re-run computed
+    # them again, in other batches (float noise ~1e-6); a refitted frame would move them by whole units.
+    for uri, (x, y) in runs["first_coords"].items():
+        assert again[uri] == pytest.approx((x, y), abs=1e-3), uri
     record = json.loads((out / "runs" / f"ds={RERUN}" / "run.json").read_text())
     reference = record["projections"]["pca"]["reference"]
     assert reference["dir"] == str(out / "references" / "method=pca" / "fixed")
