@@ -145,6 +145,7 @@ def _projection(out: str) -> dict[str, tuple[float, float]]:
     return {r["image_uri"]: (r["x"], r["y"]) for r in rows}
 
 
+@pytest.mark.slow  # two in-process reduce runs, 19-31 s under load
 def test_nights_share_the_saved_frame_and_backfills_repeat_it(tmp_path):
     from beam_jobs.reduce_dim.pipeline import run
 
