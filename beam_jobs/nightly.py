@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypedDict
 
 from beam_jobs.contract import (
@@ -61,6 +61,7 @@ from beam_jobs.contract import (
     partition,
     projections_dir,
     references_dir,
+    run_record_path,
 )
 
 GCS = "gs://"
@@ -833,6 +834,20 @@ def run_record(
 
 
 # --------------------------------------------------------------------------- cost per night
+
+
+def earlier_records(output_root: str, ds: str, nights: int, read_json: Any) -> list[dict]:
+    """The published run records of the ``nights`` dates before ``ds`` that exist (for the cost median)."""
+    day = date.fromisoformat(ds)
+    records = []
+    for back in range(1, nights + 1):
+        try:
+            records.append(read_json(run_record_path(output_root, (day - timedelta(days=back)).isoformat())))
+        except Exception:  # noqa: BLE001 - a night never published (or unreadable) is simply not in the median
+            continue
+    return records
+
+
 # Dataflow's service metrics (origin "dataflow/v1b3" in projects.locations.jobs.getMetrics) that bill a
 # batch job, and their units as Dataflow reports them: the record names each field by its unit.
 SERVICE_METRICS = {

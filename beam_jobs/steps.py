@@ -14,7 +14,6 @@ import base64
 import logging
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
 from typing import Any
 
 from beam_jobs.contract import (
@@ -46,6 +45,7 @@ from beam_jobs.nightly import (
     cost_jump,
     cost_summary,
     drift_alerts,
+    earlier_records,
     fill_date,
     input_ready_record,
     input_verdict,
@@ -315,14 +315,8 @@ def publish_step(
     comparison = _read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
     flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
     cost = cost_summary(jobs, extraction["embedded"], flexrs=flexrs)
-    earlier = []
-    for back in range(1, COST_HISTORY_NIGHTS + 1):
-        day = (date.fromisoformat(plan["ds"]) - timedelta(days=back)).isoformat()
-        try:
-            earlier.append(_read_json(run_record_path(plan["output_root"], day)).get("cost"))
-        except Exception:  # noqa: BLE001 - a night never published is not in the median
-            continue
-    jump = cost_jump(cost, earlier, float(cost_jump_ratio))
+    history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, _read_json)
+    jump = cost_jump(cost, [night.get("cost") for night in history], float(cost_jump_ratio))
     if jump:
         LOG.warning("ALERT cost ds=%s: %s", plan["ds"], jump)
         cost["alert"] = jump

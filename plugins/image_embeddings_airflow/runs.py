@@ -28,6 +28,7 @@ from beam_jobs.nightly import (
     cost_summary,
     default_setup_file,
     drift_alerts,
+    earlier_records,
     prices,
     projections_key,
     reduction_key,
@@ -72,19 +73,3 @@ DAG_ID = "image_embeddings"
 # The Asset the publish task emits one event on per published run (the maps page reads them).
 MAPS_ASSET = "image_embeddings_maps"
 PUBLISH_TASK = "publish"
-
-
-def earlier_records(output_root: str, ds: str, nights: int, read_json) -> list[dict]:
-    """The published run records of the ``nights`` dates before ``ds`` that exist (for the cost median)."""
-    from datetime import date, timedelta
-
-    from beam_jobs.contract import run_record_path
-
-    day = date.fromisoformat(ds)
-    records = []
-    for back in range(1, nights + 1):
-        try:
-            records.append(read_json(run_record_path(output_root, (day - timedelta(days=back)).isoformat())))
-        except Exception:  # noqa: BLE001 - a night never published (or unreadable) is simply not in the median
-            continue
-    return records
