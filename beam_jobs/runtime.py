@@ -29,6 +29,25 @@ LOG = logging.getLogger(__name__)
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
+# Beam's local runner (2.77) sends data between its threads through buffers that a timer thread also
+# flushes every second (worker_handlers.DATA_BUFFER_TIME_LIMIT_MS). That flush reads and clears the
+# buffer without the lock the writing thread would need: bytes written in between are lost, and a flush
+# in the middle of an element corrupts the stream ("Invalid PaneInfoEncoding", a hang or a crash).
+# That is the loss seen inside Distinct (README, Reliability). Batch jobs need no time-based flush
+# (Dataflow's SDK harness has none by default), so locally the buffers flush on size and at the end of
+# a bundle only. 0 cannot be set (Beam reads it as "use the default"), hence a period no run reaches.
+LOCAL_TIME_FLUSH_MS = 10**9  # 11.6 days
+
+
+def flush_on_size_only() -> None:
+    """Turn off the local runner's racy time-based flush for every run in this process."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    if not hasattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS"):
+        # A Beam upgrade renamed it: fail loudly rather than run with the race back.
+        raise RuntimeError("apache_beam has no worker_handlers.DATA_BUFFER_TIME_LIMIT_MS; see beam_jobs/runtime.py")
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = LOCAL_TIME_FLUSH_MS
+
 
 def pipeline_options(beam_args: list[str], running_mode: str = "multi_threading") -> PipelineOptions:
     """Beam options with local defaults that suit our jobs; explicit flags always win."""
@@ -38,6 +57,7 @@ def pipeline_options(beam_args: list[str], running_mode: str = "multi_threading"
         # Beam's default DirectRunner first tries to download the Prism runner binary.
         std.runner = "FnApiRunner"
     if std.runner in LOCAL_RUNNERS:
+        flush_on_size_only()
         direct = options.view_as(DirectOptions)
         given = " ".join(beam_args)
         # Two bundles in flight let one thread do I/O or decoding while the other computes;

@@ -13,7 +13,9 @@ for every run (the one mismatch seen so far was on a freshly written folder);
 loss was seen, in this process and without the model: the local listing, the Distinct
 shuffle and the decode step (our DoFn, or with ``--stages plain`` a Map that tags every
 URI as failed, to tell our code from Beam's), on FnApiRunner multi_threading with two
-workers (``--running_mode in_memory`` to compare), counting what comes out of each. A run of
+workers (``--running_mode in_memory`` to compare), counting what comes out of each. The runs take
+the jobs' own options (``beam_jobs.runtime``: no time-based flush); ``--time_flush_ms 1000`` puts
+Beam's default flush back, the race that lost the URIs (a shorter period shows it sooner). A run of
 20,000 files takes ~10 s without the model; the losses seen so far came in runs slowed by contention.
 """
 
@@ -52,17 +54,24 @@ def _record(count: int, path: str) -> None:
         handle.write(str(count))
 
 
-def run_stages(folder: str, decode: str, mode: str = "multi_threading") -> dict[str, int]:
-    """listing -> Distinct -> decode (ours or a plain Map), counted at each step, in this process."""
+def run_stages(folder: str, decode: str, mode: str = "multi_threading", time_flush_ms: int = 0) -> dict[str, int]:
+    """listing -> Distinct -> decode (ours or a plain Map), counted at each step, in this process.
+
+    The options come from the jobs' own ``runtime.pipeline_options`` (size-only flushing);
+    ``time_flush_ms`` > 0 puts Beam's time-based flush back with that period (Beam's default: 1000).
+    """
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
     from beam_jobs.contract import ResizeMode
     from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams
     from beam_jobs.extract_embeddings.inputs import ReadImageURIs
+    from beam_jobs.runtime import pipeline_options
 
     counts_dir = tempfile.mkdtemp(prefix="counts-")
-    options = PipelineOptions(["--runner=FnApiRunner", f"--direct_running_mode={mode}", "--direct_num_workers=2"])
+    options = pipeline_options(["--runner=FnApiRunner", f"--direct_running_mode={mode}", "--direct_num_workers=2"])
+    if time_flush_ms:
+        worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = time_flush_ms
     with beam.Pipeline(options=options) as p:
         read = p | ReadImageURIs(os.path.join(folder, "*"))
         if decode == "ours":
@@ -107,7 +116,7 @@ def main_stages(args) -> int:
                 folder = os.path.join(work, f"images-{run}")
                 write_files(folder, args.files)
             start = time.perf_counter()
-            counts = run_stages(folder, args.stages, args.running_mode)
+            counts = run_stages(folder, args.stages, args.running_mode, args.time_flush_ms)
             seconds.append(time.perf_counter() - start)
             want = {"listed": args.files, "inputs": args.files, "decoded": 0, "failed": args.files}
             exact = counts == want
@@ -118,7 +127,8 @@ def main_stages(args) -> int:
             proc.terminate()
         shutil.rmtree(work, ignore_errors=True)
     print(
-        f"{args.runs} stage runs ({args.stages} decode, {args.running_mode}) of {args.files} files "
+        f"{args.runs} stage runs ({args.stages} decode, {args.running_mode}, "
+        f"time flush: {args.time_flush_ms or 'off'} ms) of {args.files} files "
         f"(fresh folders: {args.fresh}, "
         f"busy processes: {args.busy}): {mismatches} mismatches; median {sorted(seconds)[len(seconds) // 2]:.1f}s"
     )
@@ -135,6 +145,12 @@ def main() -> int:
     parser.add_argument("--stages", choices=["ours", "plain"], help="only listing, Distinct and decode, in process")
     parser.add_argument(
         "--running_mode", default="multi_threading", choices=["multi_threading", "in_memory"], help="with --stages"
+    )
+    parser.add_argument(
+        "--time_flush_ms",
+        type=int,
+        default=0,
+        help="with --stages: put Beam's racy time-based flush back with this period (Beam's default 1000)",
     )
     args = parser.parse_args()
     print(f"CPU: {cpu_flags()}", flush=True)

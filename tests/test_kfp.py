@@ -8,6 +8,7 @@ and a ``dag.test()`` night on the same images, outputs compared.
 
 from __future__ import annotations
 
+import builtins
 import glob
 import json
 import os
@@ -618,6 +619,9 @@ def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     pipeline = nightly_pipeline(run_times=False)  # kfp.local cannot resolve the run-time placeholders
     started = time.monotonic()
     with pytest.MonkeyPatch.context() as mp:
+        # kfp.local swaps builtins.print for an indenting one while a pipeline runs and does not always put it
+        # back when a step fails; numba (imported later by UMAP in other tests) then refuses to type print.
+        mp.setattr(builtins, "print", builtins.print)
         # kfp.local has two schedulers and picks the simple one when the root DAG has no loop of its own;
         # only the other runs the loop inside the reduce-methods sub-pipeline (real KFP runs both kinds).
         mp.setattr(dag_orchestrator, "run_dag", enhanced_dag_orchestrator.run_enhanced_dag)
@@ -647,7 +651,12 @@ def test_local_kfp_night_gives_the_dags_outputs(nights):
     for a, k in zip(rows["airflow"], rows["kfp"], strict=True):
         for column in ("model_id", "content_sha256", "width", "height"):
             assert k[column] == a[column], column
-        assert np.array_equal(np.asarray(k["embedding"]), np.asarray(a["embedding"])), a["image_uri"]
+        # The same network on the same pixels, but not always in the same batch: TensorFlow's kernels may pick
+        # another algorithm for another batch size, so the vectors agree to float noise, not bit for bit.
+        ka, aa = np.asarray(k["embedding"], dtype=np.float64), np.asarray(a["embedding"], dtype=np.float64)
+        cosine = float(ka @ aa / (np.linalg.norm(ka) * np.linalg.norm(aa)))
+        assert cosine > 0.99999, (a["image_uri"], cosine)
+        assert np.linalg.norm(ka - aa) <= 1e-4 * np.linalg.norm(aa), a["image_uri"]
     assert {r["run_id"] for r in rows["airflow"]} == {dr.run_id}
     assert {r["run_id"] for r in rows["kfp"]} != {dr.run_id}  # each orchestrator's own run id
 
