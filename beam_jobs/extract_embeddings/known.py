@@ -118,9 +118,10 @@ class ReadKnownFn(beam.DoFn):
 class KnownVectors(beam.PTransform):
     """Embeddings files -> (sha256, (partition, float32 vector as bytes, width, height)) of ``model_id``.
 
-    Every stored row, not one per hash: a combiner keeping the earliest night's, with numpy arrays in
-    its accumulators, broke the local runner's shuffle at 20,000 hashes ("Invalid PaneInfoEncoding",
-    17 GB); the split keeps the earliest night's instead (several nights rarely hold the same bytes).
+    Every stored row, not one per hash; the split keeps the earliest night's (several nights rarely hold
+    the same bytes). A combiner with numpy arrays in its accumulators once broke the local runner's
+    shuffle at 20,000 hashes ("Invalid PaneInfoEncoding", 17 GB): that was Beam's time-based flush race,
+    now turned off for local runs (``beam_jobs.runtime.flush_on_size_only``).
     """
 
     def __init__(self, files: Sequence[str], model_id: str):
@@ -133,10 +134,9 @@ class KnownVectors(beam.PTransform):
         return (
             pbegin
             | "KnownFiles" >> beam.Create(self._files)
-            # Spreads the files over workers; each is then read in batches by one plain DoFn. Beam's
-            # ReadAllFromParquetBatched (split reads of ranges) lost or corrupted elements on the local
-            # FnApiRunner (multi_threading): 19,082 of 20,000 hashes in one run, "Invalid
-            # PaneInfoEncoding" and 17 GB of memory in another.
+            # Spreads the files over workers; each is then read in batches by one plain DoFn (whole files:
+            # simpler than ReadAllFromParquetBatched's split ranges, whose lost elements on the local
+            # runner were Beam's time-based flush race, see beam_jobs.runtime).
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadKnown" >> beam.ParDo(ReadKnownFn(model_id))
         )

@@ -127,8 +127,9 @@ def finish_extraction(
         )
     if local_matches is not None and inputs != counts["listed"]:
         # A glob lists each file once, so every listed URI must come out of the de-duplication: fewer
-        # means URIs were lost in Beam's shuffle (seen on the multi-threaded FnApiRunner under load),
-        # which would otherwise pass as "duplicate_inputs". (Files that landed after the up-front count
+        # means URIs were lost between steps, which would otherwise pass as "duplicate_inputs". (Seen on
+        # the multi-threaded FnApiRunner under load: Beam's time-based flush race, turned off since by
+        # beam_jobs.runtime; the check stays for any runner. Files that landed after the up-front count
         # are listed and distinct too: they pass.)
         raise AccountingError(
             f"de-duplication mismatch: a glob lists each file once, but {counts['listed']} were listed "
