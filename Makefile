@@ -38,8 +38,8 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP) ## create .venv/ with the pinned requirements and this package
 
-test: $(STAMP) ## run every test: unit, Beam TestPipeline, end-to-end jobs, dag.test(), the live scheduler (~15 min)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest
+test: $(STAMP) ## run every test: unit, Beam TestPipeline, end-to-end jobs, dag.test(), the live scheduler (~15 min; prints the 20 slowest)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest --durations=20
 
 test-fast: $(STAMP) ## the fast tier: everything not marked slow (< 3 min; run it while you work)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -m "not slow"

@@ -5,6 +5,10 @@
 Each input is a tiny file that is not an image, so every one becomes a failure record.
 The job runs as a subprocess (its own peak RSS, FnApiRunner defaults); the issue's bar
 is peak RSS at 200k failures within 10% of 2k failures.
+
+Beside each job, the same inputs go through the job's listing stage alone (ReadImageURIs and
+a count, the jobs' runner options, a subprocess): what the inputs cost before any is decoded or
+fails. The job's growth minus the listing's is what the failures themselves add.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ sys.path.insert(0, ROOT)
 
 from scripts.benchutil import cpu_flags, extraction_command, run_measured  # noqa: E402
 from scripts.stress_accounting import write_files  # noqa: E402
+
+LISTING_ONLY = """
+import resource, sys
+import apache_beam as beam
+from beam_jobs.extract_embeddings.inputs import ReadImageURIs
+from beam_jobs.runtime import pipeline_options
+with beam.Pipeline(options=pipeline_options(["--runner=FnApiRunner"])) as p:
+    _ = (p | ReadImageURIs(sys.argv[1]))["uris"] | beam.combiners.Count.Globally()
+"""
 
 
 def main() -> int:
@@ -39,16 +52,27 @@ def main() -> int:
             wall, rss_mb, _ = run_measured(cmd, ROOT)
             with open(os.path.join(out, "manifest.json")) as handle:
                 manifest = json.load(handle)
-            rows.append((count, manifest["failed"], wall, rss_mb))
-            print(f"{count} inputs: {manifest['failed']} failed, {wall:.1f}s, peak RSS {rss_mb:.0f} MB", flush=True)
+            _, listing_mb, _ = run_measured([sys.executable, "-c", LISTING_ONLY, os.path.join(folder, "*")], ROOT)
+            rows.append((count, manifest["failed"], wall, rss_mb, listing_mb))
+            print(
+                f"{count} inputs: {manifest['failed']} failed, {wall:.1f}s, peak RSS {rss_mb:.0f} MB "
+                f"(listing stage alone: {listing_mb:.0f} MB)",
+                flush=True,
+            )
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| inputs (all failing) | failure records | wall s | peak RSS MB |\n|---:|---:|---:|---:|")
-    for count, failed, wall, rss in rows:
-        print(f"| {count:,} | {failed:,} | {wall:.1f} | {rss:.0f} |")
+    print(
+        "\n| inputs (all failing) | failure records | wall s | peak RSS MB | listing stage alone MB |"
+        "\n|---:|---:|---:|---:|---:|"
+    )
+    for count, failed, wall, rss, listing in rows:
+        print(f"| {count:,} | {failed:,} | {wall:.1f} | {rss:.0f} | {listing:.0f} |")
     if len(rows) > 1:
-        print(f"peak RSS, {rows[-1][0]:,} against {rows[0][0]:,}: {rows[-1][3] / rows[0][3] - 1:+.1%}")
+        (n0, _, _, job0, list0), (n1, _, _, job1, list1) = rows[0], rows[-1]
+        print(f"peak RSS, {n1:,} against {n0:,}: {job1 / job0 - 1:+.1%} ({job1 - job0:+.0f} MB)")
+        print(f"of which the listing stage alone (inputs, before any failure): {list1 - list0:+.0f} MB")
+        print(f"what the failures add beyond their inputs: {(job1 - job0) - (list1 - list0):+.0f} MB")
     return 0
 
 
