@@ -28,6 +28,7 @@ from beam_jobs.contract import (
     FAILURE_FILES,
     FLEXRS_GOALS,
     INPUT_READY_RULES,
+    MANIFEST,
     MAP_HTML,
     MAP_MOSAIC,
     MAP_PNG,
@@ -998,6 +999,48 @@ def cost_jump(cost: dict[str, Any], earlier: list[dict[str, Any] | None], ratio:
         f"{name.replace('_', ' ')} is {value:g}, {value / median:.1f}x the median {median:g} "
         f"of the {len(history)} nights before (alert above {ratio:g}x)"
     )
+
+
+def night_record(
+    plan: Plan,
+    extraction: ExtractionSummary,
+    jobs: dict[str, dict[str, Any] | None],
+    read_json: Any,
+    *,
+    input_ready: InputReady | None = None,
+    table: dict[str, float] | None = None,
+    overridden: bool = False,
+    cost_jump_ratio: float = 2.0,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
+    """The night's run record as both orchestrators publish it, from the manifests the plan names.
+
+    Adds the cost (``table``: prices, the defaults when None) and, when it jumped against the earlier
+    nights' median, its alert. Returns (record, the projections' manifests by method, the cost alert or
+    None); writing the record, alerts and metrics are the orchestrator's. ``read_json(uri)`` reads local
+    or object-store JSON the orchestrator's way.
+    """
+    projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
+    reduced = {reduction_key(r): read_json(join(r["dir"], MANIFEST)) for r in plan.get("reductions", [])}
+    index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
+    comparison = read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
+    flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
+    cost = cost_summary(jobs, extraction["embedded"], table, flexrs=flexrs, overridden=overridden)
+    history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, read_json)
+    jump = cost_jump(cost, [night.get("cost") for night in history], float(cost_jump_ratio))
+    if jump:
+        cost["alert"] = jump
+    record = run_record(
+        plan,
+        extraction,
+        projections,
+        jobs,
+        index=index,
+        reductions=reduced,
+        comparison=comparison,
+        input_ready=input_ready,
+        cost=cost,
+    )
+    return record, projections, jump
 
 
 # --------------------------------------------------------------------------- orchestrators without Airflow

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from beam_jobs.contract import (
-    COMPARISON_JSON,
     JOB_EXTRACT,
     JOB_INDEX,
     JOB_REDUCE,
@@ -36,26 +35,22 @@ from beam_jobs.launch import (
     run_step,
 )
 from beam_jobs.nightly import (
-    COST_HISTORY_NIGHTS,
     DATAFLOW_SETTINGS,
     Plan,
     PlanError,
     build_plan,
     check_extraction,
-    cost_jump,
-    cost_summary,
     drift_alerts,
-    earlier_records,
     fill_date,
     input_ready_record,
     input_verdict,
     join,
     local_snapshot,
     model_summaries,
+    night_record,
     param_problems,
     reduction_key,
     run_date,
-    run_record,
 )
 
 LOG = logging.getLogger(__name__)
@@ -309,29 +304,12 @@ def publish_step(
     from beam_jobs.storage import write_json
 
     plan, extraction, jobs = from_struct(plan), from_struct(extraction), from_struct(jobs)
-    projections = {method: _read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
-    reduced = {reduction_key(r): _read_json(join(r["dir"], MANIFEST)) for r in plan.get("reductions", [])}
-    index = _read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-    comparison = _read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
-    flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
-    cost = cost_summary(jobs, extraction["embedded"], flexrs=flexrs)
-    history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, _read_json)
-    jump = cost_jump(cost, [night.get("cost") for night in history], float(cost_jump_ratio))
+    ready = {**dict.fromkeys(InputReady.__annotations__), **from_struct(input_ready)} if input_ready else None
+    record, projections, jump = night_record(
+        plan, extraction, jobs, _read_json, input_ready=ready, cost_jump_ratio=cost_jump_ratio
+    )
     if jump:
         LOG.warning("ALERT cost ds=%s: %s", plan["ds"], jump)
-        cost["alert"] = jump
-    ready = {**dict.fromkeys(InputReady.__annotations__), **from_struct(input_ready)} if input_ready else None
-    record = run_record(
-        plan,
-        extraction,
-        projections,
-        jobs,
-        index=index,
-        reductions=reduced,
-        comparison=comparison,
-        input_ready=ready,
-        cost=cost,
-    )
     write_json(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
     for method, manifest in projections.items():

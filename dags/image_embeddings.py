@@ -605,29 +605,12 @@ with DAG(
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
         from airflow.sdk import Variable
 
-        from beam_jobs.contract import COMPARISON_JSON, MANIFEST, run_record_path
-        from beam_jobs.nightly import COST_HISTORY_NIGHTS
+        from beam_jobs.contract import run_record_path
         from image_embeddings_airflow.alerts import cost_alert, drift_alert_payload, post_alert
         from image_embeddings_airflow.metrics import emit_cost, emit_projection
-        from image_embeddings_airflow.paths import join, read_json, write_json
-        from image_embeddings_airflow.runs import (
-            cost_jump,
-            cost_summary,
-            drift_alerts,
-            earlier_records,
-            prices,
-            reduction_key,
-            run_record,
-        )
+        from image_embeddings_airflow.paths import read_json, write_json
+        from image_embeddings_airflow.runs import drift_alerts, night_record, prices, reduction_key
 
-        reduced = {reduction_key(r): read_json(join(r["dir"], MANIFEST)) for r in plan["reductions"]}
-        projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
-        for method, manifest in projections.items():
-            emit_projection(method, manifest)
-            # Drift never fails the run: crossing a threshold posts an alert through the failure notifier's hook.
-            problems = drift_alerts(manifest.get("drift"), plan)
-            if problems:
-                post_alert(drift_alert_payload(plan, method, manifest, problems, context["run_id"]))
         # The *_done results of the Beam tasks that ran; the mapped reduce_done's come in the reductions' order.
         ti = context["ti"]
         jobs = {"extract_embeddings": ti.xcom_pull(task_ids="extract_embeddings_done")}
@@ -635,33 +618,29 @@ with DAG(
         jobs.update({reduction_key(r): job for r, job in zip(plan["reductions"], done, strict=False)})
         if plan.get("index"):
             jobs["build_index"] = ti.xcom_pull(task_ids="build_index_done")
-        index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-        comparison = read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
-        input_ready = ti.xcom_pull(task_ids=wait_for_input.task_id)
         overrides = Variable.get("image_embeddings_prices", default=None, deserialize_json=True)
         table, price_problems = prices(overrides)
         for problem in price_problems:
             LOG.warning("Variable image_embeddings_prices: %s (the default is used)", problem)
-        flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
-        cost = cost_summary(jobs, extraction["embedded"], table, flexrs=flexrs, overridden=bool(overrides))
-        history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, read_json)
-        jump = cost_jump(cost, [night.get("cost") for night in history], float(params.get("cost_jump_ratio", 2.0)))
-        if jump:
-            cost["alert"] = jump
-        record = run_record(
+        record, projections, jump = night_record(
             plan,
             extraction,
-            projections,
             jobs,
-            index=index,
-            reductions=reduced,
-            comparison=comparison,
-            input_ready=input_ready,
-            cost=cost,
+            read_json,
+            input_ready=ti.xcom_pull(task_ids=wait_for_input.task_id),
+            table=table,
+            overridden=bool(overrides),
+            cost_jump_ratio=float(params.get("cost_jump_ratio", 2.0)),
         )
+        for method, manifest in projections.items():
+            emit_projection(method, manifest)
+            # Drift never fails the run: crossing a threshold posts an alert through the failure notifier's hook.
+            problems = drift_alerts(manifest.get("drift"), plan)
+            if problems:
+                post_alert(drift_alert_payload(plan, method, manifest, problems, context["run_id"]))
         write_json(run_record_path(plan["output_root"], plan["ds"]), record)
         context["outlet_events"][MAPS].extra = record
-        emit_cost(cost)
+        emit_cost(record["cost"])
         if jump:
             cost_alert(plan["ds"], plan["run_id"], jump)
         embeddings = record["embeddings"]
