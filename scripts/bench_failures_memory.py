@@ -27,7 +27,8 @@ from scripts.benchutil import cpu_flags, extraction_command, run_measured  # noq
 from scripts.stress_accounting import write_files  # noqa: E402
 
 LISTING_ONLY = """
-import resource, sys
+import sys
+
 import apache_beam as beam
 from beam_jobs.extract_embeddings.inputs import ReadImageURIs
 from beam_jobs.runtime import pipeline_options

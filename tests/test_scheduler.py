@@ -128,19 +128,29 @@ def postgres_bindir() -> str | None:
     return os.path.dirname(os.path.realpath(found)) if found else None
 
 
+def postgres_unavailable() -> str | None:
+    """Why this machine cannot start a PostgreSQL server for the test, or None."""
+    if not postgres_bindir():
+        return "PostgreSQL binaries not found (Debian: apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run the server as"
+    return None
+
+
 @contextlib.contextmanager
 def postgres_server():
-    """A throwaway PostgreSQL on loopback; yields its SQLAlchemy URL, stops it (fast shutdown) after."""
+    """A throwaway PostgreSQL on loopback; yields its SQLAlchemy URL, stops it (fast shutdown) after.
+
+    Only where ``postgres_unavailable()`` found no reason against it.
+    """
     bindir = postgres_bindir()
-    if not bindir:
-        pytest.skip("PostgreSQL binaries not found (Debian: apt-get install postgresql)")
     base = tempfile.mkdtemp(prefix="airflow-pg-")
     run_as: list[str] = []
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        user = pwd.getpwnam("postgres")
         os.chown(base, user.pw_uid, user.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
     data, port = os.path.join(base, "data"), free_port()
@@ -175,18 +185,6 @@ def postgres_server():
         server.wait(timeout=60)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def postgres_unavailable() -> str | None:
-    """Why this machine cannot start a PostgreSQL server for the test, or None."""
-    if not postgres_bindir():
-        return "PostgreSQL binaries not found (Debian: apt-get install postgresql)"
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root and there is no 'postgres' user to run the server as"
-    return None
 
 
 @pytest.fixture
