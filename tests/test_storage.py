@@ -442,35 +442,3 @@ def test_preflight_counts_what_a_local_glob_matches(tmp_path):
     checked = preflight(ExtractConfig(output="/o", input=str(tmp_path / "*.jpg")))
     assert checked.local_matches == 3
     assert checked.manifest_column is None
-
-
-def test_local_runs_flush_their_data_streams_on_size_only(monkeypatch):
-    """The jobs' local options turn off Beam's time-based flush, whose timer thread loses elements.
-
-    scripts/beam_flush_race.py shows the race itself (a short period hangs or corrupts most runs);
-    here: every data stream of a real multi-threaded run gets the jobs' period, and the run is exact.
-    """
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
-    from apache_beam.runners.worker import data_plane
-    from apache_beam.testing.util import assert_that, equal_to
-
-    from beam_jobs.runtime import LOCAL_TIME_FLUSH_MS, pipeline_options
-
-    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)  # Beam's default, restored after
-    periods = []
-    beams_init = data_plane.TimeBasedBufferingClosableOutputStream.__init__
-
-    def observed_init(self, *args, **kwargs):
-        periods.append(kwargs.get("time_flush_threshold_ms"))
-        beams_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(data_plane.TimeBasedBufferingClosableOutputStream, "__init__", observed_init)
-    options = pipeline_options(["--runner=FnApiRunner"])
-    assert options.view_as(beam.options.pipeline_options.DirectOptions).direct_running_mode == "multi_threading"
-    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == LOCAL_TIME_FLUSH_MS
-    with beam.Pipeline(options=options) as p:
-        n = 5000
-        counted = p | beam.Create(["x"]) | beam.FlatMap(lambda _: (f"/i/{j}.jpg" for j in range(n))) | beam.Distinct()
-        assert_that(counted | beam.combiners.Count.Globally(), equal_to([n]))
-    assert periods, "no gRPC data stream: the run did not use the multi-threaded runner"
-    assert set(periods) == {LOCAL_TIME_FLUSH_MS}
