@@ -28,12 +28,16 @@ from scripts.stress_accounting import write_files  # noqa: E402
 
 LISTING_ONLY = """
 import sys
+import tempfile
 
 import apache_beam as beam
-from beam_jobs.extract_embeddings.inputs import ReadImageURIs
+from beam_jobs.extract_embeddings.inputs import ReadImageURIs, write_listing
 from beam_jobs.runtime import pipeline_options
-with beam.Pipeline(options=pipeline_options(["--runner=FnApiRunner"])) as p:
-    _ = (p | ReadImageURIs(sys.argv[1]))["uris"] | beam.combiners.Count.Globally()
+with tempfile.TemporaryDirectory() as folder:
+    # As the job lists a local glob: a snapshot before the run, ranges of it through the shuffle.
+    listing = write_listing(sys.argv[1], folder + "/listing.jsonl")
+    with beam.Pipeline(options=pipeline_options(["--runner=FnApiRunner"])) as p:
+        _ = (p | ReadImageURIs(sys.argv[1], listing=listing))["uris"] | beam.combiners.Count.Globally()
 """
 
 

@@ -3,14 +3,15 @@
     python scripts/stress_accounting.py [--runs 50] [--files 20000] [--fresh] [--busy 0]
 
 Every file is a failure (not an image), so each run exercises listing, the shuffle
-(Distinct), the decode step's failure output, the counts and the commit check. A run
-whose commit finds ``inputs != embedded + failed`` exits non-zero with "accounting
-mismatch"; this prints each run's outcome and the total. ``--fresh`` writes a new folder
-for every run (the one mismatch seen so far was on a freshly written folder);
-``--busy N`` keeps N busy-looping processes running beside the job (CPU contention).
+(Distinct until issue 16's batched listing, a Reshuffle of URI batches since), the decode
+step's failure output, the counts and the commit check. A run whose commit finds
+``inputs != embedded + failed`` exits non-zero with "accounting mismatch"; this prints
+each run's outcome and the total. ``--fresh`` writes a new folder for every run (the one
+mismatch seen so far was on a freshly written folder); ``--busy N`` keeps N busy-looping
+processes running beside the job (CPU contention).
 
 ``--stages`` runs, instead of the whole job in a subprocess, only the stages where the
-loss was seen, in this process and without the model: the local listing, the Distinct
+loss was seen, in this process and without the model: the local listing, its
 shuffle and the decode step (our DoFn, or with ``--stages plain`` a Map that tags every
 URI as failed, to tell our code from Beam's), on FnApiRunner multi_threading with two
 workers (``--running_mode in_memory`` to compare), counting what comes out of each. The runs take
@@ -55,7 +56,7 @@ def _record(count: int, path: str) -> None:
 
 
 def run_stages(folder: str, decode: str, mode: str = "multi_threading", time_flush_ms: int = 0) -> dict[str, int]:
-    """listing -> Distinct -> decode (ours or a plain Map), counted at each step, in this process.
+    """listing -> shuffle -> decode (ours or a plain Map), counted at each step, in this process.
 
     The options come from the jobs' own ``runtime.pipeline_options`` (size-only flushing);
     ``time_flush_ms`` > 0 puts Beam's time-based flush back with that period (Beam's default: 1000).
@@ -82,8 +83,9 @@ def run_stages(folder: str, decode: str, mode: str = "multi_threading", time_flu
                 "failed", main="images"
             )
             images, failed = out.images, out.failed
+        listed = read["listed"] | "Count_listed" >> beam.CombineGlobally(sum)
+        _ = listed | "Keep_listed" >> beam.Map(_record, os.path.join(counts_dir, "listed"))
         for name, pcoll in (
-            ("listed", read["listed"]),
             ("inputs", read["uris"]),
             ("decoded", images),
             ("failed", failed),

@@ -59,7 +59,7 @@ def test_read_image_uris_from_manifest_dedupes(tmp_path):
     with TestPipeline(argv=RUNNER_ARGS) as p:
         out = p | ReadImageURIs(cfg.input, cfg.input_manifest, manifest_column=1)
         assert_that(out["uris"], equal_to(["/x/a.jpg", "/x/b.jpg"]), label="distinct")
-        assert_that(out["listed"] | beam.combiners.Count.Globally(), equal_to([3]), label="listed")
+        assert_that(out["listed"] | beam.CombineGlobally(sum), equal_to([3]), label="listed")
 
 
 def test_read_image_uris_from_glob(sample_dir):

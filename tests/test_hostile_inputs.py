@@ -24,7 +24,13 @@ from beam_jobs.contract import DEFAULT_MAX_BYTES, ResizeMode
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams, ImageMeta, read_input
 from beam_jobs.extract_embeddings.embed import to_row
 from beam_jobs.extract_embeddings.images import ImageError
-from beam_jobs.extract_embeddings.inputs import ReadImageURIs, list_local
+from beam_jobs.extract_embeddings.inputs import (
+    ReadImageURIs,
+    list_batch_size,
+    list_local,
+    read_listing_range,
+    write_listing,
+)
 from tests.conftest import ROOT
 from tests.support.objectstore import MemObjectStore
 
@@ -142,12 +148,15 @@ def test_local_listing_keeps_what_beams_listing_drops(hostile_dir):
     assert list(list_local(os.path.join(folder, "nothing-*.png"))) == []
 
 
-def test_the_pipeline_counts_every_hostile_entry_once(hostile_dir, no_hang):
+@pytest.mark.parametrize("listing", ["in the pipeline", "snapshot before the run"])
+def test_the_pipeline_counts_every_hostile_entry_once(hostile_dir, no_hang, tmp_path, listing):
     folder, expected = hostile_dir
     failures = sorted((uri, *reason) for uri, reason in expected.items() if reason)
     good = sorted(uri for uri, reason in expected.items() if reason is None)
+    pattern = os.path.join(folder, "*")
+    snapshot = write_listing(pattern, str(tmp_path / "listing.jsonl")) if listing.startswith("snapshot") else None
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        read = p | ReadImageURIs(os.path.join(folder, "*"))
+        read = p | ReadImageURIs(pattern, listing=snapshot)
         decoded = read["uris"] | DecodeImages(DecodeParams((224, 224), ResizeMode.CENTER_CROP, 10_000_000), "run")
         assert_that(read["uris"], equal_to(sorted(expected)), label="inputs")
         assert_that(decoded.images | beam.Map(lambda item: item[0].image_uri), equal_to(good), label="decoded")
@@ -156,6 +165,30 @@ def test_the_pipeline_counts_every_hostile_entry_once(hostile_dir, no_hang):
             equal_to(failures),
             label="failed",
         )
+
+
+def test_a_listing_snapshot_keeps_odd_names_and_spreads_small_nights(tmp_path):
+    """A name may hold a newline or bytes that are not UTF-8; small nights get one URI per range."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["a.jpg", "two\nlines.jpg", "caf\u00e9.jpg", os.fsdecode(b"latin1-\xe9.jpg")]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    snapshot = write_listing(str(folder / "*"), str(tmp_path / "listing.jsonl"))
+    assert snapshot.count == 4
+    assert [r.uris for r in snapshot.ranges] == [1, 1, 1, 1]
+    read = [uri for piece in snapshot.ranges for uri in read_listing_range(piece, snapshot.path)]
+    assert sorted(read) == sorted(str(folder / n) for n in names)
+    assert [list_batch_size(n) for n in (0, 1, 256, 257, 2_000, 128_000, 200_000, 10**7)] == [
+        1,
+        1,
+        1,
+        2,
+        8,
+        500,
+        500,
+        500,
+    ]
 
 
 def test_a_non_finite_vector_becomes_a_failure_not_a_row():

@@ -144,10 +144,10 @@ def test_commit_accounts_each_model_and_reports_the_primary_at_the_top():
         "npy_count": 0,
         "engines": [json.dumps({"engine": "tf", "precision": "f32", "model": m}) for m in "ab"],
     }
-    counts = {"inputs": 5, "listed": 5, "embedded": 7, "failed": 3}
+    counts = {"inputs": 5, "listed": 5, "embedded": 7}
     failures = [(("", "read/not_found"), 1), (("B", "inference/non_finite"), 1)]
     manifest = finish_extraction(
-        "/s", counts=counts, failure_keys={}, embedded_by_model={"A": 4, "B": 3}, failures_by_model=failures, **common
+        "/s", counts=counts, embedded_by_model={"A": 4, "B": 3}, failures_by_model=failures, **common
     )
     a, b = manifest["models"]["a"], manifest["models"]["b"]
     assert set(a) == set(ModelFigures.__annotations__)
@@ -161,7 +161,6 @@ def test_commit_accounts_each_model_and_reports_the_primary_at_the_top():
         finish_extraction(
             "/s",
             counts=counts,
-            failure_keys={},
             embedded_by_model={"A": 4, "B": 2},
             failures_by_model=failures,
             **common,

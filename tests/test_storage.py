@@ -414,22 +414,31 @@ def test_extraction_commit_refuses_a_run_that_lost_uris_before_counting_them():
     """A loss upstream of the counts keeps inputs == embedded + failed; the local listing count catches it."""
     from beam_jobs.extract_embeddings.outputs import finish_extraction
 
-    counts = {"inputs": 198_777, "listed": 198_777, "embedded": 0, "failed": 198_777}
-    common = {"seconds": 1.0, "settings": {}, "failure_keys": {}, "embedding_files": [], "failure_files": []}
+    def finish(inputs, listed, embedded, failed, local_matches):
+        return finish_extraction(
+            "/staging",
+            counts={"inputs": inputs, "listed": listed, "embedded": embedded},
+            failures_by_model=[(("", "decode/not_an_image"), failed)],
+            npy_count=0,
+            local_matches=local_matches,
+            seconds=1.0,
+            settings={},
+            embedding_files=[],
+            failure_files=[],
+        )
+
     with pytest.raises(AccountingError, match="matched 200000 entries before the run but only 198777 reached"):
-        finish_extraction("/staging", counts=counts, npy_count=0, local_matches=200_000, **common)
-    manifest = finish_extraction("/staging", counts=counts, npy_count=0, local_matches=198_777, **common)
-    assert manifest["inputs"] == 198_777
-    # Lost inside Beam's Distinct (as stress_accounting.py caught: listed 20,000, 18,923 after it):
+        finish(198_777, 198_777, 0, 198_777, local_matches=200_000)
+    assert finish(198_777, 198_777, 0, 198_777, local_matches=198_777)["inputs"] == 198_777
+    # Lost inside a shuffle (as stress_accounting.py caught: listed 20,000, 18,923 after Beam's Distinct):
     # the loss would look like duplicates, which a glob cannot produce.
-    lost = {"inputs": 18_923, "listed": 20_000, "embedded": 18_000, "failed": 923}
     with pytest.raises(AccountingError, match="20000 were listed and 18923 distinct URIs came out"):
-        finish_extraction("/staging", counts=lost, npy_count=0, local_matches=20_000, **common)
+        finish(18_923, 20_000, 18_000, 923, local_matches=20_000)
     # Files that landed after the up-front count are listed once each: that passes.
-    late = {"inputs": 20_005, "listed": 20_005, "embedded": 20_005, "failed": 0}
-    assert finish_extraction("/staging", counts=late, npy_count=0, local_matches=20_000, **common)["inputs"] == 20_005
+    assert finish(20_005, 20_005, 20_005, 0, local_matches=20_000)["inputs"] == 20_005
     # Remote globs and manifests are not counted before the run: no listing check there.
-    assert finish_extraction("/staging", counts=counts, npy_count=0, local_matches=None, **common)["failed"] == 198_777
+    manifest = finish(198_777, 198_777, 0, 198_777, local_matches=None)
+    assert (manifest["failed"], manifest["failures_by_reason"]) == (198_777, {"decode/not_an_image": 198_777})
 
 
 def test_preflight_counts_what_a_local_glob_matches(tmp_path):

@@ -102,14 +102,13 @@ def finish_extraction(
     seconds: float,
     settings: dict[str, Any],
     counts: dict[str, int],
-    failure_keys: dict[str, int],
+    failures_by_model: list[tuple[tuple[str, str], int]],
     embedding_files: list[str],
     failure_files: list[str],
     npy_count: int,
     engines: list[str] = (),
     local_matches: int | None = None,
     embedded_by_model: dict[str, int] | None = None,
-    failures_by_model: list[tuple[tuple[str, str], int]] | None = None,
 ) -> ExtractManifest:
     """The commit step's check and manifest: every distinct input is embedded or failed, once.
 
@@ -117,9 +116,15 @@ def finish_extraction(
     listed in the pipeline means URIs were lost before they were counted. ``engines``: the
     JSON descriptions of the engines that computed the rows (empty when nothing was embedded).
     With ``settings["models"]``, each model is accounted on its own (``per_model_figures``) and the
-    top-level counts are the primary model's.
+    top-level counts are the primary model's. ``failures_by_model``: ((model_id, "<stage>/<error>"), count),
+    model_id "" for a read or decode failure; the run's failures by reason add up every model's.
     """
-    inputs, embedded, failed = counts["inputs"], counts["embedded"], counts["failed"]
+    inputs, embedded = counts["inputs"], counts["embedded"]
+    failure_keys: dict[str, int] = {}
+    for (_owner, reason), count in failures_by_model:
+        failure_keys[reason] = failure_keys.get(reason, 0) + count
+    failure_keys = dict(sorted(failure_keys.items()))
+    failed = sum(failure_keys.values())
     if local_matches is not None and counts["listed"] < local_matches:
         raise AccountingError(
             f"listing mismatch: the input matched {local_matches} entries before the run "
@@ -139,7 +144,7 @@ def finish_extraction(
     models = settings.get("models")
     if models:
         figures = per_model_figures(
-            models, inputs, seconds, embedded_by_model or {}, failures_by_model or [], decoded_engines
+            models, inputs, seconds, embedded_by_model or {}, failures_by_model, decoded_engines
         )
         settings = {**settings, "models": figures}
         if len(models) > 1:
@@ -205,9 +210,21 @@ def per_model_figures(
     return out
 
 
+FAILURE_SOURCE = f"{FAILURES_TAG}_"  # WriteOutputs' input keys for failures: failures_<source>
+
+
+def _model_reason(record: FailureRecord) -> tuple[str, str]:
+    return record.get("model_id", ""), failure_key(record)
+
+
 class WriteOutputs(beam.PTransform):
     """Rows and failures -> staged Parquet shards, failures JSONL and optional .npy files.
 
+    Input keys: ``rows``, ``uris``, ``listed`` (how many URIs each listed element held), optionally
+    ``reused``, and one ``failures_<source>`` per step that makes failure records. Each source is
+    written and counted where it is made (``failures-<source>-*.jsonl``): on the local runner a
+    Flatten of several steps' records is held whole in memory before its consumers run (200,000
+    failures: +83 MB, issue 16), so only the per-reason counts are brought together.
     Returns the side inputs the commit step needs (file lists and counts).
     """
 
@@ -219,7 +236,8 @@ class WriteOutputs(beam.PTransform):
 
     def expand(self, pcolls):
         staging = self._staging
-        rows, failures, uris, listed = pcolls["rows"], pcolls[FAILURES_TAG], pcolls["uris"], pcolls["listed"]
+        rows, uris, listed = pcolls["rows"], pcolls["uris"], pcolls["listed"]
+        sources = {key[len(FAILURE_SOURCE) :]: pc for key, pc in pcolls.items() if key.startswith(FAILURE_SOURCE)}
         emb_files = rows | "WriteParquet" >> beam.io.WriteToParquet(
             storage.join(staging, EMBEDDINGS_PREFIX),
             embedding_schema(),
@@ -229,13 +247,30 @@ class WriteOutputs(beam.PTransform):
             row_group_buffer_size=16 * 1024 * 1024,
             record_batch_size=256,
         )
-        fail_files = (
-            failures
-            | "FailureToJson" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
-            | "WriteFailures"
-            >> beam.io.WriteToText(
-                storage.join(staging, FAILURES_PREFIX), file_name_suffix=".jsonl", num_shards=self._num_shards
+        fail_files, reason_counts = [], []
+        for name, failures in sources.items():
+            fail_files.append(
+                failures
+                | f"FailureToJson_{name}" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
+                | f"WriteFailures_{name}"
+                >> beam.io.WriteToText(
+                    storage.join(staging, f"{FAILURES_PREFIX}-{name}"),
+                    file_name_suffix=".jsonl",
+                    num_shards=self._num_shards,
+                )
             )
+            # A combiner per source, so each step's bundles count their own records.
+            reason_counts.append(
+                failures
+                | f"ModelReason_{name}" >> beam.Map(_model_reason)
+                | f"CountPerModelReason_{name}" >> beam.combiners.Count.PerElement()
+            )
+        # ((model_id, "<stage>/<error>"), count): model_id "" for read/decode (every model's).
+        failures_by_model = (
+            reason_counts
+            | "AllReasonCounts" >> beam.Flatten()
+            | "SumPerModelReason" >> beam.CombinePerKey(sum)
+            | "ModelReasonsToList" >> beam.combiners.ToList()
         )
         if self._npy:
             npy_dir = storage.join(staging, NPY_DIR)
@@ -245,8 +280,9 @@ class WriteOutputs(beam.PTransform):
         else:
             npy_count = rows.pipeline | "NoNpy" >> beam.Create([0])
         counted = {
-            name: pc | f"Count_{name}" >> beam.combiners.Count.Globally()
-            for name, pc in (("inputs", uris), ("listed", listed), ("embedded", rows), ("failed", failures))
+            "inputs": uris | "Count_inputs" >> beam.combiners.Count.Globally(),
+            "listed": listed | "Count_listed" >> beam.CombineGlobally(sum),
+            "embedded": rows | "Count_embedded" >> beam.combiners.Count.Globally(),
         }
         if "reused" in pcolls:
             counted["reused"] = pcolls["reused"] | "Count_reused" >> beam.combiners.Count.Globally()
@@ -255,33 +291,18 @@ class WriteOutputs(beam.PTransform):
             | "FlattenCounts" >> beam.Flatten()
             | "CountsToDict" >> beam.combiners.ToDict()
         )
-        # Counted per reason by a combiner: memory holds one number per reason, not the records.
-        failure_keys = (
-            failures
-            | "FailureReason" >> beam.Map(failure_key)
-            | "CountPerReason" >> beam.combiners.Count.PerElement()
-            | "ReasonsToDict" >> beam.combiners.ToDict()
-            | "SortReasons" >> beam.Map(lambda counts: dict(sorted(counts.items())))
-        )
-        # Per model: rows by model_id; failures by (model_id, reason), "" for read/decode (every model's).
+        # Per model: rows by model_id.
         embedded_by_model = (
             rows
             | "RowModel" >> beam.Map(lambda r: r["model_id"])
             | "CountPerModel" >> beam.combiners.Count.PerElement()
             | "ModelsToDict" >> beam.combiners.ToDict()
         )
-        failures_by_model = (
-            failures
-            | "FailureModelReason" >> beam.Map(lambda r: (r.get("model_id", ""), failure_key(r)))
-            | "CountPerModelReason" >> beam.combiners.Count.PerElement()
-            | "ModelReasonsToList" >> beam.combiners.ToList()
-        )
         return {
             "embedded_by_model": beam.pvalue.AsSingleton(embedded_by_model),
             "failures_by_model": beam.pvalue.AsSingleton(failures_by_model),
             "counts": beam.pvalue.AsSingleton(counts),
-            "failure_keys": beam.pvalue.AsSingleton(failure_keys),
             "embedding_files": beam.pvalue.AsList(emb_files),
-            "failure_files": beam.pvalue.AsList(fail_files),
+            "failure_files": beam.pvalue.AsList(fail_files | "AllFailureFiles" >> beam.Flatten()),
             "npy_count": beam.pvalue.AsSingleton(npy_count),
         }

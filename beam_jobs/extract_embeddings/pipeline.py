@@ -6,7 +6,9 @@
 
 Stages (each a composite PTransform, in its own module):
 
-  ReadImageURIs   inputs.py   glob or manifest -> distinct URIs (the shuffle also spreads work over workers)
+  ReadImageURIs   inputs.py   glob or manifest -> distinct URIs, shuffled to spread work over workers (a local
+                              glob: ranges of the listing snapshot taken before the run; a remote one:
+                              batches of URIs; a manifest: Distinct)
   DecodeImages    decode.py   read bytes + decode + resize in one step; bad files -> failure records
                               (several models: decoded once, resized to each model's input size;
                               --skip_known, one model: read and hash, join with the known hashes,
@@ -14,7 +16,7 @@ Stages (each a composite PTransform, in its own module):
   EmbedImages     embed.py    one batched RunInference branch per model (--model a,b) with our Keras
                               handler on the engine chosen for the worker's CPU (engines.py); a failed
                               batch -> failure records of that model
-  WriteOutputs    outputs.py  Parquet shards, failures JSONL, optional .npy
+  WriteOutputs    outputs.py  Parquet shards, failures JSONL (one set per step that fails records), optional .npy
   Commit          runtime.py  manifest.json, then the staged directory replaces --output whole
 
 Every input URI ends up in exactly one of the embeddings or the failures, for
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
 from beam_jobs import runtime
 from beam_jobs.config import ExtractConfig
@@ -53,7 +57,13 @@ from beam_jobs.extract_embeddings.known import (
     known_files,
 )
 from beam_jobs.extract_embeddings.models import ModelRun, resolve_models
-from beam_jobs.extract_embeddings.outputs import WriteOutputs, finish_extraction, run_settings, skips_known
+from beam_jobs.extract_embeddings.outputs import (
+    FAILURE_SOURCE,
+    WriteOutputs,
+    finish_extraction,
+    run_settings,
+    skips_known,
+)
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
@@ -73,7 +83,7 @@ def build_pipeline(
     are reused.
     """
     checked = checked or Preflight()
-    read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, checked.manifest_column)
+    read = p | "ReadImageURIs" >> ReadImageURIs(cfg.input, cfg.input_manifest, checked.manifest_column, checked.listing)
     sizes = tuple(run.spec.input_size for run in runs)
     decode = DecodeParams(
         sizes[0], cfg.resize_mode, cfg.max_pixels, cfg.max_bytes, cfg.read_timeout_s, more_sizes=sizes[1:]
@@ -85,8 +95,10 @@ def build_pipeline(
     else:
         decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
         embedded = decoded.images | "EmbedImages" >> embed
-        failures = (decoded[FAILURES_TAG], embedded[FAILURES_TAG]) | "AllFailures" >> beam.Flatten()
-        outputs = {"rows": embedded["rows"], FAILURES_TAG: failures}
+        outputs = {
+            "rows": embedded["rows"],
+            **failure_sources(read=decoded[FAILURES_TAG], embed=embedded[FAILURES_TAG]),
+        }
     outputs.update(uris=read["uris"], listed=read["listed"])
     written = outputs | "WriteOutputs" >> WriteOutputs(staging, cfg.num_shards, cfg.output_format == "npy")
     written["engines"] = beam.pvalue.AsList(embedded[ENGINES_TAG])
@@ -94,6 +106,11 @@ def build_pipeline(
         finish_extraction, settings=run_settings(cfg, runs, known), local_matches=checked.local_matches
     )
     return p | "Commit" >> Commit(JOB_EXTRACT, cfg, staging, finish, **written)
+
+
+def failure_sources(**sources):
+    """WriteOutputs' inputs for the steps that make failure records, each written where it is made."""
+    return {f"{FAILURE_SOURCE}{name}": pcoll for name, pcoll in sources.items()}
 
 
 def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_model_id: str, run_id: str, known):
@@ -111,13 +128,10 @@ def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_
     copies = {"rows": embedded["rows"], PENDING_TAG: split[PENDING_TAG]} | "CopyVectors" >> CopyVectors(run_id)
     reused = (split[REUSED_TAG], copies["rows"]) | "AllReused" >> beam.Flatten()
     rows = (embedded["rows"], reused) | "AllRows" >> beam.Flatten()
-    failures = (
-        hashed[FAILURES_TAG],
-        decoded[FAILURES_TAG],
-        embedded[FAILURES_TAG],
-        copies[FAILURES_TAG],
-    ) | "AllFailures" >> beam.Flatten()
-    return {"rows": rows, FAILURES_TAG: failures, "reused": reused}, embedded
+    failures = failure_sources(
+        read=hashed[FAILURES_TAG], decode=decoded[FAILURES_TAG], embed=embedded[FAILURES_TAG], copy=copies[FAILURES_TAG]
+    )
+    return {"rows": rows, "reused": reused, **failures}, embedded
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -125,20 +139,25 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     cfg, beam_args = ExtractConfig.parse(argv)
     runs = resolve_models(cfg.models, cfg.weights_of(), cfg.input_range, cfg.seed)
     options = runtime.job_options(beam_args, cfg.detach)
-    checked = preflight(cfg)
-    if cfg.skip_known and not skips_known(cfg, runs):
-        LOG.warning("--skip_known applies to one-model runs: every image is embedded with each of %d models", len(runs))
-    known = known_files(cfg.output) if skips_known(cfg, runs) else []
-    LOG.info(
-        "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
-        cfg.run_id,
-        ",".join(run.model_id for run in runs),
-        cfg.input or cfg.input_manifest,
-        cfg.output,
-    )
-    manifest = runtime.launch(
-        JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, runs, staging, checked, known)
-    )
+    local = options.view_as(StandardOptions).runner in runtime.LOCAL_RUNNERS
+    # A local run reads its URIs from a snapshot of the glob's listing, kept here for the run.
+    with tempfile.TemporaryDirectory(prefix="extract-listing-") as listing_dir:
+        checked = preflight(cfg, listing_dir if local else None)
+        if cfg.skip_known and not skips_known(cfg, runs):
+            LOG.warning(
+                "--skip_known applies to one-model runs: every image is embedded with each of %d models", len(runs)
+            )
+        known = known_files(cfg.output) if skips_known(cfg, runs) else []
+        LOG.info(
+            "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
+            cfg.run_id,
+            ",".join(run.model_id for run in runs),
+            cfg.input or cfg.input_manifest,
+            cfg.output,
+        )
+        manifest = runtime.launch(
+            JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, runs, staging, checked, known)
+        )
     if not cfg.detach:
         LOG.info(
             "extract_embeddings done: inputs=%d embedded=%d (reused %d) failed=%d in %.1fs (%.1f images/s); "
