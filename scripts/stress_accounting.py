@@ -144,7 +144,7 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--busy", type=int, default=0)
     parser.add_argument("--job_args", default="", help="extra flags for the job, space separated")
-    parser.add_argument("--stages", choices=["ours", "plain"], help="only listing, Distinct and decode, in process")
+    parser.add_argument("--stages", choices=["ours", "plain"], help="only listing, its shuffle and decode, in process")
     parser.add_argument(
         "--running_mode", default="multi_threading", choices=["multi_threading", "in_memory"], help="with --stages"
     )
