@@ -153,9 +153,10 @@ def read_listing_range(piece: ListingRange, path: str) -> list[str]:
 class ReadImageURIs(beam.PTransform):
     """A glob or a manifest of URIs -> {"listed": how many URIs each listed element held, "uris": distinct URIs}.
 
-    A glob lists each file once, so its URIs need no de-duplication: they are listed in batches,
-    shuffled (which spreads them over workers) and unbatched. A manifest may name a URI twice:
-    its lines go through ``Distinct`` (also a shuffle).
+    A glob lists each file once, so its URIs need no de-duplication. With ``listing`` (a local glob
+    listed before the run, ``write_listing``) byte ranges of the snapshot are shuffled (which spreads
+    them over workers) and each worker reads its ranges; otherwise the glob is listed here and its URIs
+    are shuffled in batches. A manifest may name a URI twice: its lines go through ``Distinct``.
     """
 
     def __init__(
