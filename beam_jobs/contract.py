@@ -56,7 +56,8 @@ PROJECTION_COLUMNS = (
 )
 
 
-def _join(base: str, *parts: str) -> str:
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for local paths and object-store URIs alike (one slash between)."""
     return "/".join([base.rstrip("/"), *parts])
 
 
@@ -66,19 +67,19 @@ def partition(ds: str) -> str:
 
 
 def embeddings_dir(output_root: str, ds: str) -> str:
-    return _join(output_root, "embeddings", partition(ds))
+    return join(output_root, "embeddings", partition(ds))
 
 
 def projections_dir(output_root: str, method: str, ds: str, model: str | None = None) -> str:
     """A night's map of one method: the primary (first) model's where a single-model night puts it, the other
     models' of a several-model night one level down, under ``model=<name>``."""
     if model:
-        return _join(output_root, "projections", f"model={model}", f"method={method}", partition(ds))
-    return _join(output_root, "projections", f"method={method}", partition(ds))
+        return join(output_root, "projections", f"model={model}", f"method={method}", partition(ds))
+    return join(output_root, "projections", f"method={method}", partition(ds))
 
 
 def run_record_path(output_root: str, ds: str) -> str:
-    return _join(output_root, "runs", partition(ds), RUN_RECORD)
+    return join(output_root, "runs", partition(ds), RUN_RECORD)
 
 
 # The similarity index of a night (beam_jobs.build_index): <output_root>/index/ds=YYYY-MM-DD/
@@ -95,7 +96,7 @@ DUPLICATE_COLUMNS = (
 
 
 def index_dir(output_root: str, ds: str) -> str:
-    return _join(output_root, "index", partition(ds))
+    return join(output_root, "index", partition(ds))
 
 
 # A saved reference reducer (beam_jobs.reduce_dim.reference): one 2D frame across nights, and what
@@ -113,7 +114,7 @@ REFERENCE_POLICIES = (POLICY_REFIT, POLICY_FIXED, POLICY_ROLLING)
 
 def references_dir(output_root: str, method: str, label: str) -> str:
     """``label``: ``fixed``, or ``ds=YYYY-MM-DD`` (a rolling reference, by the night it was fitted for)."""
-    return _join(output_root, "references", f"method={method}", label)
+    return join(output_root, "references", f"method={method}", label)
 
 
 # How the models of a several-model night differ (beam_jobs.compare): <output_root>/comparisons/ds=YYYY-MM-DD/
@@ -122,7 +123,7 @@ COMPARISON_PNG = "comparison.png"  # per pair, the distribution of per-image kNN
 
 
 def comparisons_dir(output_root: str, ds: str) -> str:
-    return _join(output_root, "comparisons", partition(ds))
+    return join(output_root, "comparisons", partition(ds))
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -682,7 +683,7 @@ class RunRecord(TypedDict):
         dataflow_jobs: Beam task id -> Dataflow job id, state and metrics (Dataflow runs only).
         input_ready: which rule let the run start, and the files it saw.
         cost: per job the resources used (Dataflow's billing metrics, or a local job's CPU seconds and
-            peak memory) and a USD estimate; totals and per 1,000 embedded images (beam_jobs.nightly.cost_summary).
+            peak memory) and a USD estimate; totals and per 1,000 embedded images (beam_jobs.cost.cost_summary).
     """
 
     ds: str

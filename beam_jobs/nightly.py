@@ -13,25 +13,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, TypedDict
 
 from beam_jobs.contract import (
-    COMPARISON_JSON,
-    COMPARISON_PNG,
     DATAFLOW_RUNNER,
     DATAFLOW_WORKER_OPTIONS,
     DEFAULT_MODEL,
     ENGINE_AUTO,
     ENGINE_TF,
     ENGINES,
-    FAILURE_FILES,
     FLEXRS_GOALS,
     INPUT_READY_RULES,
-    MANIFEST,
-    MAP_HTML,
-    MAP_MOSAIC,
-    MAP_PNG,
     MAX_BATCH_SIZE,
     METHODS,
     MODELS,
@@ -45,35 +38,24 @@ from beam_jobs.contract import (
     RUNNERS,
     WEIGHTS_IMAGENET,
     WEIGHTS_RANDOM,
-    ComparisonEntry,
-    ComparisonReport,
-    ExtractionSummary,
-    ExtractManifest,
     IndexEntry,
     IndexManifest,
-    InputReady,
-    ModelSummary,
-    ProjectionEntry,
-    ReduceManifest,
-    RunRecord,
     comparisons_dir,
     embeddings_dir,
     index_dir,
+    join,
     partition,
     projections_dir,
     references_dir,
-    run_record_path,
 )
+from beam_jobs.cost import is_number
+from beam_jobs.readiness import GLOB_CHARS, literal_folder, marker_path
 
 GCS = "gs://"
 
 
 def is_gcs(uri: str) -> bool:
     return uri.startswith(GCS)
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 # Where Dataflow workers install the jobs from (Beam's --setup_file), when no param or Variable says.
@@ -101,7 +83,6 @@ class PlanError(ValueError):
 ALLOWED_ROOTS_ENV = "IMAGE_EMBEDDINGS_ALLOWED_ROOTS"
 DATA_ENV = "IMAGE_EMBEDDINGS_DATA"
 DEFAULT_DATA = "/opt/airflow/data"  # the Docker image's IMAGE_EMBEDDINGS_DATA
-GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _control_chars(text: str) -> bool:
@@ -135,93 +116,6 @@ def allowed_roots(setting: str | None = None) -> list[str]:
         else:
             raise PlanError(f"{ALLOWED_ROOTS_ENV}: {item!r} is neither an absolute folder nor a gs:// root")
     return roots
-
-
-# --------------------------------------------------------------------------- input readiness
-# The sensor runs in reschedule mode (and a KFP step may be restarted), so nothing is kept between
-# pokes: "unchanged for N minutes" is read from the store's own change times instead. A file added,
-# grown or replaced moves its time; locally a file added or removed also moves its folder's mtime.
-# Stronger than comparing counts and sizes between two pokes (a same-size replacement shows), and
-# it survives a worker restart. On gs:// a deletion moves nothing (GCS has no folders): the count
-# then only drops, and the job lists what is there when it starts.
-
-
-class InputSnapshot(TypedDict):
-    files: int
-    bytes: int
-    newest_change: float | None
-    marker_found: bool | None
-
-
-def literal_folder(pattern: str) -> str:
-    """The folder part of a glob before any wildcard: ``/d/ds=1/*.jpg`` -> ``/d/ds=1``."""
-    fixed = GLOB_CHARS.split(pattern, maxsplit=1)[0]
-    return fixed.rstrip("/") if fixed == pattern and pattern.endswith("/") else fixed.rsplit("/", 1)[0]
-
-
-def marker_path(input_glob: str, marker: str) -> str:
-    return join(literal_folder(input_glob), marker)
-
-
-def local_snapshot(pattern: str, marker: str | None = None) -> InputSnapshot:
-    """Count, total size and latest change of the local files ``pattern`` matches (folders not counted)."""
-    import glob as globbing
-
-    files = size = 0
-    newest: float | None = None
-    folders: set[str] = set()
-    for path in globbing.iglob(pattern, recursive=True):
-        try:
-            stat = os.stat(path)
-        except OSError:  # gone between listing and stat: the next poke sees the folder change
-            continue
-        if not os.path.isfile(path):
-            continue
-        files, size = files + 1, size + stat.st_size
-        # ctime too: a copy that keeps the original mtime (cp -p, rsync -a) still sets it.
-        newest = max(newest or 0.0, stat.st_mtime, stat.st_ctime)
-        folders.add(os.path.dirname(path))
-    for folder in folders or {literal_folder(pattern)}:
-        try:
-            stat = os.stat(folder)
-        except OSError:
-            continue
-        if files:
-            newest = max(newest or 0.0, stat.st_mtime)
-    found = os.path.isfile(marker) if marker else None
-    return {"files": files, "bytes": size, "newest_change": newest, "marker_found": found}
-
-
-def input_verdict(
-    rule: str, snapshot: InputSnapshot, settle_minutes: float, now: float, marker: str | None = None
-) -> tuple[bool, str]:
-    """(ready, why) for one look at the input under ``rule``."""
-    files, newest = snapshot["files"], snapshot["newest_change"]
-    seen = f"{files} file(s), {snapshot['bytes']} bytes"
-    if rule == "marker":
-        if not snapshot["marker_found"]:
-            return False, f"{seen}; waiting for the marker {marker}"
-        return (files > 0), f"{seen}; marker {marker} is there" + ("" if files else " but no file matches")
-    if not files:
-        return False, "no file matches"
-    if rule == "any":
-        return True, f"{seen}; rule 'any' starts at the first file"
-    quiet = now - (newest or now)
-    need = float(settle_minutes) * 60
-    if quiet >= need:
-        return True, f"{seen}, unchanged for {quiet:.0f} s (settle time {need:.0f} s)"
-    return False, f"{seen}, last change {quiet:.0f} s ago; waiting until unchanged for {need:.0f} s"
-
-
-def input_ready_record(rule: str, snapshot: InputSnapshot, marker: str | None, reason: str) -> InputReady:
-    return {
-        "rule": rule,
-        "files": snapshot["files"],
-        "bytes": snapshot["bytes"],
-        "newest_change": snapshot["newest_change"],
-        "marker": marker if rule == "marker" else None,
-        "reason": reason,
-    }
 
 
 def _readiness(params: dict[str, Any], input_glob: str) -> tuple[dict[str, Any], list[str]]:
@@ -659,390 +553,6 @@ def drift_alerts(drift: dict[str, Any] | None, thresholds: dict[str, Any]) -> li
     return out
 
 
-class ExtractionRejected(ValueError):
-    """The extraction ran but its result must not be published."""
-
-
-def check_extraction(manifest: ExtractManifest, max_failure_rate: float, where: str) -> ExtractionSummary:
-    """The extraction manifest's figures, or ExtractionRejected saying what is wrong."""
-    inputs, embedded, failed = manifest["inputs"], manifest["embedded"], manifest["failed"]
-    rate = failed / inputs if inputs else 0.0
-    summary: ExtractionSummary = {
-        "inputs": inputs,
-        "embedded": embedded,
-        "failed": failed,
-        "failure_rate": round(rate, 4),
-        "failures_by_reason": manifest.get("failures_by_reason", {}),
-        "images_per_second": manifest.get("images_per_second"),
-        "seconds": manifest.get("seconds"),
-        "model_id": manifest.get("model_id"),
-        "engines": manifest.get("engines", []),
-        "embeddings_dir": where,
-        "models": model_summaries(manifest),
-    }
-    for name, model in summary["models"].items():
-        if model["embedded"] == 0 or model["failure_rate"] > max_failure_rate:
-            what = "nothing was embedded" if model["embedded"] == 0 else f"{model['failure_rate']:.1%} failed"
-            if len(summary["models"]) > 1:
-                raise ExtractionRejected(
-                    f"model {name}: {what} ({model['failed']} of {inputs} inputs; max_failure_rate "
-                    f"{max_failure_rate:.1%}); see {join(where, FAILURE_FILES)}"
-                )
-    if embedded == 0:
-        raise ExtractionRejected(
-            f"nothing was embedded: {inputs} input(s), {failed} failed {summary['failures_by_reason']}; "
-            f"see {join(where, FAILURE_FILES)}"
-        )
-    if rate > max_failure_rate:
-        raise ExtractionRejected(
-            f"{failed} of {inputs} inputs failed ({rate:.1%}), over max_failure_rate {max_failure_rate:.1%}: "
-            f"{summary['failures_by_reason']}; see {join(where, FAILURE_FILES)}"
-        )
-    return summary
-
-
-def model_summaries(manifest: ExtractManifest) -> dict[str, ModelSummary]:
-    """Each model's counts from the manifest's ``models`` (a manifest from before it: its one model)."""
-    inputs = manifest["inputs"]
-    models = manifest.get("models") or {
-        manifest.get("model") or DEFAULT_MODEL: {
-            "model_id": manifest.get("model_id"),
-            "embedded": manifest["embedded"],
-            "failed": manifest["failed"],
-            "images_per_second": manifest.get("images_per_second"),
-        }
-    }
-    return {
-        name: {
-            "model_id": m["model_id"],
-            "embedded": m["embedded"],
-            "failed": m["failed"],
-            "failure_rate": round(m["failed"] / inputs, 4) if inputs else 0.0,
-            "images_per_second": m.get("images_per_second"),
-        }
-        for name, m in models.items()
-    }
-
-
-def comparison_entry(folder: str, report: ComparisonReport) -> ComparisonEntry:
-    """The run record's comparison figures, from ``comparison.json``."""
-    pairs = [
-        {
-            "models": pair["models"],
-            "images": pair["images"],
-            f"knn_overlap_at_{pair['k']}": pair["knn_overlap"]["mean"],
-            "distance_spearman": pair["distance_spearman"],
-            "linear_cka": pair["linear_cka"],
-        }
-        for pair in report["comparisons"]
-    ]
-    return {
-        "dir": folder,
-        "comparison_json": join(folder, COMPARISON_JSON),
-        "comparison_png": join(folder, COMPARISON_PNG),
-        "pairs": pairs,
-    }
-
-
-def _projection_entry(folder: str, manifest: ReduceManifest) -> ProjectionEntry:
-    entry: ProjectionEntry = {
-        "dir": folder,
-        "rows": manifest.get("rows"),
-        "seconds": manifest.get("seconds"),
-        "map_png": join(folder, MAP_PNG),
-        "map_html": join(folder, MAP_HTML),
-    }
-    if manifest.get("mosaic_images"):
-        entry["map_mosaic"] = join(folder, MAP_MOSAIC)
-    if "explained_variance_ratio" in manifest:
-        entry["explained_variance_ratio"] = manifest["explained_variance_ratio"]
-    if manifest.get("trustworthiness") is not None:
-        entry["trustworthiness"] = manifest["trustworthiness"]
-    # The frame the coordinates are in, and tonight's drift against it.
-    for key in ("reference", "drift"):
-        if manifest.get(key):
-            entry[key] = manifest[key]
-    return entry
-
-
-def run_record(
-    plan: Plan,
-    extraction: ExtractionSummary,
-    projections: dict[str, ReduceManifest],
-    jobs: dict[str, dict[str, Any] | None] | None = None,
-    index: IndexManifest | None = None,
-    reductions: dict[str, ReduceManifest] | None = None,
-    comparison: ComparisonReport | None = None,
-    input_ready: InputReady | None = None,
-    cost: dict[str, Any] | None = None,
-) -> RunRecord:
-    """What a published run says about itself: counts, throughput and where the maps are.
-
-    ``projections`` maps each method run (of the primary model) to its manifest; ``reductions``
-    maps ``reduction_key`` of every (model, method) of the plan to its manifest (the record's
-    ``models`` then groups the maps by model); ``jobs`` maps Beam task ids to their ``*_done``
-    results, and the Dataflow ones (those with a job id) are recorded with their job metrics.
-    """
-    dataflow_jobs = {task: job for task, job in (jobs or {}).items() if job and job.get("job_id")}
-    record: RunRecord = {
-        "ds": plan["ds"],
-        "run_id": plan["run_id"],
-        "runner": plan["runner"],
-        "input": plan["input"],
-        "model_id": extraction["model_id"],
-        "embeddings": {
-            "dir": plan["embeddings_dir"],
-            "inputs": extraction["inputs"],
-            "embedded": extraction["embedded"],
-            "failed": extraction["failed"],
-            "images_per_second": extraction["images_per_second"],
-            "seconds": extraction["seconds"],
-            "engines": [f"{e['engine']} {e['precision']}" for e in extraction.get("engines", [])],
-        },
-        "projections": {
-            method: _projection_entry(plan["projections"][method], manifest) for method, manifest in projections.items()
-        },
-    }
-    summaries = extraction.get("models") or {}
-    if summaries:
-        by_key = {reduction_key(r): r for r in plan.get("reductions", [])}
-        manifests = reductions or {}
-        record["models"] = {
-            name: {
-                "model_id": summary["model_id"],
-                "embedded": summary["embedded"],
-                "failed": summary["failed"],
-                "images_per_second": summary["images_per_second"],
-                "projections": {
-                    r["method"]: _projection_entry(r["dir"], manifests[key])
-                    for key, r in by_key.items()
-                    if r["model"] == name and key in manifests
-                },
-            }
-            for name, summary in summaries.items()
-        }
-    if comparison is not None:
-        record["comparison"] = comparison_entry(plan["comparison_dir"], comparison)
-    if dataflow_jobs:
-        record["dataflow_jobs"] = dataflow_jobs
-    if index is not None:
-        record["index"] = index_entry(plan["index_dir"], index)
-    if input_ready:
-        record["input_ready"] = input_ready
-    if cost is not None:
-        record["cost"] = cost
-    return record
-
-
-# --------------------------------------------------------------------------- cost per night
-
-
-def earlier_records(output_root: str, ds: str, nights: int, read_json: Any) -> list[dict]:
-    """The published run records of the ``nights`` dates before ``ds`` that exist (for the cost median)."""
-    day = date.fromisoformat(ds)
-    records = []
-    for back in range(1, nights + 1):
-        try:
-            records.append(read_json(run_record_path(output_root, (day - timedelta(days=back)).isoformat())))
-        except Exception:  # noqa: BLE001 - a night never published (or unreadable) is simply not in the median
-            continue
-    return records
-
-
-# Dataflow's service metrics (origin "dataflow/v1b3" in projects.locations.jobs.getMetrics) that bill a
-# batch job, and their units as Dataflow reports them: the record names each field by its unit.
-SERVICE_METRICS = {
-    "TotalVcpuTime": "vcpu_seconds",
-    "TotalMemoryUsage": "memory_mb_seconds",
-    "TotalPdUsage": "pd_gb_seconds",
-    "TotalSsdUsage": "ssd_gb_seconds",
-    "TotalShuffleDataProcessed": "shuffle_bytes",
-    "BillableShuffleDataProcessed": "billable_shuffle_bytes",
-    "TotalStreamingDataProcessed": "streaming_bytes",
-    "TotalGpuTime": "gpu_seconds",
-}
-# List prices in USD for Dataflow batch in us-central1, copied from https://cloud.google.com/dataflow/pricing
-# (Dataflow compute resources; FlexRS rows for FlexRS jobs; GPU: NVIDIA T4 per hour). Written on the date below
-# on a machine without internet access, so not re-read from the page that day: check them against it before
-# trusting the USD figures. Regions and contracts differ: a deployment overrides any of them with the Airflow
-# Variable 'image_embeddings_prices' (JSON).
-PRICES_AS_OF = "2026-12-01"
-PRICES_SOURCE = "https://cloud.google.com/dataflow/pricing (batch, us-central1, list prices)"
-DEFAULT_PRICES: dict[str, float] = {
-    "vcpu_hour": 0.056,
-    "memory_gb_hour": 0.003557,
-    "flexrs_vcpu_hour": 0.0336,
-    "flexrs_memory_gb_hour": 0.0021342,
-    "pd_gb_hour": 0.000054,
-    "ssd_gb_hour": 0.000298,
-    "shuffle_gb": 0.011,
-    "streaming_gb": 0.018,
-    "gpu_hour": 0.35,
-}
-COST_HISTORY_NIGHTS = 14  # nights looked back for the median cost per 1,000 images
-
-
-def service_metrics(metrics: list[dict[str, Any]]) -> dict[str, float]:
-    """The billing metrics of a Dataflow job from its ``MetricUpdate`` list, by unit-named field.
-
-    Each comes committed and tentative (``context.tentative``); the committed value wins, the
-    tentative one stands in while a job has none yet.
-    """
-    committed: dict[str, float] = {}
-    tentative: dict[str, float] = {}
-    for update in metrics:
-        name = update.get("name") or {}
-        field = SERVICE_METRICS.get(name.get("name", ""))
-        if name.get("origin") != "dataflow/v1b3" or field is None:
-            continue
-        try:
-            value = float(update.get("scalar"))
-        except (TypeError, ValueError):
-            continue
-        is_tentative = str((name.get("context") or {}).get("tentative", "")).lower() == "true"
-        (tentative if is_tentative else committed)[field] = value
-    return {**tentative, **committed}
-
-
-def prices(overrides: dict[str, Any] | None = None) -> tuple[dict[str, float], list[str]]:
-    """The price table with a deployment's overrides, and the problems with those (unknown names, not numbers)."""
-    table, problems = dict(DEFAULT_PRICES), []
-    for name, value in (overrides or {}).items():
-        if name not in DEFAULT_PRICES:
-            problems.append(f"price {name!r} is not one of {', '.join(DEFAULT_PRICES)}")
-        elif not _number(value) or value < 0:
-            problems.append(f"price {name} {value!r} must be a number >= 0")
-        else:
-            table[name] = float(value)
-    return table, problems
-
-
-def job_cost(resources: dict[str, float], table: dict[str, float], flexrs: bool = False) -> float:
-    """USD for one Dataflow job's resources at ``table`` (FlexRS rates for vCPU and memory when ``flexrs``)."""
-    vcpu = table["flexrs_vcpu_hour" if flexrs else "vcpu_hour"]
-    memory = table["flexrs_memory_gb_hour" if flexrs else "memory_gb_hour"]
-    shuffle = resources.get("billable_shuffle_bytes", resources.get("shuffle_bytes", 0.0))
-    usd = (
-        resources.get("vcpu_seconds", 0.0) / 3600 * vcpu
-        + resources.get("memory_mb_seconds", 0.0) / 1024 / 3600 * memory
-        + resources.get("pd_gb_seconds", 0.0) / 3600 * table["pd_gb_hour"]
-        + resources.get("ssd_gb_seconds", 0.0) / 3600 * table["ssd_gb_hour"]
-        + shuffle / 1e9 * table["shuffle_gb"]
-        + resources.get("streaming_bytes", 0.0) / 1e9 * table["streaming_gb"]
-        + resources.get("gpu_seconds", 0.0) / 3600 * table["gpu_hour"]
-    )
-    return round(usd, 6)
-
-
-def cost_summary(
-    jobs: dict[str, dict[str, Any] | None],
-    embedded: int,
-    table: dict[str, float] | None = None,
-    flexrs: bool = False,
-    overridden: bool = False,
-) -> dict[str, Any]:
-    """The run record's ``cost``: per job its resources (Dataflow's metrics, or a local job's CPU seconds and
-    peak memory) and USD estimate; totals; and per 1,000 embedded images."""
-    table = table or dict(DEFAULT_PRICES)
-    per_job: dict[str, Any] = {}
-    usd_total: float | None = None
-    cpu_total = 0.0
-    for task, job in (jobs or {}).items():
-        resources = dict((job or {}).get("resources") or {})
-        if not resources:
-            continue
-        entry: dict[str, Any] = {"runner": (job or {}).get("runner"), **resources}
-        if (job or {}).get("job_id"):
-            entry["job_id"] = job["job_id"]
-            entry["usd"] = job_cost(resources, table, flexrs)
-            usd_total = (usd_total or 0.0) + entry["usd"]
-        cpu_total += float(resources.get("vcpu_seconds", resources.get("cpu_seconds", 0.0)))
-        per_job[task] = entry
-    thousands = embedded / 1000 if embedded else 0
-    return {
-        "currency": "USD",
-        "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "overridden": overridden, "flexrs": flexrs},
-        "jobs": per_job,
-        "usd": round(usd_total, 6) if usd_total is not None else None,
-        "cpu_seconds": round(cpu_total, 3),
-        "embedded": embedded,
-        "usd_per_1000_images": round(usd_total / thousands, 6) if usd_total is not None and thousands else None,
-        "cpu_seconds_per_1000_images": round(cpu_total / thousands, 3) if thousands else None,
-    }
-
-
-def cost_figure(cost: dict[str, Any] | None) -> tuple[str, float] | None:
-    """The figure nights are compared on: USD per 1,000 images on Dataflow, else CPU seconds per 1,000."""
-    for name in ("usd_per_1000_images", "cpu_seconds_per_1000_images"):
-        value = (cost or {}).get(name)
-        if _number(value) and value > 0:
-            return name, float(value)
-    return None
-
-
-def cost_jump(cost: dict[str, Any], earlier: list[dict[str, Any] | None], ratio: float) -> str | None:
-    """An alert line when this night's cost per 1,000 images is over ``ratio`` x the median of the earlier
-    nights' (same figure; 0 turns it off; needs three earlier nights), else None."""
-    import statistics
-
-    now = cost_figure(cost)
-    if not ratio or now is None:
-        return None
-    name, value = now
-    history = [figure[1] for figure in map(cost_figure, earlier) if figure and figure[0] == name]
-    if len(history) < 3:
-        return None
-    median = statistics.median(history)
-    if value <= ratio * median:
-        return None
-    return (
-        f"{name.replace('_', ' ')} is {value:g}, {value / median:.1f}x the median {median:g} "
-        f"of the {len(history)} nights before (alert above {ratio:g}x)"
-    )
-
-
-def night_record(
-    plan: Plan,
-    extraction: ExtractionSummary,
-    jobs: dict[str, dict[str, Any] | None],
-    read_json: Any,
-    *,
-    input_ready: InputReady | None = None,
-    table: dict[str, float] | None = None,
-    overridden: bool = False,
-    cost_jump_ratio: float = 2.0,
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
-    """The night's run record as both orchestrators publish it, from the manifests the plan names.
-
-    Adds the cost (``table``: prices, the defaults when None) and, when it jumped against the earlier
-    nights' median, its alert. Returns (record, the projections' manifests by method, the cost alert or
-    None); writing the record, alerts and metrics are the orchestrator's. ``read_json(uri)`` reads local
-    or object-store JSON the orchestrator's way.
-    """
-    projections = {method: read_json(join(plan["projections"][method], MANIFEST)) for method in plan["methods"]}
-    reduced = {reduction_key(r): read_json(join(r["dir"], MANIFEST)) for r in plan.get("reductions", [])}
-    index = read_json(join(plan["index_dir"], MANIFEST)) if plan.get("index") else None
-    comparison = read_json(join(plan["comparison_dir"], COMPARISON_JSON)) if plan.get("compare") else None
-    flexrs = (plan.get("dataflow") or {}).get("flexrs_goal") == "COST_OPTIMIZED"
-    cost = cost_summary(jobs, extraction["embedded"], table, flexrs=flexrs, overridden=overridden)
-    history = earlier_records(plan["output_root"], plan["ds"], COST_HISTORY_NIGHTS, read_json)
-    jump = cost_jump(cost, [night.get("cost") for night in history], float(cost_jump_ratio))
-    if jump:
-        cost["alert"] = jump
-    record = run_record(
-        plan,
-        extraction,
-        projections,
-        jobs,
-        index=index,
-        reductions=reduced,
-        comparison=comparison,
-        input_ready=input_ready,
-        cost=cost,
-    )
-    return record, projections, jump
-
-
 # --------------------------------------------------------------------------- orchestrators without Airflow
 # Airflow checks each param against its Param schema when a run is created and renders '{{ ds }}'
 # with Jinja. Kubeflow Pipelines types parameters but checks no ranges or choices and templates
@@ -1078,10 +588,6 @@ def run_date(ds: str | None, *timestamps: str | None) -> str:
             continue
         return (parsed.astimezone(UTC) if parsed.tzinfo else parsed).date().isoformat()
     return datetime.now(UTC).date().isoformat()
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def param_problems(params: dict[str, Any]) -> list[str]:
@@ -1130,6 +636,6 @@ def param_problems(params: dict[str, Any]) -> list[str]:
         if name in params and not isinstance(params[name], bool):
             problems.append(f"{name} {params[name]!r} must be true or false")
     rate = params.get("max_failure_rate")
-    if not _number(rate) or not 0 <= rate <= 1:
+    if not is_number(rate) or not 0 <= rate <= 1:
         problems.append(f"max_failure_rate {rate!r} must be a number from 0 to 1")
     return problems

@@ -39,19 +39,15 @@ from beam_jobs.nightly import (
     Plan,
     PlanError,
     build_plan,
-    check_extraction,
     drift_alerts,
     fill_date,
-    input_ready_record,
-    input_verdict,
     join,
-    local_snapshot,
-    model_summaries,
-    night_record,
     param_problems,
     reduction_key,
     run_date,
 )
+from beam_jobs.readiness import input_ready_record, input_verdict, local_snapshot
+from beam_jobs.records import check_extraction, model_summaries, night_record
 
 LOG = logging.getLogger(__name__)
 # How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).

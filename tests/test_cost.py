@@ -24,7 +24,7 @@ def recorded() -> dict:
 
 
 def test_service_metrics_read_from_a_recorded_response(recorded):
-    from beam_jobs.nightly import service_metrics
+    from beam_jobs.cost import service_metrics
 
     assert service_metrics(recorded["metrics"]) == {
         "vcpu_seconds": 43200.0,  # the committed value, not the tentative one
@@ -39,7 +39,7 @@ def test_service_metrics_read_from_a_recorded_response(recorded):
 
 
 def test_cost_estimate_from_the_price_table(recorded):
-    from beam_jobs.nightly import DEFAULT_PRICES, cost_summary, job_cost, prices, service_metrics
+    from beam_jobs.cost import DEFAULT_PRICES, cost_summary, job_cost, prices, service_metrics
 
     resources = service_metrics(recorded["metrics"])
     # 12 vCPU-hours at 0.056, 45 GB-hours of memory at 0.003557, 750 GB-hours of PD, 0.0524 GB of billed shuffle.
@@ -129,7 +129,7 @@ def test_local_job_cpu_seconds_and_peak_memory():
 
 
 def test_cost_jump_alerts_over_the_ratio_of_the_median():
-    from beam_jobs.nightly import cost_jump
+    from beam_jobs.cost import cost_jump
 
     nights = [{"usd_per_1000_images": v} for v in (0.07, 0.08, 0.075, 0.5)]  # one odd night: the median holds
     assert cost_jump({"usd_per_1000_images": 0.15}, nights, 2.0) is None

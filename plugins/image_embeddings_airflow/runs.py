@@ -9,6 +9,7 @@ run's date and the manifests read.
 
 from __future__ import annotations
 
+from beam_jobs.cost import cost_jump, cost_summary, earlier_records, prices
 from beam_jobs.nightly import (
     ALLOWED_ROOTS_ENV,
     DATAFLOW_SETTINGS,
@@ -17,26 +18,19 @@ from beam_jobs.nightly import (
     KEYWORD_WEIGHTS,
     REFERENCE_DEFAULTS,
     SETUP_FILE_ENV,
-    ExtractionRejected,
     Plan,
     PlanError,
     allowed_roots,
     build_plan,
-    check_extraction,
     confine,
-    cost_jump,
-    cost_summary,
     default_setup_file,
     drift_alerts,
-    earlier_records,
-    night_record,
-    prices,
     projections_key,
     reduction_key,
     reference_key,
     roots_pattern,
-    run_record,
 )
+from beam_jobs.records import ExtractionRejected, check_extraction, night_record, run_record
 
 __all__ = [
     "ALLOWED_ROOTS_ENV",
