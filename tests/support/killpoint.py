@@ -12,7 +12,8 @@ the wrappers see every stage.
 
 Points (what the job is doing when it stops):
 
-* ``list``: extraction, inside the pipeline's listing of the input glob, one entry listed;
+* ``list``: extraction, listing the input glob into the run's snapshot (before the pipeline; the
+  pipeline reads ranges of it), one entry listed;
   reduce_dim, listing the input files (its up-front check; it lists nowhere else);
 * ``decode``: extraction, reading the first image;
 * ``infer``: extraction, running the model on the first batch;
@@ -64,8 +65,8 @@ _originals: dict[str, object] = {}
 
 
 def list_local(pattern):
-    # The first call is preflight's count before the pipeline; the second is the pipeline's listing.
-    pause = _nth_call("list_local", 2)
+    # A local glob is listed once, into the snapshot the pipeline then reads (inputs.write_listing).
+    pause = _nth_call("list_local", 1)
     for i, path in enumerate(_originals["list_local"](pattern)):
         yield path
         if pause and i == 0:
