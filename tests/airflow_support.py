@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
+import socket
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -80,3 +86,31 @@ class Webhook:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+@contextlib.contextmanager
+def serve_router(events: list[dict]):
+    """The "Embedding maps" router on 127.0.0.1 as the plugin mounts it (minus Airflow's access check), with
+    ``events`` standing in for the metadata DB's publish events; yields the base URL."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from image_embeddings_airflow import ui
+
+    app = FastAPI()
+    app.include_router(ui.router)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ui, "load_events", lambda event_id=None: [e for e in events if event_id in (None, e["id"])])
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(10)

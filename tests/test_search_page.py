@@ -10,11 +10,8 @@ thumbnails and scores from the night's index.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import socket
-import threading
 import time
 
 import numpy as np
@@ -22,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.support.browser import Browser, BrowserError, find_chromium
+from tests.airflow_support import serve_router
+from tests.support.browser import Browser, BrowserError, FrameEval, find_chromium
 
 pytestmark = [
     pytest.mark.slow,
@@ -77,78 +75,6 @@ def published(photo_index, tmp_path_factory):
         "index": {"dir": index_dir, "rows": manifest["rows"], "mode": manifest["mode"]},
     }
     return record, uris
-
-
-@contextlib.contextmanager
-def serve_router(events: list[dict]):
-    import uvicorn
-    from fastapi import FastAPI
-
-    from image_embeddings_airflow import ui
-
-    app = FastAPI()
-    app.include_router(ui.router)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ui, "load_events", lambda event_id=None: [e for e in events if event_id in (None, e["id"])])
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(10)
-
-
-class FrameEval:
-    """Evaluates JavaScript inside the page's one iframe (the explorer): in its execution context when
-    Chromium runs the frame in the page's process, else in its own target (a sandboxed frame may be
-    isolated out of process)."""
-
-    def __init__(self, browser: Browser, timeout: float = 60):
-        self.browser, self.context, self.session = browser, None, None
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            children = browser.call("Page.getFrameTree", session=True)["frameTree"].get("childFrames") or []
-            if children:
-                frame_id = children[0]["frame"]["id"]
-                for event in browser._events:
-                    context = event.get("params", {}).get("context", {})
-                    aux = context.get("auxData", {})
-                    created = event.get("method") == "Runtime.executionContextCreated"
-                    if created and aux.get("frameId") == frame_id and aux.get("isDefault"):
-                        self.context = context["id"]
-                        return
-            # Out of process: the frame is its own target (and not a child in the page's frame tree).
-            frames = [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "iframe"]
-            if frames:
-                attached = browser.call("Target.attachToTarget", targetId=frames[0]["targetId"], flatten=True)
-                self.session = attached["sessionId"]
-                return
-            with contextlib.suppress(BrowserError):
-                browser.wait_event("Runtime.executionContextCreated", timeout=1)
-        raise BrowserError("the explorer's frame never got a JavaScript context")
-
-    def __call__(self, expression: str):
-        browser = self.browser
-        if self.context is not None:
-            result = browser.call(
-                "Runtime.evaluate", session=True, expression=expression, contextId=self.context, returnByValue=True
-            )
-        else:
-            own, browser._session = browser._session, self.session
-            try:
-                result = browser.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
-            finally:
-                browser._session = own
-        if "exceptionDetails" in result:
-            raise BrowserError(str(result["exceptionDetails"])[:500])
-        return result["result"].get("value")
 
 
 def test_clicking_a_point_shows_its_nearest_images(published, tmp_path):

@@ -243,3 +243,49 @@ class Browser:
 
     def screenshot(self) -> bytes:
         return base64.b64decode(self.call("Page.captureScreenshot", session=True, format="png")["data"])
+
+
+class FrameEval:
+    """Evaluates JavaScript inside the page's one iframe (the explorer): in its execution context when
+    Chromium runs the frame in the page's process, else in its own target (a sandboxed frame may be
+    isolated out of process)."""
+
+    def __init__(self, browser: Browser, timeout: float = 60):
+        self.browser, self.context, self.session = browser, None, None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            children = browser.call("Page.getFrameTree", session=True)["frameTree"].get("childFrames") or []
+            if children:
+                frame_id = children[0]["frame"]["id"]
+                for event in browser._events:
+                    context = event.get("params", {}).get("context", {})
+                    aux = context.get("auxData", {})
+                    created = event.get("method") == "Runtime.executionContextCreated"
+                    if created and aux.get("frameId") == frame_id and aux.get("isDefault"):
+                        self.context = context["id"]
+                        return
+            # Out of process: the frame is its own target (and not a child in the page's frame tree).
+            frames = [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "iframe"]
+            if frames:
+                attached = browser.call("Target.attachToTarget", targetId=frames[0]["targetId"], flatten=True)
+                self.session = attached["sessionId"]
+                return
+            with contextlib.suppress(BrowserError):
+                browser.wait_event("Runtime.executionContextCreated", timeout=1)
+        raise BrowserError("the explorer's frame never got a JavaScript context")
+
+    def __call__(self, expression: str):
+        browser = self.browser
+        if self.context is not None:
+            result = browser.call(
+                "Runtime.evaluate", session=True, expression=expression, contextId=self.context, returnByValue=True
+            )
+        else:
+            own, browser._session = browser._session, self.session
+            try:
+                result = browser.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True)
+            finally:
+                browser._session = own
+        if "exceptionDetails" in result:
+            raise BrowserError(str(result["exceptionDetails"])[:500])
+        return result["result"].get("value")
