@@ -590,6 +590,19 @@ def run_date(ds: str | None, *timestamps: str | None) -> str:
     return datetime.now(UTC).date().isoformat()
 
 
+def _choice_list_problems(name: str, value: Any, allowed: tuple[str, ...] | list[str], one: str) -> list[str]:
+    """A Param of ``type: array, items.enum, minItems: 1, uniqueItems``, checked as Airflow's schema does."""
+    if not isinstance(value, list | tuple) or not value:
+        return [f"{name} {value!r}: choose one or more of {', '.join(allowed)}"]
+    problems = []
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        problems.append(f"{name} {unknown!r}: not one of {', '.join(allowed)}")
+    if len(set(map(str, value))) != len(value):
+        problems.append(f"{name} {list(value)!r} names a {one} twice")
+    return problems
+
+
 def param_problems(params: dict[str, Any]) -> list[str]:
     """What the DAG's Param schemas refuse, for one run's params (empty when all pass).
 
@@ -607,28 +620,12 @@ def param_problems(params: dict[str, Any]) -> list[str]:
         "flexrs_goal": FLEXRS_GOALS,
         "reference_policy": REFERENCE_POLICIES,
     }
-    models = params.get("models")
-    if models is not None:
-        if not isinstance(models, list | tuple) or not models:
-            problems.append(f"models {models!r}: choose one or more of {', '.join(MODELS)}")
-        else:
-            unknown = [m for m in models if m not in MODELS]
-            if unknown:
-                problems.append(f"models {unknown!r}: not one of {', '.join(MODELS)}")
-            if len(set(map(str, models))) != len(models):
-                problems.append(f"models {list(models)!r} names a model twice")
+    if params.get("models") is not None:
+        problems += _choice_list_problems("models", params["models"], MODELS, "model")
     for name, allowed in choices.items():
         if name in params and params[name] not in allowed:
             problems.append(f"{name} {params[name]!r} is not one of {', '.join(a or repr(a) for a in allowed)}")
-    methods = params.get("methods")
-    if not isinstance(methods, list | tuple) or not methods:
-        problems.append(f"methods {methods!r}: choose one or more of {', '.join(METHODS)}")
-    else:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            problems.append(f"methods {unknown!r}: not one of {', '.join(METHODS)}")
-        if len(set(map(str, methods))) != len(methods):
-            problems.append(f"methods {list(methods)!r} names a method twice")
+    problems += _choice_list_problems("methods", params.get("methods"), METHODS, "method")
     batch_size = params.get("batch_size")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= MAX_BATCH_SIZE:
         problems.append(f"batch_size {batch_size!r} must be an integer from 1 to {MAX_BATCH_SIZE}")
