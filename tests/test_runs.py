@@ -404,3 +404,34 @@ def test_flexrs_goal_reaches_dataflow_only():
     assert build_plan({**params, "runner": "FnApiRunner", "output_root": "/o"}, "d", "r", "/x/*")["dataflow"] is None
     problems = param_problems({**params, "input": "gs://b/i/*", "flexrs_goal": "CHEAP"})
     assert problems == ["flexrs_goal 'CHEAP' is not one of '', COST_OPTIMIZED, SPEED_OPTIMIZED"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("models", ["resnet50"]),
+        ("models", ["resnet50", "efficientnetv2_s"]),
+        ("models", []),
+        ("models", ["resnet50", "resnet50"]),
+        ("models", ["vgg16"]),
+        ("models", "resnet50"),
+        ("methods", ["pca", "umap"]),
+        ("methods", []),
+        ("methods", ["pca", "pca"]),
+        ("methods", ["tsne"]),
+    ],
+)
+def test_param_problems_agree_with_the_dags_param_schemas(name, value):
+    """KFP has no Param schemas: its plan step calls param_problems, which must refuse what the DAG's form does."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from beam_jobs.nightly import param_problems
+    from image_embeddings_airflow.params import trigger_params
+
+    try:
+        trigger_params()[name].resolve(value)
+        schema_refuses = False
+    except ParamValidationError:
+        schema_refuses = True
+    ours = [p for p in param_problems({**OK, "input": "/i/*", "output_root": "/o", name: value}) if p.startswith(name)]
+    assert bool(ours) == schema_refuses, ours
