@@ -61,13 +61,14 @@ airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://loc
 	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
 	@$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 
-bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min)
+bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min, against a long history ~3 min)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_extract.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_models.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_reduce.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_map.py
 	$(PY) scripts/bench_index.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_skip_known.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_known_history.py
 
 .PHONY: kfp
 WORKER_IMAGE ?= image-embeddings-worker:latest

@@ -39,10 +39,11 @@ RUNNER_ARGS = ["--runner=FnApiRunner"]
 MODEL = "mobilenet_v3_large/avg/224x224/test"
 
 
-def _write_partition(folder: str, rows: list[dict]) -> str:
+def _write_partition(folder: str, rows: list[dict], row_group_size: int | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "embeddings-00000-of-00001.parquet")
-    pq.write_table(pa.Table.from_pylist(rows, schema=storage.arrow_schema(EMBEDDING_COLUMNS)), path)
+    table = pa.Table.from_pylist(rows, schema=storage.arrow_schema(EMBEDDING_COLUMNS))
+    pq.write_table(table, path, row_group_size=row_group_size)
     return path
 
 
@@ -78,7 +79,9 @@ def test_known_vectors_of_this_model_only_as_float32_bytes(tmp_path):
     _write_partition(str(root / "ds=2026-11-20"), [_row("/a2", "s1", [7, 7]), _row("/b", "s2", [3, 4])])
     files = known_files(str(root / "ds=2026-11-21"))
     with TestPipeline(argv=RUNNER_ARGS) as p:
-        known = p | KnownVectors(files, MODEL)
+        # Tonight holds s1, s2 and s3 (new): only rows with those hashes are read; s9 is the other model's.
+        wanted = beam.pvalue.AsSingleton(p | "Tonight" >> beam.Create([{"s1", "s2", "s3", "s9"}]))
+        known = p | KnownVectors(files, MODEL, wanted)
         flat = known | beam.MapTuple(lambda sha, v: (sha, v[0], np.frombuffer(v[1], np.float32).tolist(), v[2], v[3]))
         assert_that(
             flat,
@@ -90,6 +93,29 @@ def test_known_vectors_of_this_model_only_as_float32_bytes(tmp_path):
                 ]
             ),
         )
+
+
+def test_only_the_known_rows_tonight_holds_enter_the_join(tmp_path):
+    """History grows every night; what the join gets must not: rows whose hash tonight lacks stay on disk."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
+    from beam_jobs.runtime import pipeline_options
+
+    root = tmp_path / "embeddings"
+    rows = [_row(f"/h/{i}", f"old{i}", [i, i]) for i in range(50)] + [_row("/h/match", "s2", [3, 4])]
+    _write_partition(str(root / "ds=2026-11-01"), rows, row_group_size=10)  # 6 row groups, one with s2
+    _write_partition(str(root / "ds=2026-11-02"), [_row("/h/x", "old0", [0, 0])])
+    files = known_files(str(root / "ds=2026-11-21"))
+    p = beam.Pipeline(options=pipeline_options(RUNNER_ARGS))
+    wanted = beam.pvalue.AsSingleton(p | "Tonight" >> beam.Create([{"s2", "new"}]))
+    known = p | KnownVectors(files, MODEL, wanted) | beam.MapTuple(lambda sha, v: (sha, v[0]))
+    assert_that(known, equal_to([("s2", "ds=2026-11-01")]))
+    result = p.run()
+    result.wait_until_finish()
+    found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    counters = {c.key.metric.name: c.committed for c in found}
+    assert (counters["known_rows_scanned"], counters["known_rows_matched"]) == (52, 1)
 
 
 def test_split_reuses_known_computes_each_new_content_once_and_copies_it(tmp_path):

@@ -1,12 +1,12 @@
 """``--skip_known``: content embedded before with the same model gets that vector again, not a new one.
 
-A join on ``content_sha256``, so it scales with the number of known hashes without any
-worker holding them all:
+A join on ``content_sha256``; what enters it from earlier nights is filtered by tonight's hashes
+first, so it grows with tonight, not with the history kept:
 
   ReadAndHash   decode.py  URI -> (sha256, URI); each input read and hashed, not decoded
-  KnownVectors  here       the earlier partitions' rows of this model_id, read in record batches
-                           (only the hash, model_id, embedding, width and height columns), the
-                           vectors as bytes (numpy arrays in the shuffle broke the local runner)
+  KnownVectors  here       the earlier partitions' rows of this model_id whose hash tonight holds (a
+                           side input): hashes read first, vectors only of matching row groups; the
+                           vectors as bytes through the shuffle, which so grows with tonight only
   SplitByKnown  here       CoGroupByKey of tonight's hashes with the known ones: a known hash -> a
                            reused row per URI; an unknown one -> its first URI (sorted) is read again,
                            decoded and embedded (DecodeImages), the other URIs with the same bytes
@@ -99,46 +99,61 @@ def table_to_known(item: tuple[str, Any], model_id: str):
 
 
 class ReadKnownFn(beam.DoFn):
-    """An embeddings file -> (sha256, (partition, vector, width, height)) of ``model_id``, in record batches:
-    memory holds one batch of the file, never the file."""
+    """An embeddings file -> (sha256, (partition, vector, width, height)) of ``model_id`` for the hashes
+    tonight holds, row group by row group: the hash and model columns first, the vectors only of a row
+    group that has a match. Memory holds one row group; the shuffle after it, only tonight's matches."""
 
-    def __init__(self, model_id: str, batch_rows: int = 8192):
+    def __init__(self, model_id: str):
         self._model_id = model_id
-        self._batch_rows = batch_rows
 
-    def process(self, path: str):
+    def setup(self):
+        self._scanned = Metrics.counter(METRICS_NAMESPACE, "known_rows_scanned")
+        self._matched = Metrics.counter(METRICS_NAMESPACE, "known_rows_matched")
+
+    def process(self, path: str, wanted: set[str]):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if not wanted:
+            return
+        model_id = self._model_id
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=self._batch_rows, columns=KNOWN_COLUMNS):
-                yield from table_to_known((path, pa.Table.from_batches([batch])), self._model_id)
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                keys = parquet.read_row_group(group, columns=["content_sha256", "model_id"])
+                shas, models = keys.column("content_sha256").to_pylist(), keys.column("model_id").to_pylist()
+                mask = [sha in wanted and model == model_id for sha, model in zip(shas, models, strict=True)]
+                self._scanned.inc(len(mask))
+                if not any(mask):
+                    continue
+                self._matched.inc(sum(mask))
+                rows = parquet.read_row_group(group, columns=KNOWN_COLUMNS).filter(pa.array(mask))
+                yield from table_to_known((path, rows), model_id)
 
 
 class KnownVectors(beam.PTransform):
-    """Embeddings files -> (sha256, (partition, float32 vector as bytes, width, height)) of ``model_id``.
+    """Embeddings files -> (sha256, (partition, float32 vector as bytes, width, height)) of ``model_id``, for
+    the hashes in ``wanted`` (a side input: tonight's hashes).
 
-    Every stored row, not one per hash; the split keeps the earliest night's (several nights rarely hold
-    the same bytes). A combiner with numpy arrays in its accumulators once broke the local runner's
-    shuffle at 20,000 hashes ("Invalid PaneInfoEncoding", 17 GB): that was Beam's time-based flush race,
-    now turned off for local runs (``beam_jobs.runtime.flush_on_size_only``).
+    Every matching stored row, not one per hash; the split keeps the earliest night's (several nights rarely
+    hold the same bytes). Filtering by tonight's hashes before the join keeps the shuffle (and the local
+    runner's memory) in proportion to tonight, not to every night kept: each nightly run used to send every
+    earlier vector of the model through the join.
     """
 
-    def __init__(self, files: Sequence[str], model_id: str):
+    def __init__(self, files: Sequence[str], model_id: str, wanted: beam.pvalue.AsSideInput):
         super().__init__()
         self._files = list(files)
         self._model_id = model_id
+        self._wanted = wanted
 
     def expand(self, pbegin):
-        model_id = self._model_id
         return (
             pbegin
             | "KnownFiles" >> beam.Create(self._files)
-            # Spreads the files over workers; each is then read in batches by one plain DoFn (whole files:
-            # simpler than ReadAllFromParquetBatched's split ranges, whose lost elements on the local
-            # runner were Beam's time-based flush race, see beam_jobs.runtime).
+            # Spreads the files over workers; each is then read row group by row group by one plain DoFn.
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadKnown" >> beam.ParDo(ReadKnownFn(model_id))
+            | "ReadKnown" >> beam.ParDo(ReadKnownFn(self._model_id), wanted=self._wanted)
         )
 
 

@@ -119,7 +119,9 @@ def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_
     Returns (outputs, embedded)."""
     hashed = uris | "ReadAndHash" >> beam.ParDo(ReadAndHashFn(decode, run_id)).with_outputs(FAILURES_TAG, main="hashed")
     if known:
-        vectors = p | "KnownVectors" >> KnownVectors(known, embedding_model_id)
+        tonight = hashed.hashed | "TonightHashes" >> beam.Map(lambda item: item[0])
+        wanted = beam.pvalue.AsSingleton(tonight | "HashSet" >> beam.combiners.ToSet())
+        vectors = p | "KnownVectors" >> KnownVectors(known, embedding_model_id, wanted)
     else:
         vectors = p | "NoKnownVectors" >> beam.Create([])
     split = {"tonight": hashed.hashed, "known": vectors} | "SplitByKnown" >> SplitByKnown(embedding_model_id, run_id)
