@@ -18,7 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_jobs.config import ConfigError, ExtractConfig, weights_for
 from beam_jobs.contract import ENGINE_TF, ModelFigures
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, DecodeParams
-from beam_jobs.extract_embeddings.embed import ENGINES_TAG, EmbedModels
+from beam_jobs.extract_embeddings.embed import ENGINES_TAG, EmbedModels, branch_label
 from beam_jobs.extract_embeddings.engines import EngineChoice
 from beam_jobs.extract_embeddings.images import decode_and_resize, decode_for_sizes
 from beam_jobs.extract_embeddings.models import ModelError, resolve_models
@@ -116,15 +116,20 @@ def test_each_model_gets_its_branch_its_size_and_its_own_failures(two_savedmodel
     with TestPipeline(argv=RUNNER_ARGS) as p:
         decoded = p | beam.Create(uris) | "Decode" >> DecodeImages(params, "run")
         out = decoded.images | "Embed" >> EmbedModels(runs, 2, "run", EngineChoice(ENGINE_TF))
-        rows = out["rows"] | "RowKey" >> beam.Map(
-            lambda r: (r["model_id"], os.path.basename(r["image_uri"]), len(r["embedding"]))
+        # Each model's rows and failures are their own outputs (written where they are made, no Flatten).
+        a, b = (f"embed_{branch_label(run, i)}" for i, run in enumerate(runs))
+        assert sorted(out) == sorted(
+            [ENGINES_TAG, f"rows_{a}", f"rows_{b}", f"{FAILURES_TAG}_{a}", f"{FAILURES_TAG}_{b}"]
         )
-        want = [(a_id, os.path.basename(u), 6) for u in [*photos, str(black)]] + [
-            (b_id, os.path.basename(u), 3) for u in photos
-        ]
-        assert_that(rows, equal_to(want), label="rows")
-        fails = out[FAILURES_TAG] | "FailKey" >> beam.Map(lambda r: (r["model_id"], r["stage"], r["error"]))
+        for source, model_id, dim, images in ((a, a_id, 6, [*photos, str(black)]), (b, b_id, 3, photos)):
+            rows = out[f"rows_{source}"] | f"RowKey_{source}" >> beam.Map(
+                lambda r: (r["model_id"], os.path.basename(r["image_uri"]), len(r["embedding"]))
+            )
+            want = [(model_id, os.path.basename(u), dim) for u in images]
+            assert_that(rows, equal_to(want), label=f"rows of {source}")
+        fails = out[f"{FAILURES_TAG}_{b}"] | "FailKey" >> beam.Map(lambda r: (r["model_id"], r["stage"], r["error"]))
         assert_that(fails, equal_to([(b_id, "inference", "non_finite")]), label="inference failures")
+        assert_that(out[f"{FAILURES_TAG}_{a}"], equal_to([]), label="none for model a")
         read_fails = decoded[FAILURES_TAG] | "ReadKey" >> beam.Map(lambda r: ("model_id" in r, r["error"]))
         assert_that(read_fails, equal_to([(False, "not_found")]), label="read failures are every model's")
         engines = out[ENGINES_TAG] | "EngineModel" >> beam.Map(lambda e: json.loads(e)["model"]) | beam.Distinct()

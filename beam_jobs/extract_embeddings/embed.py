@@ -147,12 +147,16 @@ def tag_engine(engine: str, name: str) -> str:
 
 
 class EmbedModels(beam.PTransform):
-    """Decoded images -> one RunInference branch per model; rows, failures and engines of all, flattened.
+    """Decoded images -> one RunInference branch per model; each branch's rows and failures, and the engines.
 
     The input is (ImageMeta, pixels), or (ImageMeta, {(width, height): pixels}) when the
     models take different sizes: each branch picks its own size from the one decode. Every
     row carries its model's model_id, every inference failure record too, and every engine
     description the model's name, so the commit step accounts each model on its own.
+
+    Output keys: ``rows_<source>`` and ``failures_<source>`` per model (source ``embed`` for a one-model
+    pass, ``embed_<label>`` per model otherwise; WriteOutputs writes each where it is made, without a
+    Flatten the local runner would hold whole), and ``engines``.
     """
 
     def __init__(
@@ -169,18 +173,18 @@ class EmbedModels(beam.PTransform):
         self._engine = engine
 
     def expand(self, images):
-        rows, failures, engines = [], [], []
+        out, engines = {}, []
         for index, run in enumerate(self._runs):
             label = branch_label(run, index)
+            source = "embed" if len(self._runs) == 1 else f"embed_{label}"
             pixels = images | f"PixelsFor_{label}" >> beam.Map(pixels_for, tuple(run.spec.input_size))
-            out = pixels | f"Embed_{label}" >> EmbedImages(
+            branch = pixels | f"Embed_{label}" >> EmbedImages(
                 run.spec, run.weights, run.model_id, self._batch_size, self._run_id, self._engine
             )
-            rows.append(out["rows"])
-            failures.append(out[FAILURES_TAG] | f"TagFailures_{label}" >> beam.Map(tag_failure, run.model_id))
-            engines.append(out[ENGINES_TAG] | f"TagEngines_{label}" >> beam.Map(tag_engine, run.name))
-        return {
-            "rows": rows | "AllRows" >> beam.Flatten(),
-            FAILURES_TAG: failures | "AllInferenceFailures" >> beam.Flatten(),
-            ENGINES_TAG: engines | "AllEngines" >> beam.Flatten(),
-        }
+            out[f"rows_{source}"] = branch["rows"]
+            out[f"{FAILURES_TAG}_{source}"] = branch[FAILURES_TAG] | f"TagFailures_{label}" >> beam.Map(
+                tag_failure, run.model_id
+            )
+            engines.append(branch[ENGINES_TAG] | f"TagEngines_{label}" >> beam.Map(tag_engine, run.name))
+        out[ENGINES_TAG] = engines | "AllEngines" >> beam.Flatten()
+        return out

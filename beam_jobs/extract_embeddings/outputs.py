@@ -211,98 +211,129 @@ def per_model_figures(
 
 
 FAILURE_SOURCE = f"{FAILURES_TAG}_"  # WriteOutputs' input keys for failures: failures_<source>
+ROW_SOURCE = "rows_"  # and for rows: rows_<source>
 
 
 def _model_reason(record: FailureRecord) -> tuple[str, str]:
     return record.get("model_id", ""), failure_key(record)
 
 
+def sources_of(pcolls: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {key[len(prefix) :]: pc for key, pc in pcolls.items() if key.startswith(prefix)}
+
+
 class WriteOutputs(beam.PTransform):
     """Rows and failures -> staged Parquet shards, failures JSONL and optional .npy files.
 
-    Input keys: ``rows``, ``uris``, ``listed`` (how many URIs each listed element held), optionally
-    ``reused``, and one ``failures_<source>`` per step that makes failure records. Each source is
-    written and counted where it is made (``failures-<source>-*.jsonl``): on the local runner a
-    Flatten of several steps' records is held whole in memory before its consumers run (200,000
-    failures: +83 MB, issue 16), so only the per-reason counts are brought together.
+    Input keys: ``uris``, ``listed`` (how many URIs each listed element held), one ``rows_<source>`` per
+    step that makes rows (one per model of the pass; with ``--skip_known`` computed, reused and copied) and
+    one ``failures_<source>`` per step that makes failure records. Each source is written and counted
+    where it is made (``embeddings-<source>-*.parquet`` when there are several row sources,
+    ``failures-<source>-*.jsonl``): on the local runner a Flatten of several steps' outputs is held whole
+    in memory before its consumers run (200,000 failures: +83 MB; rows: ~8 KB each at 2048-d), so only
+    counts are brought together. ``reused_sources``: the row sources whose rows were not computed tonight.
     Returns the side inputs the commit step needs (file lists and counts).
     """
 
-    def __init__(self, staging: str, num_shards: int, write_npy_files: bool):
+    def __init__(self, staging: str, num_shards: int, write_npy_files: bool, reused_sources: tuple[str, ...] = ()):
         super().__init__()
         self._staging = staging
         self._num_shards = num_shards
         self._npy = write_npy_files
+        self._reused = reused_sources
 
     def expand(self, pcolls):
-        staging = self._staging
-        rows, uris, listed = pcolls["rows"], pcolls["uris"], pcolls["listed"]
-        sources = {key[len(FAILURE_SOURCE) :]: pc for key, pc in pcolls.items() if key.startswith(FAILURE_SOURCE)}
-        emb_files = rows | "WriteParquet" >> beam.io.WriteToParquet(
-            storage.join(staging, EMBEDDINGS_PREFIX),
-            embedding_schema(),
-            file_name_suffix=".parquet",
-            num_shards=self._num_shards,
-            # Bounded buffer: memory must not grow with the number of images.
-            row_group_buffer_size=16 * 1024 * 1024,
-            record_batch_size=256,
-        )
+        staging, num_shards = self._staging, self._num_shards
+        row_sources, failure_sources = sources_of(pcolls, ROW_SOURCE), sources_of(pcolls, FAILURE_SOURCE)
+        # (name, count) pairs summed per name: each source counted by its own combiner.
+        counted = [
+            pcolls["uris"]
+            | "Count_inputs" >> beam.combiners.Count.Globally()
+            | "Key_inputs" >> beam.Map(_keyed, "inputs"),
+            pcolls["listed"] | "Count_listed" >> beam.CombineGlobally(sum) | "Key_listed" >> beam.Map(_keyed, "listed"),
+        ]
+        emb_files, model_counts, npy_counts = [], [], []
+        for name, rows in row_sources.items():
+            prefix = EMBEDDINGS_PREFIX if len(row_sources) == 1 else f"{EMBEDDINGS_PREFIX}-{name}"
+            emb_files.append(
+                rows
+                | f"WriteParquet_{name}"
+                >> beam.io.WriteToParquet(
+                    storage.join(staging, prefix),
+                    embedding_schema(),
+                    file_name_suffix=".parquet",
+                    num_shards=num_shards,
+                    # Bounded buffer: memory must not grow with the number of images.
+                    row_group_buffer_size=16 * 1024 * 1024,
+                    record_batch_size=256,
+                )
+            )
+            count = rows | f"Count_rows_{name}" >> beam.combiners.Count.Globally()
+            counted.append(count | f"Key_embedded_{name}" >> beam.Map(_keyed, "embedded"))
+            if name in self._reused:
+                counted.append(count | f"Key_reused_{name}" >> beam.Map(_keyed, "reused"))
+            model_counts.append(
+                rows
+                | f"RowModel_{name}" >> beam.Map(lambda r: r["model_id"])
+                | f"CountPerModel_{name}" >> beam.combiners.Count.PerElement()
+            )
+            if self._npy:
+                npy_dir = storage.join(staging, NPY_DIR)
+                npy_counts.append(
+                    rows
+                    | f"WriteNpy_{name}" >> beam.Map(write_npy, npy_dir)
+                    | f"CountNpy_{name}" >> beam.combiners.Count.Globally()
+                )
         fail_files, reason_counts = [], []
-        for name, failures in sources.items():
+        for name, failures in failure_sources.items():
             fail_files.append(
                 failures
                 | f"FailureToJson_{name}" >> beam.Map(lambda r: json.dumps(r, sort_keys=True))
                 | f"WriteFailures_{name}"
                 >> beam.io.WriteToText(
-                    storage.join(staging, f"{FAILURES_PREFIX}-{name}"),
-                    file_name_suffix=".jsonl",
-                    num_shards=self._num_shards,
+                    storage.join(staging, f"{FAILURES_PREFIX}-{name}"), file_name_suffix=".jsonl", num_shards=num_shards
                 )
             )
-            # A combiner per source, so each step's bundles count their own records.
             reason_counts.append(
                 failures
                 | f"ModelReason_{name}" >> beam.Map(_model_reason)
                 | f"CountPerModelReason_{name}" >> beam.combiners.Count.PerElement()
             )
+        pipeline = pcolls["uris"].pipeline
         # ((model_id, "<stage>/<error>"), count): model_id "" for read/decode (every model's).
         failures_by_model = (
             reason_counts
-            | "AllReasonCounts" >> beam.Flatten()
+            | "AllReasonCounts" >> beam.Flatten(pipeline=pipeline)
             | "SumPerModelReason" >> beam.CombinePerKey(sum)
             | "ModelReasonsToList" >> beam.combiners.ToList()
         )
-        if self._npy:
-            npy_dir = storage.join(staging, NPY_DIR)
-            npy_count = (
-                rows | "WriteNpy" >> beam.Map(write_npy, npy_dir) | "CountNpy" >> beam.combiners.Count.Globally()
-            )
-        else:
-            npy_count = rows.pipeline | "NoNpy" >> beam.Create([0])
-        counted = {
-            "inputs": uris | "Count_inputs" >> beam.combiners.Count.Globally(),
-            "listed": listed | "Count_listed" >> beam.CombineGlobally(sum),
-            "embedded": rows | "Count_embedded" >> beam.combiners.Count.Globally(),
-        }
-        if "reused" in pcolls:
-            counted["reused"] = pcolls["reused"] | "Count_reused" >> beam.combiners.Count.Globally()
         counts = (
-            [pc | f"Key_{name}" >> beam.Map(lambda v, name=name: (name, v)) for name, pc in counted.items()]
-            | "FlattenCounts" >> beam.Flatten()
+            counted
+            | "AllCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombinePerKey(sum)
             | "CountsToDict" >> beam.combiners.ToDict()
+            | "ZeroCounts" >> beam.Map(lambda c: {"embedded": 0, **c})
         )
-        # Per model: rows by model_id.
         embedded_by_model = (
-            rows
-            | "RowModel" >> beam.Map(lambda r: r["model_id"])
-            | "CountPerModel" >> beam.combiners.Count.PerElement()
+            model_counts
+            | "AllModelCounts" >> beam.Flatten(pipeline=pipeline)
+            | "SumPerModel" >> beam.CombinePerKey(sum)
             | "ModelsToDict" >> beam.combiners.ToDict()
+        )
+        npy_count = (
+            (npy_counts or [pipeline | "NoNpy" >> beam.Create([0])])
+            | "AllNpy" >> beam.Flatten(pipeline=pipeline)
+            | "SumNpy" >> beam.CombineGlobally(sum)
         )
         return {
             "embedded_by_model": beam.pvalue.AsSingleton(embedded_by_model),
             "failures_by_model": beam.pvalue.AsSingleton(failures_by_model),
             "counts": beam.pvalue.AsSingleton(counts),
-            "embedding_files": beam.pvalue.AsList(emb_files),
-            "failure_files": beam.pvalue.AsList(fail_files | "AllFailureFiles" >> beam.Flatten()),
+            "embedding_files": beam.pvalue.AsList(emb_files | "AllEmbeddingFiles" >> beam.Flatten(pipeline=pipeline)),
+            "failure_files": beam.pvalue.AsList(fail_files | "AllFailureFiles" >> beam.Flatten(pipeline=pipeline)),
             "npy_count": beam.pvalue.AsSingleton(npy_count),
         }
+
+
+def _keyed(value: int, name: str) -> tuple[str, int]:
+    return name, value

@@ -59,6 +59,7 @@ from beam_jobs.extract_embeddings.known import (
 from beam_jobs.extract_embeddings.models import ModelRun, resolve_models
 from beam_jobs.extract_embeddings.outputs import (
     FAILURE_SOURCE,
+    ROW_SOURCE,
     WriteOutputs,
     finish_extraction,
     run_settings,
@@ -95,12 +96,11 @@ def build_pipeline(
     else:
         decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
         embedded = decoded.images | "EmbedImages" >> embed
-        outputs = {
-            "rows": embedded["rows"],
-            **failure_sources(read=decoded[FAILURES_TAG], embed=embedded[FAILURES_TAG]),
-        }
+        outputs = {**sources_of_pass(embedded), **failure_sources(read=decoded[FAILURES_TAG])}
     outputs.update(uris=read["uris"], listed=read["listed"])
-    written = outputs | "WriteOutputs" >> WriteOutputs(staging, cfg.num_shards, cfg.output_format == "npy")
+    written = outputs | "WriteOutputs" >> WriteOutputs(
+        staging, cfg.num_shards, cfg.output_format == "npy", reused_sources=("reused", "copied")
+    )
     written["engines"] = beam.pvalue.AsList(embedded[ENGINES_TAG])
     finish = functools.partial(
         finish_extraction, settings=run_settings(cfg, runs, known), local_matches=checked.local_matches
@@ -111,6 +111,11 @@ def build_pipeline(
 def failure_sources(**sources):
     """WriteOutputs' inputs for the steps that make failure records, each written where it is made."""
     return {f"{FAILURE_SOURCE}{name}": pcoll for name, pcoll in sources.items()}
+
+
+def sources_of_pass(embedded) -> dict:
+    """EmbedModels' per-model rows and failures, as WriteOutputs' sources."""
+    return {key: pcoll for key, pcoll in embedded.items() if key.startswith((ROW_SOURCE, FAILURE_SOURCE))}
 
 
 def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_model_id: str, run_id: str, known):
@@ -127,13 +132,20 @@ def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_
     split = {"tonight": hashed.hashed, "known": vectors} | "SplitByKnown" >> SplitByKnown(embedding_model_id, run_id)
     decoded = split[COMPUTE_TAG] | "DecodeUnknown" >> DecodeImages(decode, run_id)
     embedded = decoded.images | "EmbedImages" >> embed
-    copies = {"rows": embedded["rows"], PENDING_TAG: split[PENDING_TAG]} | "CopyVectors" >> CopyVectors(run_id)
-    reused = (split[REUSED_TAG], copies["rows"]) | "AllReused" >> beam.Flatten()
-    rows = (embedded["rows"], reused) | "AllRows" >> beam.Flatten()
+    computed = embedded[f"{ROW_SOURCE}embed"]
+    copies = {"rows": computed, PENDING_TAG: split[PENDING_TAG]} | "CopyVectors" >> CopyVectors(run_id)
+    rows = {
+        f"{ROW_SOURCE}computed": computed,
+        f"{ROW_SOURCE}reused": split[REUSED_TAG],
+        f"{ROW_SOURCE}copied": copies["rows"],
+    }
     failures = failure_sources(
-        read=hashed[FAILURES_TAG], decode=decoded[FAILURES_TAG], embed=embedded[FAILURES_TAG], copy=copies[FAILURES_TAG]
+        read=hashed[FAILURES_TAG],
+        decode=decoded[FAILURES_TAG],
+        embed=embedded[f"{FAILURE_SOURCE}embed"],
+        copy=copies[FAILURES_TAG],
     )
-    return {"rows": rows, "reused": reused, **failures}, embedded
+    return {**rows, **failures}, embedded
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
