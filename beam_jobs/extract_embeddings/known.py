@@ -244,11 +244,23 @@ class CopyVectors(beam.PTransform):
         self._run_id = run_id
 
     def expand(self, pcolls):
-        # Bytes, not the numpy array, through the shuffle (see KnownVectors).
-        keyed = pcolls["rows"] | "KeyBySha" >> beam.Map(
-            lambda row: (
-                row["content_sha256"],
-                {**row, "embedding": np.asarray(row["embedding"], np.float32).tobytes()},
+        # Only the computed rows whose content another URI of tonight waits for enter the join (a side
+        # input: the waiting hashes, usually few), so the shuffle holds the duplicates' vectors, not all
+        # of tonight's. Bytes, not the numpy array, through it (see KnownVectors).
+        waiting = beam.pvalue.AsSingleton(
+            pcolls[PENDING_TAG]
+            | "WaitingHashes" >> beam.Map(lambda item: item[0])
+            | "HashSet" >> beam.combiners.ToSet()
+        )
+        keyed = (
+            pcolls["rows"]
+            | "AwaitedRows" >> beam.Filter(lambda row, wanted: row["content_sha256"] in wanted, wanted=waiting)
+            | "KeyBySha"
+            >> beam.Map(
+                lambda row: (
+                    row["content_sha256"],
+                    {**row, "embedding": np.asarray(row["embedding"], np.float32).tobytes()},
+                )
             )
         )
         joined = {"rows": keyed, "pending": pcolls[PENDING_TAG]} | "JoinComputed" >> beam.CoGroupByKey()
