@@ -27,6 +27,7 @@ from beam_jobs.extract_embeddings.images import ImageError
 from beam_jobs.extract_embeddings.inputs import (
     ReadImageURIs,
     list_batch_size,
+    list_in_batches,
     list_local,
     read_listing_range,
     write_listing,
@@ -205,3 +206,20 @@ def test_a_non_finite_vector_becomes_a_failure_not_a_row():
             ),
             label="failures",
         )
+
+
+def test_a_remote_glob_is_listed_in_the_pipeline_and_shuffled_in_batches():
+    """An object-store glob has no snapshot (its workers list it): each name once, counted, in batches of 3 here."""
+    MemObjectStore.reset()
+    names = [f"memgs://b/night/img_{i:04d}.jpg" for i in range(600)]
+    for name in names:
+        MemObjectStore.put(name, b"x")
+    MemObjectStore.put("memgs://b/other/img.jpg", b"x")
+    try:
+        assert [len(batch) for batch in list_in_batches("memgs://b/night/*")] == [3] * 200
+        with TestPipeline(argv=RUNNER_ARGS) as p:
+            read = p | ReadImageURIs("memgs://b/night/*")
+            assert_that(read["uris"], equal_to(names), label="uris")
+            assert_that(read["listed"] | beam.CombineGlobally(sum), equal_to([600]), label="listed")
+    finally:
+        MemObjectStore.reset()
