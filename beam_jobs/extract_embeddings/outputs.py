@@ -7,7 +7,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -96,6 +96,32 @@ def run_settings(cfg: ExtractConfig, runs: list[ModelRun], known: Sequence[str] 
     }
 
 
+def parquet_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return pq.read_metadata(handle).num_rows
+
+
+def file_size(path: str) -> int:
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
+def drop_empty(files: Sequence[str], amount: Callable[[str], int]) -> list[str]:
+    """The staged files that hold something; the empty ones are deleted.
+
+    Each step's sink writes a file even when the step made nothing (a night without duplicates, a model
+    that never failed), so a small night had several empty files. One stays when all are empty: a reader
+    still finds the kind (and a Parquet file its schema).
+    """
+    ordered = sorted(files)
+    empty = [f for f in ordered if amount(f) == 0]
+    gone = set(empty[1:] if len(empty) == len(ordered) else empty)
+    if gone:
+        FileSystems.delete(sorted(gone))
+    return [f for f in ordered if f not in gone]
+
+
 def finish_extraction(
     staging: str,
     *,
@@ -153,6 +179,8 @@ def finish_extraction(
             failure_keys = primary["failures_by_reason"]
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
+    embedding_files = drop_empty(embedding_files, parquet_rows)
+    failure_files = drop_empty(failure_files, file_size)
     reused = counts.get("reused", 0)
     return {
         **settings,
