@@ -245,7 +245,7 @@ class OpenVINOBatch:
         self._results[index] = request.get_output_tensor(0).data.copy()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        chunks = np.array_split(pixels, min(self._requests * int(os.environ.get("EMB_OV_CHUNKS", "1")), len(pixels)))
+        chunks = np.array_split(pixels, min(self._requests, len(pixels)))
         with self._lock:
             self._results = {}
             for index, chunk in enumerate(chunks):
