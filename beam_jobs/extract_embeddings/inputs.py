@@ -6,8 +6,8 @@ import csv
 import json
 import os
 import re
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
@@ -97,14 +97,14 @@ def list_in_batches(pattern: str) -> Iterator[list[str]]:
         yield paths[start : start + size]
 
 
-def count_listed_batch(batch: list[str]) -> list[str]:
-    Metrics.counter(METRICS_NAMESPACE, "uris_listed").inc(len(batch))
-    return batch
+def count_listed(item: Any, size: Callable[[Any], int]) -> Any:
+    """Pass ``item`` (a batch of URIs or a listing range) on, counting the URIs it holds."""
+    Metrics.counter(METRICS_NAMESPACE, "uris_listed").inc(size(item))
+    return item
 
 
-def count_listed_range(piece: ListingRange) -> ListingRange:
-    Metrics.counter(METRICS_NAMESPACE, "uris_listed").inc(piece.uris)
-    return piece
+def range_size(piece: ListingRange) -> int:
+    return piece.uris
 
 
 class Listing(NamedTuple):
@@ -121,23 +121,19 @@ def write_listing(pattern: str, path: str) -> Listing:
     Only the ranges cross the pipeline's shuffle: the local runner holds its shuffles in memory,
     and URIs in it cost ~0.5 KB each even in batches (issue 16: 200,000 inputs, +95 MB).
     """
-    count = 0
-    with open(path, "w", encoding="utf-8") as handle:
+    lengths = []  # of each line, in bytes: the ranges are cut from these once the count is known
+    with open(path, "wb") as handle:
         for uri in list_local(pattern):
-            handle.write(json.dumps(uri) + "\n")
-            count += 1
-    size = list_batch_size(count)
-    ranges, start, offset, held = [], 0, 0, 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            offset += len(line)
-            held += 1
-            if held == size:
-                ranges.append(ListingRange(start, offset, held))
-                start, held = offset, 0
-    if held:
-        ranges.append(ListingRange(start, offset, held))
-    return Listing(path, count, tuple(ranges))
+            line = (json.dumps(uri) + "\n").encode("ascii")  # json.dumps escapes anything beyond ASCII
+            handle.write(line)
+            lengths.append(len(line))
+    size = list_batch_size(len(lengths))
+    ranges, start = [], 0
+    for first in range(0, len(lengths), size):
+        piece = lengths[first : first + size]
+        ranges.append(ListingRange(start, start + sum(piece), len(piece)))
+        start += sum(piece)
+    return Listing(path, len(lengths), tuple(ranges))
 
 
 def read_listing_range(piece: ListingRange, path: str) -> list[str]:
@@ -178,20 +174,20 @@ class ReadImageURIs(beam.PTransform):
             pieces = (
                 pbegin
                 | "ListingRanges" >> beam.Create(self._listing.ranges)
-                | "CountListed" >> beam.Map(count_listed_range)
+                | "CountListed" >> beam.Map(count_listed, range_size)
             )
             uris = (
                 pieces
                 | "SpreadRanges" >> beam.Reshuffle()
                 | "ReadListingRange" >> beam.FlatMap(read_listing_range, path)
             )
-            return {"listed": pieces | "RangeSizes" >> beam.Map(lambda piece: piece.uris), "uris": uris}
+            return {"listed": pieces | "RangeSizes" >> beam.Map(range_size), "uris": uris}
         if self._glob:
             batches = (
                 pbegin
                 | "Pattern" >> beam.Create([self._glob])
                 | "ListInBatches" >> beam.FlatMap(list_in_batches)
-                | "CountListed" >> beam.Map(count_listed_batch)
+                | "CountListed" >> beam.Map(count_listed, len)
             )
             uris = batches | "SpreadBatches" >> beam.Reshuffle() | "Unbatch" >> beam.FlatMap(lambda batch: batch)
             return {"listed": batches | "BatchSizes" >> beam.Map(len), "uris": uris}

@@ -68,6 +68,8 @@ from beam_jobs.extract_embeddings.outputs import (
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
+# --skip_known's row sources that were not computed tonight: stored vectors, and copies of tonight's.
+REUSED_SOURCES = ("reused", "copied")
 
 
 def build_pipeline(
@@ -96,10 +98,12 @@ def build_pipeline(
     else:
         decoded = read["uris"] | "DecodeImages" >> DecodeImages(decode, cfg.run_id)
         embedded = decoded.images | "EmbedImages" >> embed
-        outputs = {**sources_of_pass(embedded), **failure_sources(read=decoded[FAILURES_TAG])}
+        # EmbedModels' outputs besides the engines are its per-model rows_ and failures_ sources.
+        sources = {key: pcoll for key, pcoll in embedded.items() if key != ENGINES_TAG}
+        outputs = {**sources, **failure_sources(read=decoded[FAILURES_TAG])}
     outputs.update(uris=read["uris"], listed=read["listed"])
     written = outputs | "WriteOutputs" >> WriteOutputs(
-        staging, cfg.num_shards, cfg.output_format == "npy", reused_sources=("reused", "copied")
+        staging, cfg.num_shards, cfg.output_format == "npy", reused_sources=REUSED_SOURCES
     )
     written["engines"] = beam.pvalue.AsList(embedded[ENGINES_TAG])
     finish = functools.partial(
@@ -111,11 +115,6 @@ def build_pipeline(
 def failure_sources(**sources):
     """WriteOutputs' inputs for the steps that make failure records, each written where it is made."""
     return {f"{FAILURE_SOURCE}{name}": pcoll for name, pcoll in sources.items()}
-
-
-def sources_of_pass(embedded) -> dict:
-    """EmbedModels' per-model rows and failures, as WriteOutputs' sources."""
-    return {key: pcoll for key, pcoll in embedded.items() if key.startswith((ROW_SOURCE, FAILURE_SOURCE))}
 
 
 def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_model_id: str, run_id: str, known):
@@ -134,10 +133,11 @@ def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_
     embedded = decoded.images | "EmbedImages" >> embed
     computed = embedded[f"{ROW_SOURCE}embed"]
     copies = {"rows": computed, PENDING_TAG: split[PENDING_TAG]} | "CopyVectors" >> CopyVectors(run_id)
+    reused, copied = REUSED_SOURCES
     rows = {
         f"{ROW_SOURCE}computed": computed,
-        f"{ROW_SOURCE}reused": split[REUSED_TAG],
-        f"{ROW_SOURCE}copied": copies["rows"],
+        f"{ROW_SOURCE}{reused}": split[REUSED_TAG],
+        f"{ROW_SOURCE}{copied}": copies["rows"],
     }
     failures = failure_sources(
         read=hashed[FAILURES_TAG],
