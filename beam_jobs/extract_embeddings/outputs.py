@@ -135,6 +135,7 @@ def finish_extraction(
     engines: list[str] = (),
     local_matches: int | None = None,
     embedded_by_model: dict[str, int] | None = None,
+    drop_empty_files: bool = True,
 ) -> ExtractManifest:
     """The commit step's check and manifest: every distinct input is embedded or failed, once.
 
@@ -179,8 +180,9 @@ def finish_extraction(
             failure_keys = primary["failures_by_reason"]
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
-    embedding_files = drop_empty(embedding_files, parquet_rows)
-    failure_files = drop_empty(failure_files, file_size)
+    if drop_empty_files:  # not with --num_shards N: each set keeps the N files its names count
+        embedding_files = drop_empty(embedding_files, parquet_rows)
+        failure_files = drop_empty(failure_files, file_size)
     reused = counts.get("reused", 0)
     return {
         **settings,

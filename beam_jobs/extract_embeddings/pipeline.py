@@ -107,7 +107,10 @@ def build_pipeline(
     )
     written["engines"] = beam.pvalue.AsList(embedded[ENGINES_TAG])
     finish = functools.partial(
-        finish_extraction, settings=run_settings(cfg, runs, known), local_matches=checked.local_matches
+        finish_extraction,
+        settings=run_settings(cfg, runs, known),
+        local_matches=checked.local_matches,
+        drop_empty_files=cfg.num_shards == 0,
     )
     return p | "Commit" >> Commit(JOB_EXTRACT, cfg, staging, finish, **written)
 
