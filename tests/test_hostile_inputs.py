@@ -25,7 +25,9 @@ from beam_jobs.extract_embeddings.decode import FAILURES_TAG, DecodeImages, Deco
 from beam_jobs.extract_embeddings.embed import to_row
 from beam_jobs.extract_embeddings.images import ImageError
 from beam_jobs.extract_embeddings.inputs import (
+    LISTING_DIR_PREFIX,
     ReadImageURIs,
+    listing_folder,
     list_batch_size,
     list_in_batches,
     list_local,
@@ -190,6 +192,27 @@ def test_a_listing_snapshot_keeps_odd_names_and_spreads_small_nights(tmp_path):
         500,
         500,
     ]
+
+
+def test_a_killed_runs_listing_snapshot_is_removed_by_the_next_run_not_a_live_ones(tmp_path):
+    """A folder names its run's process: a dead one's goes, a live one's (another run now) stays."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (gone.pid, alive.pid):
+            (tmp_path / f"{LISTING_DIR_PREFIX}{pid}-x").mkdir()
+            (tmp_path / f"{LISTING_DIR_PREFIX}{pid}-x" / "listing.jsonl").write_text('"/a.jpg"\n')
+        (tmp_path / "unrelated-123-x").mkdir()
+        with listing_folder(str(tmp_path)) as mine:
+            assert sorted(os.listdir(tmp_path)) == sorted(
+                [f"{LISTING_DIR_PREFIX}{alive.pid}-x", os.path.basename(mine), "unrelated-123-x"]
+            )
+            assert os.path.basename(mine).startswith(f"{LISTING_DIR_PREFIX}{os.getpid()}-")
+        assert not os.path.exists(mine)
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_a_non_finite_vector_becomes_a_failure_not_a_row():

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,8 @@ class Killed:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.support.killpoint", point, module, *args],
                 cwd=ROOT,
-                env={**os.environ, "KILLPOINT_READY": str(self.ready)},
+                # The jobs' temp folder (the listing snapshot) in the test's own: what kills leave is seen there.
+                env={**os.environ, "KILLPOINT_READY": str(self.ready), "TMPDIR": str(work / "tmp")},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -106,7 +108,8 @@ def own_leftovers(output: str, run_id: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, sample_dir, tmp_path):
+def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, sample_dir, tmp_path, monkeypatch):
+    from beam_jobs.extract_embeddings.inputs import LISTING_DIR_PREFIX
     from beam_jobs.extract_embeddings.pipeline import run as extract
     from beam_jobs.reduce_dim.pipeline import run as reduce
 
@@ -114,6 +117,7 @@ def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, s
     # and an npy/ folder); tonight's run embeds 4 photos, two per batch, into one shard.
     images = tmp_path / "images"
     images.mkdir()
+    (tmp_path / "tmp").mkdir()
     photos = sorted(glob.glob(os.path.join(sample_dir, "img_*.jpg")))[:4]
     for path in photos:
         shutil.copy(path, images)
@@ -151,8 +155,17 @@ def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, s
     assert snapshot(red_out) == previous[red_out]
     print("seconds to each kill point:", timings)
 
+    # Each killed extraction left its listing snapshot (it cannot clean up) and removed the one before:
+    # the last killed run's is there, and the next run removes it.
+    def listings() -> list[str]:
+        return [e for e in os.listdir(tmp_path / "tmp") if e.startswith(LISTING_DIR_PREFIX)]
+
+    assert len(listings()) == 1, listings()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
     # The next good run of each: exactly its own files in the output, nothing beside it.
     manifest = extract(emb_args)
+    assert listings() == []
     assert (manifest["run_id"], manifest["inputs"], manifest["embedded"], manifest["failed"]) == ("tonight", 4, 4, 0)
     shards = sorted(glob.glob(os.path.join(emb_out, "embeddings-*.parquet")))
     rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]

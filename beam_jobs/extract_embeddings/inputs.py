@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -134,6 +137,43 @@ def write_listing(pattern: str, path: str) -> Listing:
         ranges.append(ListingRange(start, start + sum(piece), len(piece)))
         start += sum(piece)
     return Listing(path, len(lengths), tuple(ranges))
+
+
+LISTING_DIR_PREFIX = "extract-listing-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_listings(parent: str) -> list[str]:
+    """Remove the snapshot folders of runs whose process is gone (a killed run cannot clean up).
+
+    A folder's name carries its run's process id; a live process (or a reused id) keeps its folder.
+    """
+    removed = []
+    pattern = re.compile(re.escape(LISTING_DIR_PREFIX) + r"(\d+)-")
+    for name in os.listdir(parent):
+        found = pattern.match(name)
+        if found and int(found.group(1)) != os.getpid() and not _pid_alive(int(found.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+@contextlib.contextmanager
+def listing_folder(parent: str | None = None) -> Iterator[str]:
+    """A folder for this run's listing snapshot, removed after the run; stale ones of killed runs go first."""
+    parent = parent or tempfile.gettempdir()
+    sweep_stale_listings(parent)
+    with tempfile.TemporaryDirectory(prefix=f"{LISTING_DIR_PREFIX}{os.getpid()}-", dir=parent) as folder:
+        yield folder
 
 
 def read_listing_range(piece: ListingRange, path: str) -> list[str]:

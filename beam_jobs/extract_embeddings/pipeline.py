@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +45,7 @@ from beam_jobs.extract_embeddings.decode import (
 )
 from beam_jobs.extract_embeddings.embed import ENGINES_TAG, EmbedModels
 from beam_jobs.extract_embeddings.engines import EngineChoice
-from beam_jobs.extract_embeddings.inputs import Preflight, ReadImageURIs, preflight
+from beam_jobs.extract_embeddings.inputs import Preflight, ReadImageURIs, listing_folder, preflight
 from beam_jobs.extract_embeddings.known import (
     COMPUTE_TAG,
     PENDING_TAG,
@@ -158,7 +157,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     options = runtime.job_options(beam_args, cfg.detach)
     local = options.view_as(StandardOptions).runner in runtime.LOCAL_RUNNERS
     # A local run reads its URIs from a snapshot of the glob's listing, kept here for the run.
-    with tempfile.TemporaryDirectory(prefix="extract-listing-") as listing_dir:
+    with listing_folder() as listing_dir:
         checked = preflight(cfg, listing_dir if local else None)
         if cfg.skip_known and not skips_known(cfg, runs):
             LOG.warning(
