@@ -27,10 +27,10 @@ from beam_jobs.extract_embeddings.images import ImageError
 from beam_jobs.extract_embeddings.inputs import (
     LISTING_DIR_PREFIX,
     ReadImageURIs,
-    listing_folder,
     list_batch_size,
     list_in_batches,
     list_local,
+    listing_folder,
     read_listing_range,
     write_listing,
 )
