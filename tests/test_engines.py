@@ -125,6 +125,42 @@ def test_openvino_runs_the_same_graph_within_the_guard(tiny_fn):
     np.testing.assert_allclose(model(pixels[::-1]), got[::-1], rtol=1e-4, atol=1e-5)
 
 
+def test_threads_sharing_one_openvino_model_each_get_their_own_batch_back(tiny_fn):
+    """RunInference shares the model per process: concurrent batches share its infer requests chunk
+    by chunk, and each caller gets exactly its own rows, in order; a refused batch leaks no request."""
+    import threading
+
+    model = load_engine(tiny_fn, TINY, EngineChoice(ENGINE_OPENVINO))
+    pixels = photos((32, 32), 24)
+    batches = [pixels[i : i + n] for i, n in ((0, 7), (7, 1), (8, 5), (13, 11), (2, 9), (5, 3))]
+    expected = [model(batch) for batch in batches]
+    got: dict[tuple[int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def worker(thread: int) -> None:
+        try:
+            for rnd in range(10):
+                index = (thread + rnd) % len(batches)
+                got[(thread, rnd)] = model(batches[index])
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(got) == 60
+    for (thread, rnd), out in got.items():
+        np.testing.assert_allclose(out, expected[(thread + rnd) % len(batches)], rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(Exception):  # noqa: B017, PT011 - OpenVINO's own error type for a wrong shape
+        model(photos((16, 16), 4))
+    for _ in range(model.info["infer_requests"] + 1):
+        np.testing.assert_allclose(model(batches[0]), expected[0], rtol=1e-5, atol=1e-6)
+
+
 def test_auto_takes_openvino_here_and_records_why(tiny_fn):
     model = load_engine(tiny_fn, TINY, EngineChoice())
     assert model.info["engine"] == ENGINE_OPENVINO

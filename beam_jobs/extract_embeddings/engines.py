@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -224,35 +225,68 @@ def openvino_precision(requested: str, capabilities: list[str]) -> str:
     return requested
 
 
+class _Call:
+    """One caller's batch in flight: its chunks' outputs, and a count of those not back yet."""
+
+    def __init__(self, chunks: int):
+        self.out: list[np.ndarray | None] = [None] * chunks
+        self.done = threading.Semaphore(0)
+
+
 class OpenVINOBatch:
     """One batch split over the compiled model's optimal number of async infer requests.
 
-    A lock keeps two Beam threads sharing this model (RunInference shares it per process)
-    from interleaving requests: each batch already uses every core, so a second one
-    running at the same time would only oversubscribe them.
+    The requests are a pool shared by every Beam thread of the process (RunInference shares the
+    model per process): a chunk waits for a free request, so no more inferences run at once than
+    OpenVINO's optimum (no oversubscription), and a request that finishes its chunk early takes
+    the next chunk, of this batch or another thread's, instead of idling until the slowest chunk
+    of the batch is done (a stream slowed by a decoding thread on its core holds back the whole
+    batch otherwise).
     """
 
     def __init__(self, compiled: Any, requests: int):
-        import openvino as ov
-
-        self._queue = ov.AsyncInferQueue(compiled, requests)
         self._requests = requests
-        self._lock = threading.Lock()
-        self._results: dict[int, np.ndarray] = {}
-        self._queue.set_callback(self._done)
+        self._slots = [compiled.create_infer_request() for _ in range(requests)]
+        self._owner: list[tuple[_Call, int] | None] = [None] * requests
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot, request in enumerate(self._slots):
+            request.set_callback(self._done, slot)
+            self._idle.put(slot)
 
-    def _done(self, request: Any, index: int) -> None:
-        self._results[index] = request.get_output_tensor(0).data.copy()
+    def _done(self, slot: int) -> None:
+        # Runs on OpenVINO's thread when a request succeeded (a failed one never calls back).
+        call, index = self._owner[slot]
+        call.out[index] = self._slots[slot].get_output_tensor(0).data.copy()
+        self._owner[slot] = None
+        self._idle.put(slot)
+        call.done.release()
+
+    def _raise_failed(self, call: _Call) -> None:
+        for slot, owner in enumerate(self._owner):
+            if owner is not None and owner[0] is call:
+                try:
+                    self._slots[slot].wait_for(0)  # re-raises the request's error, if it failed
+                except Exception:
+                    self._owner[slot] = None
+                    self._idle.put(slot)
+                    raise
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         chunks = np.array_split(pixels, min(self._requests, len(pixels)))
-        with self._lock:
-            self._results = {}
-            for index, chunk in enumerate(chunks):
-                self._queue.start_async({0: np.ascontiguousarray(chunk)}, userdata=index)
-            self._queue.wait_all()
-            out = [self._results[i] for i in range(len(chunks))]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        call = _Call(len(chunks))
+        for index, chunk in enumerate(chunks):
+            slot = self._idle.get()
+            self._owner[slot] = (call, index)
+            try:
+                self._slots[slot].start_async({0: np.ascontiguousarray(chunk)})
+            except Exception:  # e.g. a shape the model does not take: the request goes back unused
+                self._owner[slot] = None
+                self._idle.put(slot)
+                raise
+        for _ in chunks:
+            while not call.done.acquire(timeout=1.0):
+                self._raise_failed(call)
+        return np.concatenate(call.out).astype(np.float32, copy=False)
 
 
 def decline_openvino_telemetry() -> None:
