@@ -31,6 +31,7 @@ from beam_jobs.extract_embeddings.inputs import (
     list_in_batches,
     list_local,
     listing_folder,
+    listing_prefix,
     read_listing_range,
     write_listing,
 )
@@ -200,15 +201,18 @@ def test_a_killed_runs_listing_snapshot_is_removed_by_the_next_run_not_a_live_on
     gone.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for pid in (gone.pid, alive.pid):
-            (tmp_path / f"{LISTING_DIR_PREFIX}{pid}-x").mkdir()
-            (tmp_path / f"{LISTING_DIR_PREFIX}{pid}-x" / "listing.jsonl").write_text('"/a.jpg"\n')
+        here = listing_prefix()  # "extract-listing-<this host>-"
+        assert here.startswith(LISTING_DIR_PREFIX)
+        elsewhere = f"{LISTING_DIR_PREFIX}another-host-{gone.pid}-x"  # its process ids are not ours to judge
+        for name in (f"{here}{gone.pid}-x", f"{here}{alive.pid}-x", elsewhere):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "listing.jsonl").write_text('"/a.jpg"\n')
         (tmp_path / "unrelated-123-x").mkdir()
         with listing_folder(str(tmp_path)) as mine:
             assert sorted(os.listdir(tmp_path)) == sorted(
-                [f"{LISTING_DIR_PREFIX}{alive.pid}-x", os.path.basename(mine), "unrelated-123-x"]
+                [f"{here}{alive.pid}-x", elsewhere, os.path.basename(mine), "unrelated-123-x"]
             )
-            assert os.path.basename(mine).startswith(f"{LISTING_DIR_PREFIX}{os.getpid()}-")
+            assert os.path.basename(mine).startswith(f"{here}{os.getpid()}-")
         assert not os.path.exists(mine)
     finally:
         alive.kill()

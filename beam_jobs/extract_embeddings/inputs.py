@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -152,13 +153,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def listing_prefix() -> str:
+    # The host name too: containers sharing a temp folder do not share process ids, and a process id
+    # is only known to be gone on the host (or container) that made the folder.
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+    return f"{LISTING_DIR_PREFIX}{host}-"
+
+
 def sweep_stale_listings(parent: str) -> list[str]:
     """Remove the snapshot folders of runs whose process is gone (a killed run cannot clean up).
 
-    A folder's name carries its run's process id; a live process (or a reused id) keeps its folder.
+    A folder's name carries its host and process id; a live process (or a reused id) keeps its
+    folder, and so does every folder made on another host.
     """
     removed = []
-    pattern = re.compile(re.escape(LISTING_DIR_PREFIX) + r"(\d+)-")
+    pattern = re.compile(re.escape(listing_prefix()) + r"(\d+)-")
     for name in os.listdir(parent):
         found = pattern.match(name)
         if found and int(found.group(1)) != os.getpid() and not _pid_alive(int(found.group(1))):
@@ -172,7 +181,7 @@ def listing_folder(parent: str | None = None) -> Iterator[str]:
     """A folder for this run's listing snapshot, removed after the run; stale ones of killed runs go first."""
     parent = parent or tempfile.gettempdir()
     sweep_stale_listings(parent)
-    with tempfile.TemporaryDirectory(prefix=f"{LISTING_DIR_PREFIX}{os.getpid()}-", dir=parent) as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{listing_prefix()}{os.getpid()}-", dir=parent) as folder:
         yield folder
 
 
