@@ -201,7 +201,7 @@ def main() -> int:
         ("peak RSS at 4N within 10% of N (default engine)", growth["auto"], None, "%"),
     ]
     for label, value, target, unit in checks:
-        shown = f"{value:.2f}x" if unit == "x" else f"{value:+.1%}" if target is None else f"{value:.0%}"
+        shown = f"{value:.2f}x" if unit == "x" else f"{value:+.1%}" if target is None else f"{value:.1%}"
         met = abs(value) <= 0.10 if target is None else value >= target
         print(f"| {label} | {shown} | {'yes' if met else 'no'} |")
     if len(modes) > 1:

@@ -226,7 +226,7 @@ def openvino_precision(requested: str, capabilities: list[str]) -> str:
 
 
 class _Call:
-    """One caller's batch in flight: its chunks' outputs, and a count of those not back yet."""
+    """One caller's batch in flight: its chunks' outputs, and a semaphore released as each comes back."""
 
     def __init__(self, chunks: int):
         self.out: list[np.ndarray | None] = [None] * chunks
