@@ -161,6 +161,18 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600, swap_g
     return done
 
 
+def parquet_row_count(path: str) -> int:
+    """Rows of a Parquet file, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return pq.read_metadata(handle).num_rows
+
+
+def file_size(path: str) -> int:
+    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+
+
 def list_files(directory: str) -> list[str]:
     pattern = join(directory, "**")
     try:

@@ -163,18 +163,18 @@ def test_empty_output_files_are_dropped_but_one_of_a_kind_stays(tmp_path):
 
     from beam_jobs import storage
     from beam_jobs.contract import EMBEDDING_COLUMNS
-    from beam_jobs.extract_embeddings.outputs import drop_empty, file_size, parquet_rows
+    from beam_jobs.extract_embeddings.outputs import drop_empty
 
     schema = storage.arrow_schema(EMBEDDING_COLUMNS)
     row = {"image_uri": "/a", "embedding": [1.0], "model_id": "m", "content_sha256": "s", "width": 1, "height": 1}
     full, empty = str(tmp_path / "embeddings-computed-0.parquet"), str(tmp_path / "embeddings-copied-0.parquet")
     pq.write_table(pa.Table.from_pylist([{**row, "run_id": "r"}], schema=schema), full)
     pq.write_table(schema.empty_table(), empty)
-    assert drop_empty([empty, full], parquet_rows) == [full]
+    assert drop_empty([empty, full], storage.parquet_row_count) == [full]
     assert sorted(os.listdir(tmp_path)) == ["embeddings-computed-0.parquet"]
     texts = [tmp_path / f"failures-{name}-0.jsonl" for name in ("copy", "embed", "read")]
     for path in texts:
         path.write_text("")
     # Nothing failed anywhere: one (empty) failures file stays, so a reader still finds the kind.
-    assert drop_empty([str(p) for p in texts], file_size) == [str(texts[0])]
+    assert drop_empty([str(p) for p in texts], storage.file_size) == [str(texts[0])]
     assert sorted(os.listdir(tmp_path)) == ["embeddings-computed-0.parquet", "failures-copy-0.jsonl"]

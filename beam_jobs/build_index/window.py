@@ -122,16 +122,12 @@ def _reusable(previous: dict, model_id: str, dim: int, first_ds: str, cfg_kind_h
 
 def file_offsets(files: Sequence[str]) -> list[tuple[str, int]]:
     """(file, first row number) so that every row of a partition gets its own id: Parquet footers only."""
-    import pyarrow.parquet as pq
-
     out: list[tuple[str, int]] = []
     offsets: dict[str, int] = {}
     for path in sorted(files):
         key = partition_of(path) or ""
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            rows = pq.ParquetFile(handle).metadata.num_rows
         out.append((path, offsets.get(key, 0)))
-        offsets[key] = offsets.get(key, 0) + rows
+        offsets[key] = offsets.get(key, 0) + storage.parquet_row_count(path)
     if any(total >= 1 << ann.DAY_SHIFT for total in offsets.values()):
         raise InputError("a partition holds more than 2^32 rows; ids would collide")
     return out

@@ -245,7 +245,6 @@ class OpenVINOBatch:
     """
 
     def __init__(self, compiled: Any, requests: int):
-        self._requests = requests
         self._slots = [compiled.create_infer_request() for _ in range(requests)]
         self._owner: list[tuple[_Call, int] | None] = [None] * requests
         self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -272,7 +271,7 @@ class OpenVINOBatch:
                     raise
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        chunks = np.array_split(pixels, min(self._requests, len(pixels)))
+        chunks = np.array_split(pixels, min(len(self._slots), len(pixels)))
         call = _Call(len(chunks))
         for index, chunk in enumerate(chunks):
             slot = self._idle.get()

@@ -135,8 +135,9 @@ def write_listing(pattern: str, path: str) -> Listing:
     ranges, start = [], 0
     for first in range(0, len(lengths), size):
         piece = lengths[first : first + size]
-        ranges.append(ListingRange(start, start + sum(piece), len(piece)))
-        start += sum(piece)
+        end = start + sum(piece)
+        ranges.append(ListingRange(start, end, len(piece)))
+        start = end
     return Listing(path, len(lengths), tuple(ranges))
 
 
@@ -170,7 +171,8 @@ def sweep_stale_listings(parent: str) -> list[str]:
     pattern = re.compile(re.escape(listing_prefix()) + r"(\d+)-")
     for name in os.listdir(parent):
         found = pattern.match(name)
-        if found and int(found.group(1)) != os.getpid() and not _pid_alive(int(found.group(1))):
+        pid = int(found.group(1)) if found else None
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             removed.append(name)
     return removed

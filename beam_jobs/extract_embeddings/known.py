@@ -236,6 +236,13 @@ def copy_vectors(item: tuple[str, dict[str, list]], run_id: str) -> Iterator[Any
         yield beam.pvalue.TaggedOutput(FAILURES_TAG, failure_record(uri, stage, error, message, run_id))
 
 
+class HashSet(beam.PTransform):
+    """(sha256, anything) pairs -> one set of their hashes, to filter a join's other side with (a side input)."""
+
+    def expand(self, pairs):
+        return pairs | "Hashes" >> beam.Map(lambda item: item[0]) | "ToSet" >> beam.combiners.ToSet()
+
+
 class CopyVectors(beam.PTransform):
     """{"rows": tonight's computed rows, "pending": (sha, uri)} -> ``rows`` copies and ``failures``."""
 
@@ -247,11 +254,7 @@ class CopyVectors(beam.PTransform):
         # Only the computed rows whose content another URI of tonight waits for enter the join (a side
         # input: the waiting hashes, usually few), so the shuffle holds the duplicates' vectors, not all
         # of tonight's. Bytes, not the numpy array, through it (see KnownVectors).
-        waiting = beam.pvalue.AsSingleton(
-            pcolls[PENDING_TAG]
-            | "WaitingHashes" >> beam.Map(lambda item: item[0])
-            | "HashSet" >> beam.combiners.ToSet()
-        )
+        waiting = beam.pvalue.AsSingleton(pcolls[PENDING_TAG] | "WaitingHashes" >> HashSet())
         keyed = (
             pcolls["rows"]
             | "AwaitedRows" >> beam.Filter(lambda row, wanted: row["content_sha256"] in wanted, wanted=waiting)

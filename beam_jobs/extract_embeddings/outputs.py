@@ -96,17 +96,6 @@ def run_settings(cfg: ExtractConfig, runs: list[ModelRun], known: Sequence[str] 
     }
 
 
-def parquet_rows(path: str) -> int:
-    import pyarrow.parquet as pq
-
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return pq.read_metadata(handle).num_rows
-
-
-def file_size(path: str) -> int:
-    return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-
-
 def drop_empty(files: Sequence[str], amount: Callable[[str], int]) -> list[str]:
     """The staged files that hold something; the empty ones are deleted.
 
@@ -181,8 +170,8 @@ def finish_extraction(
     if inputs != embedded + failed:
         raise AccountingError(f"accounting mismatch: {inputs} inputs but {embedded} embedded + {failed} failed")
     if drop_empty_files:  # not with --num_shards N: each set keeps the N files its names count
-        embedding_files = drop_empty(embedding_files, parquet_rows)
-        failure_files = drop_empty(failure_files, file_size)
+        embedding_files = drop_empty(embedding_files, storage.parquet_row_count)
+        failure_files = drop_empty(failure_files, storage.file_size)
     reused = counts.get("reused", 0)
     return {
         **settings,

@@ -51,6 +51,7 @@ from beam_jobs.extract_embeddings.known import (
     PENDING_TAG,
     REUSED_TAG,
     CopyVectors,
+    HashSet,
     KnownVectors,
     SplitByKnown,
     known_files,
@@ -125,8 +126,7 @@ def _embed_unknown(p, uris, decode: DecodeParams, embed: EmbedModels, embedding_
     Returns (outputs, embedded)."""
     hashed = uris | "ReadAndHash" >> beam.ParDo(ReadAndHashFn(decode, run_id)).with_outputs(FAILURES_TAG, main="hashed")
     if known:
-        tonight = hashed.hashed | "TonightHashes" >> beam.Map(lambda item: item[0])
-        wanted = beam.pvalue.AsSingleton(tonight | "HashSet" >> beam.combiners.ToSet())
+        wanted = beam.pvalue.AsSingleton(hashed.hashed | "TonightHashes" >> HashSet())
         vectors = p | "KnownVectors" >> KnownVectors(known, embedding_model_id, wanted)
     else:
         vectors = p | "NoKnownVectors" >> beam.Create([])
