@@ -92,12 +92,29 @@ def option(
     return field(default=default, metadata=meta)
 
 
-def between(low: float, high: float, what: str = "") -> Check:
-    return lambda v: None if low <= v <= high else f"must be between {low} and {high}{what}, got {v}"
+@dataclass(frozen=True)
+class Range:
+    """A numeric flag's bounds: the check ``validate()`` runs, and readable bounds, so the trigger-param table
+    (``beam_jobs.nightly.params``) takes a job flag's range from here instead of restating it."""
+
+    minimum: float
+    maximum: float | None = None
+    what: str = ""
+
+    def __call__(self, v: Any) -> str | None:
+        if self.maximum is None:
+            return None if v >= self.minimum else f"must be >= {self.minimum}{self.what}, got {v}"
+        if self.minimum <= v <= self.maximum:
+            return None
+        return f"must be between {self.minimum} and {self.maximum}{self.what}, got {v}"
 
 
-def at_least(low: float, what: str = "") -> Check:
-    return lambda v: None if v >= low else f"must be >= {low}{what}, got {v}"
+def between(low: float, high: float, what: str = "") -> Range:
+    return Range(low, high, what)
+
+
+def at_least(low: float, what: str = "") -> Range:
+    return Range(low, None, what)
 
 
 def _flag(f) -> str:
@@ -401,7 +418,9 @@ class ReduceConfig(JobConfig):
         True, "read the sampled images to embed thumbnails in map.html (--no-thumbnails: URIs only)"
     )
     thumbnail_budget_mb: float = option(
-        8.0, "MB of inline thumbnails in map.html (seeded points get one until the budget is spent)", check=at_least(0)
+        8.0,
+        "MB of inline thumbnails in map.html (seeded points get one until the budget is spent)",
+        check=between(0, 200, " (the HTML embeds them)"),
     )
     thumbnail_timeout_s: float = option(10.0, "seconds one thumbnail read may take", check=at_least(0.1))
     thumbnail_time_budget_s: float = option(

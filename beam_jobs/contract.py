@@ -146,9 +146,9 @@ DATAFLOW_WORKER_OPTIONS: dict[str, Any] = {
     "experiments": "no_use_multiple_sdk_containers",
     "number_of_worker_harness_threads": 4,
 }
-# Dataflow's Flexible Resource Scheduling (Beam's --flexrs_goal): "" leaves it off. COST_OPTIMIZED runs
+# Dataflow's Flexible Resource Scheduling (Beam's --flexrs_goal); unset (None) leaves it off. COST_OPTIMIZED runs
 # on discounted, preemptible-backed capacity and may sit JOB_STATE_QUEUED for up to 6 hours first.
-FLEXRS_GOALS = ("", "COST_OPTIMIZED", "SPEED_OPTIMIZED")
+FLEXRS_GOALS = ("COST_OPTIMIZED", "SPEED_OPTIMIZED")
 # When the night's input counts as complete (the DAG's wait_for_input): "settled" once the matching
 # files' count and sizes have not changed for input_settle_minutes, "marker" once a marker object
 # (input_marker, e.g. _SUCCESS) is beside them, "any" as soon as one file matches.

@@ -51,14 +51,23 @@ import logging
 import os
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import DAG, Asset, AsyncCallback, DeadlineAlert, DeadlineReference, TriggerRule, task
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    TriggerRule,
+    task,
+)
 
 from beam_jobs.contract import JOB_EXTRACT, JOB_INDEX, JOB_REDUCE
+from image_embeddings_airflow import DAG_ID, MAPS_ASSET, PUBLISH_TASK
 from image_embeddings_airflow.alerts import FailureAlert
 from image_embeddings_airflow.dataflow import DataflowJobDoneSensor
 from image_embeddings_airflow.operators import InputFilesSensor, NightlyBeamOperator
 from image_embeddings_airflow.params import trigger_params
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK
 
 # Deployment settings read once at parse time from the environment (cheap; no Variable or DB access).
 PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpreter running Airflow
@@ -68,6 +77,8 @@ PYTHON = os.environ.get("IMAGE_EMBEDDINGS_PYTHON") or None  # None: the interpre
 DEADLINE_MINUTES = int(os.environ.get("IMAGE_EMBEDDINGS_DEADLINE_MINUTES") or 0)
 
 LOG = logging.getLogger(__name__)
+# How the plan's messages tell an operator to supply a Dataflow setting, here where Variables exist.
+VARIABLE_HINT = "set the '{name}' param or the Airflow Variable 'image_embeddings_{name}'"
 
 MAPS = Asset(name=MAPS_ASSET, uri="image-embeddings://maps", group="image_embeddings")
 
@@ -83,9 +94,12 @@ default_args = {
 
 with DAG(
     dag_id=DAG_ID,
-    description="Embed the night's images (Beam + ResNet50), reduce to 2D (PCA, UMAP), publish the maps",
+    description="Embed the day's images with Beam, reduce them to 2D (PCA, UMAP), index them, publish the maps",
     doc_md=__doc__,
-    schedule="0 3 * * *",
+    # A data interval per day: the run that fires at 03:00 on D+1 has the logical date D and embeds the
+    # images filed under D, a day that has ended. (A plain cron string would be a CronTriggerTimetable in
+    # Airflow 3, whose logical date is the firing time: 03:00 would read a day that has barely begun.)
+    schedule=CronDataIntervalTimetable("0 3 * * *", timezone="UTC"),
     start_date=datetime(2026, 11, 1, tzinfo=UTC),
     catchup=False,
     # One night at a time on a local runner; raise it (and use --max-active-runs in backfills) on Dataflow.
@@ -113,25 +127,27 @@ with DAG(
         from airflow.sdk import Variable
         from airflow.sdk.exceptions import AirflowFailException
 
-        from image_embeddings_airflow.runs import DATAFLOW_SETTINGS, PlanError, build_plan
+        from beam_jobs.nightly.launch import extract_options
+        from beam_jobs.nightly.paths import PlanError
+        from beam_jobs.nightly.plan import DATAFLOW_SETTINGS
+        from beam_jobs.nightly.steps import plan_night
 
         run = context["dag_run"]
-        when = run.logical_date or run.run_after  # manual runs may have no logical date in Airflow 3
-        ds = when.strftime("%Y-%m-%d")
+        # The night's date: the data interval's start on scheduled runs and backfills (the day that ended),
+        # the date the user names on manual ones; a manual run may have no logical date in Airflow 3.
+        ds = (run.logical_date or run.run_after).strftime("%Y-%m-%d")
         local = {**context, "ds": ds, "ds_nodash": ds.replace("-", "")}
         rendered = context["task"].render_template(params["input"], local)
+        # A Dataflow setting left unset in the form comes from its Airflow Variable.
         dataflow = {
             name: params.get(name) or Variable.get(f"image_embeddings_{name}", default=None)
             for name in DATAFLOW_SETTINGS
         }
         try:
-            resolved = build_plan(dict(params), ds, run.run_id, rendered, dataflow)
+            resolved = plan_night(dict(params), ds, run.run_id, rendered, dataflow, setting_hint=VARIABLE_HINT)
         except PlanError as exc:
             raise AirflowFailException(str(exc)) from exc
-        if not resolved["input_varies_by_date"]:
-            LOG.warning("input %r does not contain the run's date: every date reads the same files", resolved["input"])
-        LOG.info("plan for ds=%s: %s", ds, resolved)
-        return resolved
+        return {**resolved, "extract_options": extract_options(resolved)}
 
     # Each key of the plan is its own XCom: tasks below take planned["<key>"] (an XComArg, resolved
     # when the task's templates are rendered), which also makes them downstream of plan.
@@ -161,17 +177,7 @@ with DAG(
         job=JOB_EXTRACT,
         runner="{{ params.runner }}",
         py_interpreter=PYTHON,
-        pipeline_options={
-            "input": planned["input"],
-            "output": planned["embeddings_dir"],
-            "model": planned["model"],
-            "weights": planned["weights"],
-            "engine": planned["engine"],
-            "precision": planned["precision"],
-            "batch_size": planned["batch_size"],
-            "skip_known": planned["skip_known"],
-            "run_id": "{{ run_id }}",
-        },
+        pipeline_options=planned["extract_options"],
         dataflow_config=dataflow_config,
         dataflow_options=planned["dataflow"],
         execution_timeout=timedelta(hours=4),
@@ -194,32 +200,23 @@ with DAG(
         """Read the job's manifest: fail when nothing was embedded or too many inputs failed."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from beam_jobs.contract import MANIFEST
+        from beam_jobs.nightly.launch import index_options
+        from beam_jobs.nightly.record import ExtractionRejected
+        from beam_jobs.nightly.steps import validate_step
         from image_embeddings_airflow.metrics import emit_extraction
-        from image_embeddings_airflow.paths import join, read_json
-        from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
+        from image_embeddings_airflow.paths import read_json
 
-        manifest = read_json(join(plan["embeddings_dir"], MANIFEST))
         try:
-            summary = check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
+            summary = validate_step(plan, read_json=read_json, on_manifest=emit_extraction)
         except ExtractionRejected as exc:
             raise AirflowFailException(str(exc)) from exc
-        finally:
-            # Emitted for rejected runs too: a failure-rate spike is what the dashboards are for.
-            emit_extraction(manifest)
-        LOG.info(
-            "extraction ok: %s embedded, %s failed of %s inputs (%s images/s)",
-            summary["embedded"],
-            summary["failed"],
-            summary["inputs"],
-            summary["images_per_second"],
-        )
-        return summary
+        # The index job's flags need the primary model's model_id, which the extraction decided.
+        return {**summary, "index_options": index_options(plan, summary["model_id"])}
 
     @task(retries=0)
     def reductions(plan: dict, extraction: dict, params: dict | None = None) -> list[dict]:
         """The reduce job's flags for every (model, method) pair: what the mapped reduce task expands over."""
-        from beam_jobs.launch import reduction_options
+        from beam_jobs.nightly.launch import reduction_options
 
         model_ids = {name: model["model_id"] for name, model in extraction["models"].items()}
         return [
@@ -232,8 +229,14 @@ with DAG(
     # One mapped task instance per (model, method): the graph stays this size whatever the night asks for.
     validated = validate_extraction(planned)
     reduce_flags = reductions(planned, validated)
+    # Tasks that read or extend earlier nights' state (a reference fitted when missing, the earlier index)
+    # wait for the previous night's same task and its *_done (wait_for_downstream, which implies
+    # depends_on_past; on Dataflow the job ends in *_done): in a backfill the extractions run side by side,
+    # these one night at a time, oldest first, as a sequential run would see them.
     reducer = NightlyBeamOperator.partial(
         task_id="reduce",
+        depends_on_past=True,  # implied by wait_for_downstream on plain operators, not on .partial()
+        wait_for_downstream=True,
         job=JOB_REDUCE,
         runner="{{ params.runner }}",
         py_interpreter=PYTHON,
@@ -249,21 +252,18 @@ with DAG(
         execution_timeout=timedelta(hours=6),
     ).expand(job=reduce_flags)
 
-    @task(retries=0)
+    # Runs in the Airflow worker (a few seconds of numpy on a sample, not a Beam job); its output is replaced
+    # whole, so a retry is safe, and the timeout keeps a stuck read from holding a worker slot all night.
+    @task(execution_timeout=timedelta(hours=1))
     def compare_models(plan: dict) -> dict:
         """Two or more models: how much their neighbourhoods differ (comparison.json, comparison.png)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from beam_jobs.nightly.steps import compare_step
+
         if not plan["compare"]:
             raise AirflowSkipException("one model: nothing to compare")
-        from beam_jobs.compare.job import run
-
-        report = run(
-            ["--input", plan["embeddings_dir"], "--output", plan["comparison_dir"], "--run_id", plan["run_id"]]
-        )
-        for pair in report["comparisons"]:
-            LOG.info("%s: overlap@%s %s", " vs ".join(pair["models"]), pair["k"], pair["knn_overlap"]["mean"])
-        return report
+        return compare_step(plan)
 
     @task.branch(retries=0)
     def choose_index(index: bool) -> list[str]:
@@ -271,18 +271,12 @@ with DAG(
 
     indexer = NightlyBeamOperator(
         task_id="build_index",
+        wait_for_downstream=True,
         job=JOB_INDEX,
         runner="{{ params.runner }}",
         py_interpreter=PYTHON,
-        pipeline_options={
-            "input": planned["embeddings_dir"],
-            "output": planned["index_dir"],
-            "window_days": planned["index_window_days"],
-            "duplicate_threshold": planned["duplicate_threshold"],
-            # A several-model partition: the index is the first model's.
-            "model_id": validated["model_id"],
-            "run_id": "{{ run_id }}",
-        },
+        # A several-model partition: the index is the first model's.
+        pipeline_options=validated["index_options"],
         dataflow_config=dataflow_config,
         dataflow_options=planned["dataflow"],
         execution_timeout=timedelta(hours=2),
@@ -293,12 +287,14 @@ with DAG(
     def publish(plan: dict, extraction: dict, params: dict | None = None, **context) -> dict:
         """Record the run: counts, throughput and where the maps are, as an Asset event and a run.json."""
         from airflow.sdk import Variable
+        from airflow.sdk.exceptions import AirflowFailException
 
-        from beam_jobs.contract import run_record_path
-        from image_embeddings_airflow.alerts import cost_alert, drift_alert_payload, post_alert
-        from image_embeddings_airflow.metrics import emit_cost, emit_projection
+        from beam_jobs.nightly.cost import prices
+        from beam_jobs.nightly.plan import reduction_key
+        from beam_jobs.nightly.record import FrameChanged
+        from beam_jobs.nightly.steps import publish_step
+        from image_embeddings_airflow import alerts, metrics
         from image_embeddings_airflow.paths import read_json, write_json
-        from image_embeddings_airflow.runs import drift_alerts, night_record, prices, reduction_key
 
         # The *_done results of the Beam tasks that ran; the mapped reduce_done's come in the reductions' order.
         ti = context["ti"]
@@ -311,44 +307,29 @@ with DAG(
         table, price_problems = prices(overrides)
         for problem in price_problems:
             LOG.warning("Variable image_embeddings_prices: %s (the default is used)", problem)
-        record, projections, jump = night_record(
-            plan,
-            extraction,
-            jobs,
-            read_json,
-            input_ready=ti.xcom_pull(task_ids=wait_for_input.task_id),
-            table=table,
-            overridden=bool(overrides),
-            cost_jump_ratio=float(params.get("cost_jump_ratio", 2.0)),
-        )
-        for method, manifest in projections.items():
-            emit_projection(method, manifest)
-            # Drift never fails the run: crossing a threshold posts an alert through the failure notifier's hook.
-            problems = drift_alerts(manifest.get("drift"), plan)
-            if problems:
-                post_alert(drift_alert_payload(plan, method, manifest, problems, context["run_id"]))
-        write_json(run_record_path(plan["output_root"], plan["ds"]), record)
+        run_id = context["run_id"]
+        try:
+            record = publish_step(
+                plan,
+                extraction,
+                jobs,
+                ti.xcom_pull(task_ids=wait_for_input.task_id),
+                params["cost_jump_ratio"],
+                prices=table,
+                prices_overridden=bool(overrides),
+                read_json=read_json,
+                write_json=write_json,
+                on_projection=metrics.emit_projection,
+                # Drift never fails the run: it posts an alert through the failure notifier's hook.
+                on_drift=lambda method, manifest, problems: alerts.post_alert(
+                    alerts.drift_alert_payload(plan, method, manifest, problems, run_id)
+                ),
+                on_cost_jump=lambda why: alerts.cost_alert(plan["ds"], run_id, why),
+            )
+        except FrameChanged as exc:  # the failure notifier posts the alert, with this message
+            raise AirflowFailException(str(exc)) from exc
         context["outlet_events"][MAPS].extra = record
-        emit_cost(record["cost"])
-        if jump:
-            cost_alert(plan["ds"], plan["run_id"], jump)
-        embeddings = record["embeddings"]
-        LOG.info(
-            "published ds=%s: %s embedded of %s inputs, %s images/s",
-            plan["ds"],
-            embeddings["embedded"],
-            embeddings["inputs"],
-            embeddings["images_per_second"],
-        )
-        for name, model in record.get("models", {}).items():
-            for method, entry in model["projections"].items():
-                LOG.info(
-                    "  %s %s: %s rows; map %s and %s", name, method, entry["rows"], entry["map_png"], entry["map_html"]
-                )
-        if "comparison" in record:
-            LOG.info("  comparison: %s", record["comparison"])
-        if "index" in record:
-            LOG.info("  index: %s", record["index"])
+        metrics.emit_cost(record["cost"])
         return record
 
     planned >> wait_for_input >> extract >> extract_done >> validated

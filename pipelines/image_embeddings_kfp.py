@@ -13,10 +13,12 @@ plan -> wait-for-input -> extract-embeddings -> validate-extraction -> for each 
 ``build-index`` always appears; with ``index`` off it starts no job (a ``dsl.If`` around it would
 need its own sub-pipeline for ``publish`` to wait on it, as the reduce loop has).
 
-Wiring only, like the DAG file: every step calls ``beam_jobs.steps`` (the
-DAG's decisions from ``beam_jobs.nightly``; the jobs launched as
-``python -m beam_jobs.<job>`` by ``beam_jobs.launch``) inside the worker image
-built from ``worker.Dockerfile``, the image Dataflow workers run.
+Wiring only, like the DAG file: every step calls ``beam_jobs.nightly.steps`` (the
+steps the DAG's tasks call too; the jobs launched as ``python -m beam_jobs.<job>``
+by ``beam_jobs.nightly.launch``) inside the worker image built from
+``worker.Dockerfile``, the image Dataflow workers run. The params' defaults come
+from the one param table (``beam_jobs.nightly.params``), and the plan step checks
+every param against its schema before any job starts.
 
 Compile with ``make kfp`` (``build/image_embeddings_pipeline.yaml``); the
 README's "Running on Kubeflow Pipelines / Vertex AI" shows how to upload,
@@ -32,30 +34,19 @@ from typing import NamedTuple
 from kfp import compiler, dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output, OutputPath
 
-from beam_jobs.config import IndexConfig, ReduceConfig
-from beam_jobs.contract import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_ENGINE,
-    DEFAULT_INPUT_MARKER,
-    DEFAULT_INPUT_READY,
-    DEFAULT_MODEL,
-    DEFAULT_RUNNER,
-    DEFAULT_SETTLE_MINUTES,
-    METHODS,
-    PRECISION_AUTO,
-)
-from beam_jobs.nightly import DRIFT_DEFAULTS, REFERENCE_DEFAULTS
+from beam_jobs.nightly import params as table
 
 PIPELINE_NAME = "image-embeddings-nightly"
 WORKER_IMAGE = os.environ.get("IMAGE_EMBEDDINGS_WORKER_IMAGE") or "image-embeddings-worker:latest"
-# Where runs may read and write (beam_jobs.nightly.allowed_roots), fixed when compiling: the plan step gets it
-# in its environment, since the worker image has no data folder of its own to default to.
+# Where runs may read and write (beam_jobs.nightly.paths.allowed_roots), fixed when compiling: the plan step
+# gets it in its environment, since the worker image has no data folder of its own to default to.
 ALLOWED_ROOTS = os.environ.get("IMAGE_EMBEDDINGS_ALLOWED_ROOTS", "")
+# The signature's defaults, from the one param table. KFP parameters hold no nulls: '' is unset, which the
+# plan step reads back as None. input and output_root have no default here (no data folder to default to).
+DEFAULTS = {name: "" if value is None else value for name, value in table.defaults().items()}
 OUTPUT = os.path.join("build", "image_embeddings_pipeline.yaml")
 # The DAG's default_args: 2 retries, 2 minutes doubling up to 30 (tests/test_kfp.py compares them).
 RETRIES, BACKOFF, BACKOFF_FACTOR, BACKOFF_MAX = 2, "120s", 2.0, "1800s"
-REDUCE_DEFAULTS = {name: getattr(ReduceConfig, name) for name in ("html_points", "thumbnail_budget_mb", "mosaic_grid")}
-INDEX_DEFAULTS = {name: getattr(IndexConfig, name) for name in ("window_days", "duplicate_threshold")}
 
 # The worker image has kfp installed (the [kfp] extra): no pip install when a step starts.
 component = dsl.component(base_image=WORKER_IMAGE, install_kfp_package=False)
@@ -94,15 +85,21 @@ def plan(
     input_ready: str,
     input_settle_minutes: float,
     input_marker: str,
+    input_wait_minutes: int,
+    cost_jump_ratio: float,
+    map_points: int,
+    thumbnail_budget_mb: float,
+    mosaic_grid: int,
     ds: str,
     run_id: str,
     scheduled_time: str,
     created_time: str,
 ) -> NamedTuple("Plan", plan=dict, reductions=list):
-    """Check the params together and resolve the run's paths (the DAG's plan task); fails at once."""
+    """Check every param against the param table's schemas, then together, and resolve the run's paths (the
+    DAG's plan task); fails at once, before any job starts."""
     from collections import namedtuple
 
-    from beam_jobs.steps import plan_step
+    from beam_jobs.nightly.steps import plan_step
 
     params = {k: v for k, v in locals().items() if k not in ("ds", "run_id", "scheduled_time", "created_time")}
     resolved = plan_step(params, ds, run_id, scheduled_time, created_time)
@@ -117,7 +114,7 @@ def plan(
 def wait_for_input(plan: dict, wait_minutes: int) -> dict:
     """Until the night's images are complete by the plan's input_ready rule (the DAG's sensor); 0 minutes:
     fail at once when they are not. Returns which rule let the run start and what it saw."""
-    from beam_jobs.steps import wait_for_input as wait
+    from beam_jobs.nightly.steps import wait_for_input as wait
 
     return wait(plan, wait_minutes)
 
@@ -125,7 +122,7 @@ def wait_for_input(plan: dict, wait_minutes: int) -> dict:
 @component
 def extract_embeddings(plan: dict, embeddings: Output[Dataset], gcp_resources: OutputPath(str)) -> dict:
     """python -m beam_jobs.extract_embeddings; on Dataflow until the job ends (cancelled if this step is)."""
-    from beam_jobs.steps import extract_step
+    from beam_jobs.nightly.steps import extract_step
 
     job = extract_step(plan, gcp_resources)
     embeddings.uri = plan["embeddings_dir"]
@@ -136,7 +133,7 @@ def extract_embeddings(plan: dict, embeddings: Output[Dataset], gcp_resources: O
 @component
 def validate_extraction(plan: dict, metrics: Output[Metrics]) -> dict:
     """The manifest's figures as metrics, then check_extraction: too many failures fail the run."""
-    from beam_jobs.steps import validate_step
+    from beam_jobs.nightly.steps import validate_step
 
     return dict(validate_step(plan, metrics.log_metric))
 
@@ -155,8 +152,8 @@ def reduce_dim(
     gcp_resources: OutputPath(str),
 ) -> dict:
     """python -m beam_jobs.reduce_dim for one (model, method); the map as HTML, the figures as metrics."""
-    from beam_jobs.nightly import reduction_key
-    from beam_jobs.steps import projection_report, reduce_step
+    from beam_jobs.nightly.plan import reduction_key
+    from beam_jobs.nightly.steps import projection_report, reduce_step
 
     job = reduce_step(plan, reduction, map_points, thumbnail_budget_mb, mosaic_grid, gcp_resources)
     projection_report(plan, reduction, map_html.path, map_summary.path, metrics.log_metric)
@@ -168,7 +165,7 @@ def reduce_dim(
 @component
 def compare_models(plan: dict) -> dict:
     """Two or more models: python -m beam_jobs.compare (comparison.json, comparison.png); else nothing."""
-    from beam_jobs.steps import compare_step
+    from beam_jobs.nightly.steps import compare_step
 
     return compare_step(plan)
 
@@ -176,7 +173,7 @@ def compare_models(plan: dict) -> dict:
 @component
 def build_index(plan: dict, index: Output[Dataset], gcp_resources: OutputPath(str)) -> dict:
     """python -m beam_jobs.build_index when the plan's ``index`` is on: the night's similarity index."""
-    from beam_jobs.steps import index_step
+    from beam_jobs.nightly.steps import index_step
 
     job = index_step(plan, gcp_resources)
     index.uri = plan["index_dir"]
@@ -196,7 +193,7 @@ def publish(
     cost_jump_ratio: float,
 ) -> dict:
     """The run record (counts, throughput, where the maps are) to <output_root>/runs/ds=<ds>/run.json."""
-    from beam_jobs.steps import publish_step
+    from beam_jobs.nightly.steps import publish_step
 
     jobs = {"extract_embeddings": extract_job, **{job.pop("task"): job for job in reduce_jobs}}
     if plan["index"]:
@@ -253,40 +250,40 @@ def nightly_pipeline(run_times: bool = True):
     def image_embeddings(
         input: str,
         output_root: str,
-        weights: str = "imagenet",
-        models: list = [DEFAULT_MODEL],  # noqa: B006 - a KFP default value, never mutated
-        engine: str = DEFAULT_ENGINE,
-        precision: str = PRECISION_AUTO,
-        methods: list = list(METHODS),  # noqa: B006 - a KFP default value, never mutated
-        runner: str = DEFAULT_RUNNER,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        skip_known: bool = True,
-        max_failure_rate: float = 0.1,
-        index: bool = True,
-        index_window_days: int = INDEX_DEFAULTS["window_days"],
-        duplicate_threshold: float = INDEX_DEFAULTS["duplicate_threshold"],
-        reference_policy: str = REFERENCE_DEFAULTS["reference_policy"],
-        reference: str = REFERENCE_DEFAULTS["reference"],
-        reference_window_days: int = REFERENCE_DEFAULTS["reference_window_days"],
-        reference_every_days: int = REFERENCE_DEFAULTS["reference_every_days"],
-        drift_p_value: float = DRIFT_DEFAULTS["drift_p_value"],
-        novelty_rate_alert: float = DRIFT_DEFAULTS["novelty_rate_alert"],
-        mean_shift_alert: float = DRIFT_DEFAULTS["mean_shift_alert"],
-        input_wait_minutes: int = 360,
-        input_ready: str = DEFAULT_INPUT_READY,
-        input_settle_minutes: float = DEFAULT_SETTLE_MINUTES,
-        input_marker: str = DEFAULT_INPUT_MARKER,
-        cost_jump_ratio: float = 2.0,
-        map_points: int = REDUCE_DEFAULTS["html_points"],
-        thumbnail_budget_mb: float = REDUCE_DEFAULTS["thumbnail_budget_mb"],
-        mosaic_grid: int = REDUCE_DEFAULTS["mosaic_grid"],
-        project: str = "",
-        region: str = "",
-        temp_location: str = "",
-        staging_location: str = "",
-        sdk_container_image: str = WORKER_IMAGE,
-        setup_file: str = "",
-        flexrs_goal: str = "",
+        weights: str = DEFAULTS["weights"],
+        models: list = DEFAULTS["models"],
+        engine: str = DEFAULTS["engine"],
+        precision: str = DEFAULTS["precision"],
+        methods: list = DEFAULTS["methods"],
+        runner: str = DEFAULTS["runner"],
+        batch_size: int = DEFAULTS["batch_size"],
+        skip_known: bool = DEFAULTS["skip_known"],
+        max_failure_rate: float = DEFAULTS["max_failure_rate"],
+        index: bool = DEFAULTS["index"],
+        index_window_days: int = DEFAULTS["index_window_days"],
+        duplicate_threshold: float = DEFAULTS["duplicate_threshold"],
+        reference_policy: str = DEFAULTS["reference_policy"],
+        reference: str = DEFAULTS["reference"],
+        reference_window_days: int = DEFAULTS["reference_window_days"],
+        reference_every_days: int = DEFAULTS["reference_every_days"],
+        drift_p_value: float = DEFAULTS["drift_p_value"],
+        novelty_rate_alert: float = DEFAULTS["novelty_rate_alert"],
+        mean_shift_alert: float = DEFAULTS["mean_shift_alert"],
+        input_wait_minutes: int = DEFAULTS["input_wait_minutes"],
+        input_ready: str = DEFAULTS["input_ready"],
+        input_settle_minutes: float = DEFAULTS["input_settle_minutes"],
+        input_marker: str = DEFAULTS["input_marker"],
+        cost_jump_ratio: float = DEFAULTS["cost_jump_ratio"],
+        map_points: int = DEFAULTS["map_points"],
+        thumbnail_budget_mb: float = DEFAULTS["thumbnail_budget_mb"],
+        mosaic_grid: int = DEFAULTS["mosaic_grid"],
+        project: str = DEFAULTS["project"],
+        region: str = DEFAULTS["region"],
+        temp_location: str = DEFAULTS["temp_location"],
+        staging_location: str = DEFAULTS["staging_location"],
+        sdk_container_image: str = DEFAULTS["sdk_container_image"] or WORKER_IMAGE,
+        setup_file: str = DEFAULTS["setup_file"],
+        flexrs_goal: str = DEFAULTS["flexrs_goal"],
         ds: str = "",
     ):
         """``input`` may hold ``{{ ds }}`` (the run's date); ``ds`` empty: the recurring run's scheduled date."""
@@ -323,6 +320,11 @@ def nightly_pipeline(run_times: bool = True):
                 input_ready=input_ready,
                 input_settle_minutes=input_settle_minutes,
                 input_marker=input_marker,
+                input_wait_minutes=input_wait_minutes,
+                cost_jump_ratio=cost_jump_ratio,
+                map_points=map_points,
+                thumbnail_budget_mb=thumbnail_budget_mb,
+                mosaic_grid=mosaic_grid,
                 ds=ds,
                 run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 scheduled_time=times[0],

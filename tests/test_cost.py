@@ -24,7 +24,7 @@ def recorded() -> dict:
 
 
 def test_service_metrics_read_from_a_recorded_response(recorded):
-    from beam_jobs.cost import service_metrics
+    from beam_jobs.nightly.cost import service_metrics
 
     assert service_metrics(recorded["metrics"]) == {
         "vcpu_seconds": 43200.0,  # the committed value, not the tentative one
@@ -39,7 +39,7 @@ def test_service_metrics_read_from_a_recorded_response(recorded):
 
 
 def test_cost_estimate_from_the_price_table(recorded):
-    from beam_jobs.cost import DEFAULT_PRICES, cost_summary, job_cost, prices, service_metrics
+    from beam_jobs.nightly.cost import DEFAULT_PRICES, cost_summary, job_cost, prices, service_metrics
 
     resources = service_metrics(recorded["metrics"])
     # 12 vCPU-hours at 0.056, 45 GB-hours of memory at 0.003557, 750 GB-hours of PD, 0.0524 GB of billed shuffle.
@@ -85,7 +85,7 @@ def test_done_sensor_carries_the_jobs_resources(dag_and_plan, recorded):
 def dag_and_plan():
     from airflow.dag_processing.dagbag import DagBag
 
-    from image_embeddings_airflow.runs import build_plan
+    from beam_jobs.nightly.plan import build_plan
     from tests.test_dataflow import DATAFLOW, DS
 
     dag = DagBag(dag_folder=os.path.join(ROOT, "dags")).dags["image_embeddings"]
@@ -129,7 +129,7 @@ def test_local_job_cpu_seconds_and_peak_memory():
 
 
 def test_cost_jump_alerts_over_the_ratio_of_the_median():
-    from beam_jobs.cost import cost_jump
+    from beam_jobs.nightly.cost import cost_jump
 
     nights = [{"usd_per_1000_images": v} for v in (0.07, 0.08, 0.075, 0.5)]  # one odd night: the median holds
     assert cost_jump({"usd_per_1000_images": 0.15}, nights, 2.0) is None
@@ -161,8 +161,8 @@ def test_cost_alert_reaches_the_webhook():
 
 def test_earlier_records_are_the_published_nights_before(tmp_path):
     from beam_jobs.contract import run_record_path
+    from beam_jobs.nightly.cost import earlier_records
     from image_embeddings_airflow.paths import read_json, write_json
-    from image_embeddings_airflow.runs import earlier_records
 
     out = str(tmp_path)
     for day, usd in (("2026-11-18", 0.07), ("2026-11-19", 0.08), ("2026-11-21", 0.5)):

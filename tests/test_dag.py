@@ -82,14 +82,20 @@ def test_dag_serializes_with_its_xcom_args(dag, serialized):
     data = DagSerialization.to_dict(dag)
     assert set(serialized.task_dict) == set(dag.task_dict)
     tasks = {t["__var"]["task_id"]: t["__var"] for t in data["dag"]["tasks"]}
-    assert "key='model_id'" in tasks["build_index"]["pipeline_options"]["model_id"]
+    # Both Beam tasks take their whole flag set from the functions the Kubeflow steps use (beam_jobs.nightly.launch).
+    assert "task_ids='validate_extraction'" in tasks["build_index"]["pipeline_options"]
+    assert "key='index_options'" in tasks["build_index"]["pipeline_options"]
+    assert "key='extract_options'" in tasks["extract_embeddings"]["pipeline_options"]
     # The mapped reduce expands over what the reductions task returns (one instance per model and method).
     assert "'task_id': 'reductions'" in str(tasks["reduce"]["expand_input"])
     assert "'task_id': 'reductions'" in str(tasks["reduce_done"]["expand_input"])
 
 
 def test_schedule_and_defaults(dag):
-    assert dag.schedule == "0 3 * * *"
+    from airflow.sdk import CronDataIntervalTimetable
+
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 3 * * *", "UTC")
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.start_date == datetime(2026, 11, 1, tzinfo=UTC)
@@ -128,17 +134,61 @@ def test_structure(dag):
     assert [o.name for o in dag.get_task("publish").outlets] == ["image_embeddings_maps"]
 
 
+def test_the_run_that_fires_at_three_embeds_the_day_that_ended(serialized):
+    """The scheduled run firing on 2026-12-07 at 03:00 embeds ds=2026-12-06, as the plan task derives ds
+    (the scheduler's own timetable: the serialized DAG's)."""
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    dag = serialized
+    fired = datetime(2026, 12, 7, 3, tzinfo=UTC)
+    previous = DataInterval(datetime(2026, 12, 5, 3, tzinfo=UTC), datetime(2026, 12, 6, 3, tzinfo=UTC))
+    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=True)
+    info = dag.timetable.next_dagrun_info(last_automated_data_interval=previous, restriction=restriction)
+    assert info.run_after == fired
+    assert info.logical_date.strftime("%Y-%m-%d") == "2026-12-06"
+    assert info.data_interval.end == fired
+    # A backfill over 2026-12-01..03 makes runs whose logical dates are those days: the dates it names.
+    # (what airflow.models.backfill lists for `airflow backfill create --from-date 2026-12-01 --to-date 2026-12-03`)
+    backfill = dag.iter_dagrun_infos_between(datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 3, 23, tzinfo=UTC))
+    assert [i.logical_date.strftime("%Y-%m-%d") for i in backfill] == ["2026-12-01", "2026-12-02", "2026-12-03"]
+
+
 def test_retries_backoff_and_fail_fast_tasks(dag):
-    for task in dag.tasks:
-        assert task.retries is not None
-        if task.task_id in BEAM_TASKS:
-            assert task.retries == 2
-            assert task.retry_exponential_backoff == 2.0
-            assert task.max_retry_delay.total_seconds() == 1800
-            assert task.execution_timeout is not None
-    # Decisions on parameters and data are not transient: they fail once, without retries.
-    for task_id in ("plan", "wait_for_input", "validate_extraction", "reductions", "compare_models", "choose_index"):
-        assert dag.get_task(task_id).retries == 0
+    retries = {task.task_id: task.retries for task in dag.tasks}
+    # Decisions on parameters and data are not transient: they fail once, without retries. Jobs and the
+    # waits on them retry twice (a retried Beam task replaces its output whole); publish once.
+    assert retries == {
+        "plan": 0,
+        "wait_for_input": 0,
+        "validate_extraction": 0,
+        "reductions": 0,
+        "choose_index": 0,
+        "extract_embeddings": 2,
+        "extract_embeddings_done": 2,
+        "reduce": 2,
+        "reduce_done": 2,
+        "build_index": 2,
+        "build_index_done": 2,
+        "compare_models": 2,
+        "publish": 1,
+    }
+    for task_id in BEAM_TASKS:
+        task = dag.get_task(task_id)
+        assert task.retry_exponential_backoff == 2.0
+        assert task.max_retry_delay.total_seconds() == 1800
+        assert task.execution_timeout.total_seconds() == {"extract_embeddings": 4 * 3600}.get(task_id, 2 * 3600)
+    # compare_models runs in the Airflow worker: bounded, so a stuck read cannot hold a slot all night.
+    assert dag.get_task("compare_models").execution_timeout.total_seconds() == 3600
+
+
+def test_stateful_tasks_wait_for_the_night_before(dag):
+    """In a backfill, extractions run side by side; what reads earlier nights runs one night at a time."""
+    for task_id in ("reduce", "build_index"):
+        task = dag.get_task(task_id)
+        assert task.depends_on_past, task_id
+        assert task.wait_for_downstream, task_id
+    for task_id in ("plan", "wait_for_input", "extract_embeddings", "extract_embeddings_done", "validate_extraction"):
+        assert not dag.get_task(task_id).depends_on_past, task_id
 
 
 def test_beam_tasks_launch_the_job_modules(dag):

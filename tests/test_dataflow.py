@@ -95,7 +95,7 @@ def dag():
 
 @pytest.fixture
 def dataflow_plan(dag):
-    from image_embeddings_airflow.runs import build_plan
+    from beam_jobs.nightly.plan import build_plan
 
     params = {
         **{k: dag.params[k] for k in dag.params},
@@ -186,7 +186,7 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus  # noqa: F401 - provider present
     from airflow.sdk.exceptions import TaskDeferred
 
-    from beam_jobs.launch import reduce_options
+    from beam_jobs.nightly.launch import reduce_options
     from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger
 
     params, plan = dataflow_plan

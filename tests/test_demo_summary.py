@@ -14,7 +14,8 @@ SCRIPT = os.path.join(ROOT, "scripts", "demo_summary.py")
 
 def test_summary_lists_every_output_of_the_published_run(tmp_path):
     from beam_jobs.contract import run_record_path
-    from image_embeddings_airflow.runs import build_plan, check_extraction, run_record
+    from beam_jobs.nightly.plan import build_plan
+    from beam_jobs.nightly.record import check_extraction, run_record
 
     out = str(tmp_path / "out")
     params = {"methods": ["pca", "umap"], "runner": "FnApiRunner", "model": "resnet50", "batch_size": 32}

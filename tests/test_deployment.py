@@ -63,7 +63,7 @@ def test_image_versions_match_requirements():
 
 def test_image_names_the_setup_file_dataflow_workers_install_from():
     """The image installs the project into site-packages (no setup.py there): the DAG's default comes from here."""
-    from image_embeddings_airflow.runs import SETUP_FILE_ENV
+    from beam_jobs.nightly.plan import SETUP_FILE_ENV
 
     dockerfile = Path(ROOT, "Dockerfile").read_text()
     setting = re.search(rf"{SETUP_FILE_ENV}=(\S+)", dockerfile)

@@ -55,7 +55,8 @@ def test_settled_waits_until_files_stop_arriving(sample_dir, tmp_path):
 
 
 def test_marker_waits_for_the_uploaders_marker(sample_dir, tmp_path):
-    from image_embeddings_airflow.runs import PlanError, build_plan
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import build_plan
 
     night = tmp_path / "ds=2026-11-20"
     night.mkdir()
@@ -87,7 +88,7 @@ def test_timeout_says_which_rule_and_why(tmp_path):
 
 
 def test_kubeflow_step_waits_by_the_same_rule(sample_dir, tmp_path):
-    from beam_jobs.steps import wait_for_input
+    from beam_jobs.nightly.steps import wait_for_input
 
     night = tmp_path / "ds=2026-11-20"
     night.mkdir()

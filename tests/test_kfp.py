@@ -59,7 +59,7 @@ def _fresh_imports(module: str) -> list[str]:
 
 def test_shared_decisions_and_launcher_import_only_the_standard_library():
     assert set(_fresh_imports("beam_jobs.nightly")) <= {"beam_jobs"}
-    assert set(_fresh_imports("beam_jobs.launch")) <= {"beam_jobs"}
+    assert set(_fresh_imports("beam_jobs.nightly.launch")) <= {"beam_jobs"}
 
 
 def test_pipeline_file_is_wiring_only():
@@ -148,33 +148,14 @@ def test_params_are_the_dags(compiled, dag):
     from beam_jobs.contract import DEFAULT_BATCH_SIZE, METHODS
 
     params = compiled["root"]["inputDefinitions"]["parameters"]
-    kfp_only = {"ds", "staging_location", "setup_file"}  # the DAG takes these from its logical date / Variables
-    assert set(params) == set(dag.params) | kfp_only
+    # The DAG has every param of the table; the compiled pipeline has them too, with ds. KFP parameters hold
+    # no nulls: a param the table leaves unset (None) is '' there.
+    assert set(params) == set(dag.params) | {"ds"}
     assert params["methods"]["defaultValue"] == list(METHODS) == dag.params["methods"]
     assert params["batch_size"]["defaultValue"] == DEFAULT_BATCH_SIZE == dag.params["batch_size"]
-    for name in (
-        "models",
-        "engine",
-        "precision",
-        "runner",
-        "max_failure_rate",
-        "mosaic_grid",
-        "input_wait_minutes",
-        "skip_known",
-        "reference_policy",
-        "reference",
-        "reference_window_days",
-        "reference_every_days",
-        "drift_p_value",
-        "novelty_rate_alert",
-        "mean_shift_alert",
-        "index",
-        "index_window_days",
-        "duplicate_threshold",
-    ):
-        assert params[name]["defaultValue"] == dag.params[name], name
-    assert params["map_points"]["defaultValue"] == dag.params["map_points"]
-    assert params["thumbnail_budget_mb"]["defaultValue"] == dag.params["thumbnail_budget_mb"]
+    for name in set(dag.params) - {"input", "output_root", "weights", "sdk_container_image"}:
+        expected = "" if dag.params[name] is None else dag.params[name]
+        assert params[name]["defaultValue"] == expected, name
     # Where the images are and where outputs go have no sensible default: the run must say.
     assert "defaultValue" not in params["input"]
     assert "defaultValue" not in params["output_root"]
@@ -227,9 +208,14 @@ def _rendered_flags(dag, task_id: str, plan: dict) -> list[str]:
     """The flags the DAG's Beam task launches its job with, rendered from the same plan (labels aside)."""
     from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
 
+    from beam_jobs.nightly.launch import extract_options, index_options
+
     task = dag.get_task(task_id).prepare_for_execution()
-    xcoms = {("plan", "return_value"): plan, **{("plan", key): value for key, value in plan.items()}}
-    ti = _TI({**xcoms, ("validate_extraction", "model_id"): "primary-model-id"})
+    # What the DAG's plan and validate tasks return beside the plan: the flags from the same functions.
+    planned = {**plan, "extract_options": extract_options(plan)}
+    xcoms = {("plan", "return_value"): planned, **{("plan", key): value for key, value in planned.items()}}
+    validated = {"model_id": "primary-model-id", "index_options": index_options(plan, "primary-model-id")}
+    ti = _TI({**xcoms, **{("validate_extraction", key): value for key, value in validated.items()}})
     params = {name: dag.params[name] for name in dag.params}
     context = {"params": params, "ti": ti, "task_instance": ti, "task": task, "run_id": plan["run_id"]}
     context.update(ds=DS, ds_nodash=DS.replace("-", ""))
@@ -238,8 +224,8 @@ def _rendered_flags(dag, task_id: str, plan: dict) -> list[str]:
 
 
 def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
-    from beam_jobs.launch import extract_options, index_options, job_command, reduction_options
-    from beam_jobs.nightly import build_plan
+    from beam_jobs.nightly.launch import extract_options, index_options, job_command, reduction_options
+    from beam_jobs.nightly.plan import build_plan
 
     params = {name: dag.params[name] for name in dag.params}
     params.update(weights="random", output_root=str(tmp_path / "out"))
@@ -266,8 +252,8 @@ def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
 
 def test_dataflow_command_submits_detached_with_the_plans_settings():
     from beam_jobs.config import parse_extract_args
-    from beam_jobs.launch import extract_options, job_command
-    from beam_jobs.nightly import build_plan
+    from beam_jobs.nightly.launch import extract_options, job_command
+    from beam_jobs.nightly.plan import build_plan
 
     params = {
         "methods": ["pca"],
@@ -297,7 +283,7 @@ def test_dataflow_command_submits_detached_with_the_plans_settings():
 def test_options_render_as_the_beam_provider_renders_them():
     from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
 
-    from beam_jobs.launch import options_to_args
+    from beam_jobs.nightly.launch import options_to_args
 
     options = {"a": 1, "b": True, "c": False, "d": None, "e": ["x", "y"], "f": {"k": 1}, "g": "s p"}
     assert options_to_args(options) == beam_options_to_args(options)
@@ -324,7 +310,7 @@ class ScriptedJobs:
 
 
 def test_waiting_ends_with_the_jobs_end_state():
-    from beam_jobs.launch import JobFailed, wait_for_job
+    from beam_jobs.nightly.launch import JobFailed, wait_for_job
 
     jobs = ScriptedJobs(["JOB_STATE_PENDING", ConnectionError("503"), "JOB_STATE_RUNNING", "JOB_STATE_DONE"])
     assert wait_for_job(jobs, "j1", sleep=lambda _: None) == "JOB_STATE_DONE"
@@ -341,7 +327,7 @@ def _plan_on_dataflow() -> dict:
 
 
 def test_a_dataflow_step_submits_then_waits_and_reports_the_job(tmp_path):
-    from beam_jobs.launch import JobFailed, run_step
+    from beam_jobs.nightly.launch import JobFailed, run_step
 
     launcher = [sys.executable, "-c", "print('INFO apiclient: Created job with id: [2026-11-20_03_00-42]')"]
     seen: list[str] = []
@@ -358,7 +344,7 @@ def test_a_dataflow_step_submits_then_waits_and_reports_the_job(tmp_path):
 
 
 def test_gcp_resources_name_the_dataflow_job():
-    from beam_jobs.launch import gcp_resources
+    from beam_jobs.nightly.launch import gcp_resources
 
     assert json.loads(gcp_resources("acme-ml", "europe-west4", "j-1")) == {
         "resources": [
@@ -372,7 +358,7 @@ def test_gcp_resources_name_the_dataflow_job():
 
 STOPPED_STEP = """
 import sys
-from beam_jobs.launch import StepStopped, run_step
+from beam_jobs.nightly.launch import StepStopped, run_step
 
 class Jobs:
     def state(self, job_id):
@@ -418,8 +404,8 @@ def test_stopping_a_waiting_step_cancels_its_dataflow_job(tmp_path):
 
 
 def test_plan_step_refuses_bad_params_before_any_work(tmp_path):
-    from beam_jobs.nightly import PlanError
-    from beam_jobs.steps import plan_step
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.steps import plan_step
 
     good = {
         "input": str(tmp_path / "ds={{ ds }}" / "*"),
@@ -433,16 +419,32 @@ def test_plan_step_refuses_bad_params_before_any_work(tmp_path):
         "batch_size": 32,
         "max_failure_rate": 0.1,
     }
-    plan = plan_step(good, "", "run-1", "2026-11-20T03:00:00Z", "")
+    # A recurring run scheduled at 03:00 on the 21st embeds the day that ended, the 20th.
+    plan = plan_step(good, "", "run-1", "2026-11-21T03:00:00Z", "")
     assert plan["ds"] == "2026-11-20"
     assert plan["input"] == str(tmp_path / "ds=2026-11-20" / "*")
     assert plan["embeddings_dir"] == str(tmp_path / "out" / "embeddings" / "ds=2026-11-20")
     assert plan_step(good, "2026-11-18", "run-1", "2026-11-20T03:00:00Z")["ds"] == "2026-11-18"
-    bad = {**good, "methods": ["pca", "tsne"], "batch_size": 0, "max_failure_rate": 2, "runner": "Spark"}
+    bad = {
+        **good,
+        "methods": ["pca", "tsne"],
+        "batch_size": 0,
+        "max_failure_rate": 2,
+        "runner": "Spark",
+        "mosaic_grid": 100,
+        "models": ["vgg16"],
+    }
     with pytest.raises(PlanError) as refused:
         plan_step(bad, "2026-11-20", "run-1")
     text = str(refused.value)
-    for part in ("methods ['tsne']", "batch_size 0", "max_failure_rate 2", "runner 'Spark'"):
+    for part in (
+        "methods ['pca', 'tsne']",
+        "batch_size 0",
+        "max_failure_rate 2",
+        "runner 'Spark'",
+        "mosaic_grid 100: 100 is greater than the maximum of 64",
+        "models ['vgg16']",
+    ):
         assert part in text
     # build_plan's own checks, as in the DAG's plan task.
     with pytest.raises(PlanError, match=r"weights file .* does not exist"):
@@ -452,7 +454,7 @@ def test_plan_step_refuses_bad_params_before_any_work(tmp_path):
 
 
 def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp_path):
-    from beam_jobs.steps import InputMissing, wait_for_input
+    from beam_jobs.nightly.steps import InputMissing, wait_for_input
 
     folder = tmp_path / f"ds={DS}"
     plan = {"input": str(folder / "*")}
@@ -472,14 +474,17 @@ def test_input_step_waits_for_the_nights_images_then_fails_saying_which_glob(tmp
 
 
 def test_dates_fill_the_input_as_the_dags_jinja_does():
-    from beam_jobs.nightly import fill_date, run_date
+    from beam_jobs.nightly.plan import fill_date, run_date
 
     assert fill_date("gs://b/ds={{ ds }}/*", DS) == "gs://b/ds=2026-11-20/*"
     assert fill_date("/i/{{ds_nodash}}/{{  ds }}", DS) == "/i/20261120/2026-11-20"
     assert fill_date("/i/{{ params.x }}", DS) == "/i/{{ params.x }}"  # left for build_plan to refuse
-    # An unresolved placeholder (kfp.local, a one-off run) is skipped; the next timestamp decides.
-    assert run_date("", "{{$.pipeline_job_schedule_time_utc}}", "2026-11-21T23:30:00-02:00") == "2026-11-22"
-    assert run_date(None, "") == time.strftime("%Y-%m-%d", time.gmtime())
+    # An unresolved placeholder (kfp.local, a one-off run) is skipped; the next timestamp decides, and the
+    # run embeds the day before it: the run at 03:00 on D+1 embeds the images filed under D.
+    assert run_date("", "{{$.pipeline_job_schedule_time_utc}}", "2026-11-21T23:30:00-02:00") == "2026-11-21"
+    assert run_date("", "2026-12-07T03:00:00Z") == "2026-12-06"
+    assert run_date("2026-12-07", "2026-12-07T03:00:00Z") == "2026-12-07"  # a named date is the date
+    assert run_date(None, "") == time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
 
 
 # ----------------------------------------------------------------- submitting: one date, a backfill, a schedule

@@ -24,7 +24,8 @@ DATAFLOW = {"project": "p", "region": "europe-west4", "temp_location": "gs://b/t
 
 
 def test_plan_refuses_combinations_the_form_cannot_check(tmp_path):
-    from image_embeddings_airflow.runs import PlanError, build_plan
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import build_plan
 
     ok = {**OK, "output_root": str(tmp_path / "out")}
     plan = build_plan(ok, "2026-11-20", "r", str(tmp_path / "images/ds=2026-11-20/*"))
@@ -61,7 +62,8 @@ def test_plan_refuses_combinations_the_form_cannot_check(tmp_path):
 
 
 def test_plan_with_a_worker_image_needs_no_setup_file_and_refuses_a_bad_reference(monkeypatch):
-    from image_embeddings_airflow.runs import SETUP_FILE_ENV, PlanError, build_plan
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import SETUP_FILE_ENV, build_plan
 
     # No setup.py to be found: with a worker image none is needed.
     monkeypatch.setenv(SETUP_FILE_ENV, "/nowhere/setup.py")
@@ -79,7 +81,8 @@ def test_plan_with_a_worker_image_needs_no_setup_file_and_refuses_a_bad_referenc
 
 
 def test_plan_refuses_what_rendering_or_stripping_leaves_empty(tmp_path):
-    from image_embeddings_airflow.runs import PlanError, build_plan
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import build_plan
 
     ok = {**OK, "output_root": str(tmp_path / "out")}
     with pytest.raises(PlanError, match="output_root is required"):
@@ -100,7 +103,7 @@ def test_plan_refuses_what_rendering_or_stripping_leaves_empty(tmp_path):
 
 def test_plan_gives_each_reduce_task_its_partition_as_a_top_level_key(tmp_path):
     """The reduce tasks take plan[projections_key(method)] as an XComArg (one XCom per key)."""
-    from image_embeddings_airflow.runs import build_plan, projections_key
+    from beam_jobs.nightly.plan import build_plan, projections_key
 
     plan = build_plan({**OK, "methods": ["umap", "pca"], "output_root": str(tmp_path)}, "2026-11-20", "r", "/x/*")
     for method in ("pca", "umap"):
@@ -111,7 +114,7 @@ def test_plan_gives_each_reduce_task_its_partition_as_a_top_level_key(tmp_path):
 
 def test_check_extraction_summarises_or_rejects():
     from beam_jobs.contract import ExtractionSummary
-    from image_embeddings_airflow.runs import ExtractionRejected, check_extraction
+    from beam_jobs.nightly.record import ExtractionRejected, check_extraction
 
     manifest = {
         "inputs": 13,
@@ -133,7 +136,9 @@ def test_check_extraction_summarises_or_rejects():
 
 def test_run_record_has_the_contract_shape():
     from beam_jobs.contract import EmbeddingsEntry, IndexEntry, InputReady, RunRecord
-    from image_embeddings_airflow.runs import build_plan, check_extraction, cost_summary, run_record
+    from beam_jobs.nightly.cost import cost_summary
+    from beam_jobs.nightly.plan import build_plan
+    from beam_jobs.nightly.record import check_extraction, run_record
 
     plan = build_plan({**OK, "methods": ["pca", "umap"], "output_root": "/o"}, "2026-11-20", "r1", "/i/*")
     ran = [{"engine": "openvino", "precision": "bf16", "guard_min_cosine": 0.99998, "cpu_features": ["amx_bf16"]}]
@@ -184,13 +189,8 @@ def test_run_record_has_the_contract_shape():
 
 def test_a_two_model_night_plans_every_pair_and_records_each_model():
     from beam_jobs.contract import ModelEntry, RunRecord
-    from image_embeddings_airflow.runs import (
-        ExtractionRejected,
-        build_plan,
-        check_extraction,
-        reduction_key,
-        run_record,
-    )
+    from beam_jobs.nightly.plan import build_plan, reduction_key
+    from beam_jobs.nightly.record import ExtractionRejected, check_extraction, run_record
 
     models = ["resnet50", "mobilenet_v3_large"]
     params = {**OK, "models": models, "methods": ["pca", "umap"], "output_root": "/o"}
@@ -231,7 +231,8 @@ def test_a_two_model_night_plans_every_pair_and_records_each_model():
 
 
 def test_setup_file_defaults_to_the_checkout_and_follows_the_environment(tmp_path, monkeypatch):
-    from image_embeddings_airflow.runs import SETUP_FILE_ENV, PlanError, build_plan, default_setup_file
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import SETUP_FILE_ENV, build_plan, default_setup_file
 
     monkeypatch.delenv(SETUP_FILE_ENV, raising=False)
     assert default_setup_file() == os.path.join(ROOT, "setup.py")  # this venv: an editable install
@@ -280,7 +281,8 @@ def installed_copy(tmp_path_factory) -> str:
 PLAN_ON_DATAFLOW = """
 import json, os, sys
 import beam_jobs
-from image_embeddings_airflow.runs import PlanError, build_plan
+from beam_jobs.nightly.paths import PlanError
+from beam_jobs.nightly.plan import build_plan
 params = {"methods": ["pca"], "runner": "DataflowRunner", "model": "resnet50", "batch_size": 32,
           "max_failure_rate": 0.1, "weights": "random", "output_root": "gs://b/out"}
 dataflow = {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp"}
@@ -297,7 +299,7 @@ print(json.dumps({**result, "package": beam_jobs.__file__, "derived_exists": os.
 @pytest.mark.slow
 def test_setup_file_default_in_a_non_editable_install(installed_copy, tmp_path):
     """The Docker image installs the project into site-packages: no setup.py there, so the default must not be one."""
-    from image_embeddings_airflow.runs import SETUP_FILE_ENV
+    from beam_jobs.nightly.plan import SETUP_FILE_ENV
 
     def plan_in(env_extra: dict[str, str]) -> dict:
         env = {k: v for k, v in os.environ.items() if k != SETUP_FILE_ENV}
@@ -315,7 +317,7 @@ def test_setup_file_default_in_a_non_editable_install(installed_copy, tmp_path):
     assert unset["derived_exists"] is False  # the old default named a file that is not there
     assert "setup_file" not in unset, unset
     assert SETUP_FILE_ENV in unset["error"]
-    assert "image_embeddings_setup_file" in unset["error"]
+    assert "'setup_file' param" in unset["error"]  # the DAG adds its Airflow Variable to this hint
 
     # The Docker image sets the variable to the setup.py it copies next to the sources.
     setup = tmp_path / "setup.py"
@@ -331,7 +333,8 @@ ROOTS = ["/srv/data", "gs://acme-images/nightly", "gs://acme-out"]
 
 
 def test_plan_confines_input_output_and_weights_to_the_allowed_roots(tmp_path):
-    from image_embeddings_airflow.runs import PlanError, build_plan
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import build_plan
 
     ok = {**OK, "output_root": "/srv/data/out/"}
     plan = build_plan(ok, "2026-11-20", "r", "/srv/data/images/x/../ds=2026-11-20/", roots=ROOTS)
@@ -366,7 +369,8 @@ def test_plan_confines_input_output_and_weights_to_the_allowed_roots(tmp_path):
 
 
 def test_a_symlink_out_of_an_allowed_root_counts_where_it_points(tmp_path):
-    from image_embeddings_airflow.runs import PlanError, build_plan
+    from beam_jobs.nightly.paths import PlanError
+    from beam_jobs.nightly.plan import build_plan
 
     data, outside = tmp_path / "data", tmp_path / "outside"
     data.mkdir()
@@ -379,7 +383,7 @@ def test_a_symlink_out_of_an_allowed_root_counts_where_it_points(tmp_path):
 
 
 def test_allowed_roots_default_to_the_data_folder(monkeypatch):
-    from beam_jobs.nightly import ALLOWED_ROOTS_ENV, PlanError, allowed_roots
+    from beam_jobs.nightly.paths import ALLOWED_ROOTS_ENV, PlanError, allowed_roots
 
     monkeypatch.delenv(ALLOWED_ROOTS_ENV)
     monkeypatch.setenv("IMAGE_EMBEDDINGS_DATA", "/srv/data")
@@ -393,45 +397,15 @@ def test_allowed_roots_default_to_the_data_folder(monkeypatch):
 
 
 def test_flexrs_goal_reaches_dataflow_only():
-    from beam_jobs.nightly import param_problems
-    from image_embeddings_airflow.runs import build_plan
+    from beam_jobs.nightly.params import validate
+    from beam_jobs.nightly.plan import build_plan
 
     params = {**OK, "runner": "DataflowRunner", "output_root": "gs://b/out", "flexrs_goal": "COST_OPTIMIZED"}
     dataflow = {**DATAFLOW, "setup_file": "/app/setup.py"}
     assert build_plan(params, "2026-11-20", "r", "gs://b/i/*", dataflow)["dataflow"]["flexrs_goal"] == "COST_OPTIMIZED"
-    off = build_plan({**params, "flexrs_goal": ""}, "2026-11-20", "r", "gs://b/i/*", dataflow)
+    off = build_plan({**params, "flexrs_goal": None}, "2026-11-20", "r", "gs://b/i/*", dataflow)
     assert "flexrs_goal" not in off["dataflow"]
     assert build_plan({**params, "runner": "FnApiRunner", "output_root": "/o"}, "d", "r", "/x/*")["dataflow"] is None
-    problems = param_problems({**params, "input": "gs://b/i/*", "flexrs_goal": "CHEAP"})
-    assert problems == ["flexrs_goal 'CHEAP' is not one of '', COST_OPTIMIZED, SPEED_OPTIMIZED"]
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("models", ["resnet50"]),
-        ("models", ["resnet50", "efficientnetv2_s"]),
-        ("models", []),
-        ("models", ["resnet50", "resnet50"]),
-        ("models", ["vgg16"]),
-        ("models", "resnet50"),
-        ("methods", ["pca", "umap"]),
-        ("methods", []),
-        ("methods", ["pca", "pca"]),
-        ("methods", ["tsne"]),
-    ],
-)
-def test_param_problems_agree_with_the_dags_param_schemas(name, value):
-    """KFP has no Param schemas: its plan step calls param_problems, which must refuse what the DAG's form does."""
-    from airflow.sdk.exceptions import ParamValidationError
-
-    from beam_jobs.nightly import param_problems
-    from image_embeddings_airflow.params import trigger_params
-
-    try:
-        trigger_params()[name].resolve(value)
-        schema_refuses = False
-    except ParamValidationError:
-        schema_refuses = True
-    ours = [p for p in param_problems({**OK, "input": "/i/*", "output_root": "/o", name: value}) if p.startswith(name)]
-    assert bool(ours) == schema_refuses, ours
+    problems = validate({"flexrs_goal": "CHEAP"})
+    assert len(problems) == 1
+    assert problems[0].startswith("flexrs_goal 'CHEAP': 'CHEAP' is not one of [None, 'COST_OPTIMIZED'")

@@ -5,3 +5,9 @@ workers and triggerer, so DAG files import this package as
 ``image_embeddings_airflow``. Nothing here imports TensorFlow, Beam or numpy
 at module level.
 """
+
+# Names the DAG file and the UI share (the DAG's decisions live in beam_jobs.nightly).
+DAG_ID = "image_embeddings"
+# The Asset the publish task emits one event on per published run (the maps page reads them).
+MAPS_ASSET = "image_embeddings_maps"
+PUBLISH_TASK = "publish"

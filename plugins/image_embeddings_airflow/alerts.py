@@ -107,7 +107,7 @@ def post_alert(payload: dict[str, Any], conn_id: str = ALERTS_CONN_ID, timeout: 
 
 
 def cost_alert(ds: str, run_id: str, why: str, conn_id: str = ALERTS_CONN_ID) -> dict[str, Any]:
-    """The night cost much more than the nights before it (``beam_jobs.cost.cost_jump`` said why)."""
+    """The night cost much more than the nights before it (``beam_jobs.nightly.cost.cost_jump`` said why)."""
     payload = {
         "what": "cost",
         "ds": ds,

@@ -27,7 +27,7 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCom
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from beam_jobs.contract import DATAFLOW_RUNNER, METRIC_NAMESPACES
-from beam_jobs.cost import service_metrics
+from beam_jobs.nightly.cost import service_metrics
 
 # XCom key under which a Beam task on a local runner leaves its job's CPU seconds and peak memory.
 LOCAL_RESOURCES_KEY = "local_resources"

@@ -13,7 +13,7 @@ from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCom
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from beam_jobs.readiness import input_ready_record, input_verdict
+from beam_jobs.nightly.readiness import input_ready_record, input_verdict
 from image_embeddings_airflow.dataflow import LOCAL_RESOURCES_KEY, CancellingJobStateCompleteTrigger, is_dataflow
 from image_embeddings_airflow.paths import snapshot
 

@@ -48,10 +48,10 @@ def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limi
 def snapshot(pattern: str, marker: str | None = None, gcp_conn_id: str = "google_cloud_default") -> dict[str, Any]:
     """Count, total size and latest change time of the files ``pattern`` matches, and whether ``marker`` exists.
 
-    Locally ``beam_jobs.readiness.local_snapshot``; on gs:// one listing with each object's size and
+    Locally ``beam_jobs.nightly.readiness.local_snapshot``; on gs:// one listing with each object's size and
     ``updated`` time (what the Google provider's GCSUploadSessionCompleteSensor compares between pokes).
     """
-    from beam_jobs.readiness import local_snapshot
+    from beam_jobs.nightly.readiness import local_snapshot
 
     if not is_gcs(pattern):
         return local_snapshot(pattern, marker)

@@ -49,8 +49,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from markupsafe import Markup
 
 from beam_jobs.contract import MAP_HTML, MAP_MOSAIC, MAP_PNG, METHODS, RunRecord
+from image_embeddings_airflow import DAG_ID, MAPS_ASSET, PUBLISH_TASK
 from image_embeddings_airflow.paths import read_bytes
-from image_embeddings_airflow.runs import DAG_ID, MAPS_ASSET, PUBLISH_TASK
 
 MAP_SANDBOX = "allow-scripts allow-downloads"
 MAP_CSP = (

@@ -1,5 +1,5 @@
 """The night's run record: the extraction's check, each output's entry, the cost, as both orchestrators
-publish it (``night_record``). Standard library only, like ``beam_jobs.nightly``.
+publish it (``night_record``). Standard library only, like the rest of ``beam_jobs.nightly``.
 """
 
 from __future__ import annotations
@@ -15,23 +15,56 @@ from beam_jobs.contract import (
     MAP_HTML,
     MAP_MOSAIC,
     MAP_PNG,
+    REFERENCE_FILE,
     ComparisonEntry,
     ComparisonReport,
     ExtractionSummary,
     ExtractManifest,
+    IndexEntry,
     IndexManifest,
     InputReady,
     ModelSummary,
     ProjectionEntry,
     ReduceManifest,
     RunRecord,
+    join,
 )
-from beam_jobs.cost import COST_HISTORY_NIGHTS, cost_jump, cost_summary, earlier_records
-from beam_jobs.nightly import Plan, index_entry, join, reduction_key
+from beam_jobs.nightly.cost import COST_HISTORY_NIGHTS, cost_jump, cost_summary, earlier_records
+from beam_jobs.nightly.plan import Plan, reduction_key
 
 
 class ExtractionRejected(ValueError):
     """The extraction ran but its result must not be published."""
+
+
+class FrameChanged(RuntimeError):
+    """A night's maps are in a frame that is no longer the saved one: the night must not count as published."""
+
+
+def frame_changes(projections: dict[str, dict[str, Any]], read_json: Any) -> list[str]:
+    """For each map drawn in a saved reference's frame: is that reference still the one saved in its folder?
+
+    Two nights that fit a missing reference side by side each project in their own frame; only one of them
+    can be the saved one (create-if-absent). The other is caught here, by the reference's run_id and
+    created_at, and re-running it projects it in the saved frame.
+    """
+    moved = []
+    for method, manifest in projections.items():
+        used = manifest.get("reference") or {}
+        if not used.get("dir"):
+            continue
+        try:
+            saved = read_json(join(used["dir"], REFERENCE_FILE))
+        except Exception as exc:  # noqa: BLE001 - each store says 'missing' its own way
+            moved.append(f"{method}: the reference {used['dir']} cannot be read now ({exc})")
+            continue
+        same = all(saved.get(key) == used.get(key) for key in ("run_id", "created_at"))
+        if not same:
+            moved.append(
+                f"{method}: drawn with the reference fitted by {used.get('run_id')} at {used.get('created_at')}, "
+                f"but {used['dir']} holds the one fitted by {saved.get('run_id')} at {saved.get('created_at')}"
+            )
+    return moved
 
 
 def check_extraction(manifest: ExtractManifest, max_failure_rate: float, where: str) -> ExtractionSummary:
@@ -112,6 +145,19 @@ def comparison_entry(folder: str, report: ComparisonReport) -> ComparisonEntry:
         "comparison_json": join(folder, COMPARISON_JSON),
         "comparison_png": join(folder, COMPARISON_PNG),
         "pairs": pairs,
+    }
+
+
+def index_entry(folder: str, manifest: IndexManifest) -> IndexEntry:
+    """The run record's index figures, from the index job's manifest."""
+    return {
+        "dir": folder,
+        "rows": manifest["rows"],
+        "mode": manifest["mode"],
+        "recall_at_10": manifest.get("recall_at_10"),
+        "build_seconds": manifest["build_seconds"],
+        "exact_duplicate_rows": manifest["exact_duplicate_rows"],
+        "near_duplicate_pairs": manifest["near_duplicate_pairs"],
     }
 
 

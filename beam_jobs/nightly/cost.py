@@ -1,6 +1,6 @@
 """Cost per night: Dataflow's billing metrics, list prices, the record's ``cost`` and the jump alert.
 
-Standard library only, like ``beam_jobs.nightly``: both orchestrators (the Airflow DAG and the Kubeflow
+Standard library only, like the rest of ``beam_jobs.nightly``: both orchestrators (the Airflow DAG and the Kubeflow
 publish step) and the Dataflow hook code import it.
 """
 

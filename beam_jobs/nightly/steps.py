@@ -1,11 +1,11 @@
-"""The nightly pipeline's steps for orchestrators that run them as Python in the worker image (Kubeflow).
+"""The night's steps, as both orchestrators run them: plan, wait, extract, validate, reduce, compare, index,
+publish.
 
-Each function is one step of ``pipelines/image_embeddings_kfp.py``, whose
-components only pass values in and name the files their outputs go to. The
-decisions are the ones the Airflow DAG makes, from ``beam_jobs.nightly``; the
-jobs are launched as the DAG launches them (``beam_jobs.launch``). Outputs go
-where the DAG writes them (``<output_root>/embeddings/ds=...`` and so on); the
-orchestrator's artifacts point at them and carry the manifests' figures.
+The Kubeflow pipeline's components (``pipelines/image_embeddings_kfp.py``) call each of them in the worker
+image; the Airflow DAG's plan, validate, compare and publish tasks call the same functions, passing in what is
+Airflow's own (Variables, alerts, metrics, Asset events) as arguments. The jobs are launched by
+``beam_jobs.nightly.launch`` on Kubeflow and by the Beam provider's operator in Airflow, with the same flags.
+Outputs go to ``<output_root>/embeddings/ds=...`` and so on; the orchestrator's artifacts point at them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from beam_jobs.contract import (
     MAP_HTML,
     MAP_PNG,
     InputReady,
+    join,
     run_record_path,
 )
-from beam_jobs.launch import (
+from beam_jobs.nightly import params as trigger_params
+from beam_jobs.nightly.frame import drift_alerts
+from beam_jobs.nightly.launch import (
     extract_options,
     gcp_resources,
     index_options,
@@ -34,20 +37,18 @@ from beam_jobs.launch import (
     reduction_options,
     run_step,
 )
-from beam_jobs.nightly import (
+from beam_jobs.nightly.paths import PlanError
+from beam_jobs.nightly.plan import (
     DATAFLOW_SETTINGS,
+    SETTING_HINT,
     Plan,
-    PlanError,
     build_plan,
-    drift_alerts,
     fill_date,
-    join,
-    param_problems,
     reduction_key,
     run_date,
 )
-from beam_jobs.readiness import input_ready_record, input_verdict, local_snapshot
-from beam_jobs.records import check_extraction, model_summaries, night_record
+from beam_jobs.nightly.readiness import input_ready_record, input_verdict, local_snapshot
+from beam_jobs.nightly.record import FrameChanged, check_extraction, frame_changes, model_summaries, night_record
 
 LOG = logging.getLogger(__name__)
 # How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).
@@ -81,22 +82,35 @@ def _read_json(path: str) -> dict[str, Any]:
     return read_json(path)
 
 
+def plan_night(
+    params: dict[str, Any],
+    ds: str,
+    run_id: str,
+    rendered_input: str,
+    dataflow: dict[str, Any] | None,
+    setting_hint: str = SETTING_HINT,
+) -> Plan:
+    """The plan both orchestrators use, once each has its params checked and the input's date filled in."""
+    plan = build_plan(params, ds, run_id, rendered_input, dataflow, setting_hint=setting_hint)
+    if not plan["input_varies_by_date"]:
+        LOG.warning("input %r does not contain the run's date: every date reads the same files", plan["input"])
+    LOG.info("plan for ds=%s: %s", ds, plan)
+    return plan
+
+
 def plan_step(params: dict[str, Any], ds: str, run_id: str, *timestamps: str) -> Plan:
     """The run's plan from its params: the DAG's Param schema checks, then ``build_plan`` (the DAG's plan task).
 
     ``ds`` wins when given; else the run's date comes from ``timestamps`` (scheduled, then created time).
     Raises PlanError listing every problem before any job starts.
     """
-    problems = param_problems(params)
+    params = trigger_params.unset_as_null(params, trigger_params.table())
+    problems = trigger_params.validate(params)
     if problems:
         raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
     day = run_date(ds, *timestamps)
     dataflow = {name: params.get(name) or None for name in DATAFLOW_SETTINGS}
-    plan = build_plan(params, day, run_id, fill_date(str(params["input"]), day), dataflow)
-    if not plan["input_varies_by_date"]:
-        LOG.warning("input %r does not contain the run's date: every date reads the same files", plan["input"])
-    LOG.info("plan for ds=%s: %s", day, plan)
-    return plan
+    return plan_night(params, day, run_id, fill_date(str(params["input"]), day), dataflow)
 
 
 class InputMissing(RuntimeError):
@@ -194,15 +208,24 @@ def extract_step(plan: Plan, resources_path: str | None = None) -> dict[str, Any
     return _job(JOB_EXTRACT, extract_options(plan), plan, "extract-embeddings", resources_path)
 
 
-def validate_step(plan: Plan, log_metric: Callable[[str, float], None] | None = None) -> dict[str, Any]:
-    """The DAG's validate task: the manifest through ``check_extraction``; figures to ``log_metric`` first."""
+def validate_step(
+    plan: Plan,
+    log_metric: Callable[[str, float], None] | None = None,
+    read_json: Callable[[str], dict[str, Any]] | None = None,
+    on_manifest: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """The validate step: the extraction manifest through ``check_extraction`` (ExtractionRejected when the
+    night must not be published). Its figures go to ``log_metric`` and the whole manifest to ``on_manifest``
+    first, rejected nights too: a failure-rate spike is what the dashboards are for."""
     plan = from_struct(plan)
-    manifest = _read_json(join(plan["embeddings_dir"], MANIFEST))
+    manifest = (read_json or _read_json)(join(plan["embeddings_dir"], MANIFEST))
     inputs = manifest.get("inputs") or 0
     figures = {**manifest, "failure_rate": (manifest.get("failed", 0) / inputs) if inputs else 0.0}
     for name in EXTRACT_FIGURES:
         if log_metric and isinstance(figures.get(name), int | float):
             log_metric(name, figures[name])
+    if on_manifest:
+        on_manifest(manifest)
     return check_extraction(manifest, plan["max_failure_rate"], plan["embeddings_dir"])
 
 
@@ -295,23 +318,59 @@ def publish_step(
     jobs: dict[str, dict[str, Any] | None],
     input_ready: dict[str, Any] | None = None,
     cost_jump_ratio: float = 2.0,
+    *,
+    prices: dict[str, float] | None = None,
+    prices_overridden: bool = False,
+    read_json: Callable[[str], dict[str, Any]] | None = None,
+    write_json: Callable[[str, dict[str, Any]], None] | None = None,
+    on_projection: Callable[[str, dict[str, Any]], Any] | None = None,
+    on_drift: Callable[[str, dict[str, Any], list[str]], Any] | None = None,
+    on_cost_jump: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
-    """The DAG's publish task: ``run_record`` from the manifests, written to ``runs/ds=.../run.json``."""
-    from beam_jobs.storage import write_json
+    """The publish step: the run record from the manifests, written to ``runs/ds=.../run.json``.
 
+    What is the orchestrator's own comes in as arguments: how files are read and written, the price table,
+    and what to do with each projection's figures, a drift alert or a cost jump (Airflow posts alerts and
+    emits metrics; without them, alerts are warnings in the step's log). Drift never fails the run.
+    A night whose maps used a reference other than the one saved now for its policy is not published:
+    ``FrameChanged`` says which (re-running the night fixes it).
+    """
     plan, extraction, jobs = from_struct(plan), from_struct(extraction), from_struct(jobs)
+    read = read_json or _read_json
     ready = {**dict.fromkeys(InputReady.__annotations__), **from_struct(input_ready)} if input_ready else None
     record, projections, jump = night_record(
-        plan, extraction, jobs, _read_json, input_ready=ready, cost_jump_ratio=cost_jump_ratio
+        plan,
+        extraction,
+        jobs,
+        read,
+        input_ready=ready,
+        table=prices,
+        overridden=prices_overridden,
+        cost_jump_ratio=cost_jump_ratio,
     )
-    if jump:
-        LOG.warning("ALERT cost ds=%s: %s", plan["ds"], jump)
-    write_json(run_record_path(plan["output_root"], plan["ds"]), record)
-    LOG.info("published ds=%s: %s", plan["ds"], record)
     for method, manifest in projections.items():
-        # As in the DAG, drift never fails the run; here the alert is a warning in the step's log.
-        for problem in drift_alerts(manifest.get("drift"), plan):
+        if on_projection:
+            on_projection(method, manifest)
+        problems = drift_alerts(manifest.get("drift"), plan)
+        if problems and on_drift:
+            on_drift(method, manifest, problems)
+        for problem in problems if not on_drift else ():
             LOG.warning(
                 "ALERT drift ds=%s %s reference %s: %s", plan["ds"], method, manifest["reference"]["dir"], problem
             )
+    moved = frame_changes(projections, read)
+    if moved:
+        raise FrameChanged(
+            f"ds={plan['ds']} is not published: its maps are in a frame that is no longer the saved one "
+            f"(a night beside it replaced the reference); re-run the night. " + "; ".join(moved)
+        )
+    if jump:
+        (on_cost_jump or (lambda why: LOG.warning("ALERT cost ds=%s: %s", plan["ds"], why)))(jump)
+    if write_json:
+        write_json(run_record_path(plan["output_root"], plan["ds"]), record)
+    else:
+        from beam_jobs.storage import write_json as write
+
+        write(run_record_path(plan["output_root"], plan["ds"]), record)
+    LOG.info("published ds=%s: %s", plan["ds"], record)
     return record
