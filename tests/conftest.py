@@ -7,14 +7,18 @@ fixture itself, images come from scikit-learn / scikit-image / matplotlib.
 from __future__ import annotations
 
 import atexit
+import fnmatch
 import glob
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+
+from tests.support.ci import in_ci, unavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +44,81 @@ os.environ["IMAGE_EMBEDDINGS_ALLOWED_ROOTS"] = ",".join(
 )
 # What Airflow does for its own processes: the plugins folder is importable.
 sys.path.insert(0, os.path.join(ROOT, "plugins"))
+
+
+# The skips a CI run may report: {node id, or an fnmatch pattern of node ids: why it may skip there}. Under CI=true
+# any other skip fails the run (SkipGuard below), so a tier that did not run cannot pass unseen; pytest's -ra prints
+# every skip's reason. Keep it short: a missing tool is not a reason (tests/support/ci.py makes it a failure in CI).
+ALLOWED_SKIPS: dict[str, str] = {}
+
+
+def allowed_skip(nodeid: str) -> str | None:
+    """The allowlist's reason for a skip of ``nodeid``, or None when it has none."""
+    for pattern, reason in ALLOWED_SKIPS.items():
+        if nodeid == pattern or fnmatch.fnmatchcase(nodeid, pattern):
+            return reason
+    return None
+
+
+class SkipGuard:
+    """Records every skip (tests, and modules skipped at collection); under CI=true fails the run on any skip
+    outside ALLOWED_SKIPS, naming each in the terminal summary."""
+
+    def __init__(self) -> None:
+        self.unexpected: list[tuple[str, str]] = []
+
+    def _record(self, report) -> None:
+        if report.skipped and not hasattr(report, "wasxfail") and allowed_skip(report.nodeid) is None:
+            longrepr = report.longrepr
+            reason = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
+            self.unexpected.append((report.nodeid, reason))
+
+    def pytest_runtest_logreport(self, report) -> None:
+        self._record(report)
+
+    def pytest_collectreport(self, report) -> None:
+        self._record(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session) -> None:
+        if in_ci() and self.unexpected and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not (in_ci() and self.unexpected):
+            return
+        terminalreporter.section("CI=true: skips outside ALLOWED_SKIPS (tests/conftest.py)", sep="!", red=True)
+        for nodeid, reason in self.unexpected:
+            terminalreporter.line(f"{nodeid}: {reason}", red=True)
+        terminalreporter.line(
+            f"{len(self.unexpected)} skip(s) fail this CI run: make the test run here, or allowlist it with its reason."
+        )
+
+
+def pytest_configure(config) -> None:
+    config.pluginmanager.register(SkipGuard(), "image-embeddings-skip-guard")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The headless Chromium binary of the browser tests (``tests.support.ci.requires_chromium``): without one,
+    its tests skip, or fail under CI=true."""
+    from tests.support.browser import find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        unavailable("chromium is not installed: apt-get install chromium")
+    return binary
+
+
+@pytest.fixture
+def open_tmp_path():
+    """A fresh folder any user can enter (mode 755, in the system temp folder), removed after the test: for checks
+    run as user nobody (``tests.support.ci.run_unprivileged``). ``tmp_path`` sits under a folder of mode 700."""
+    path = Path(tempfile.mkdtemp(prefix="open-tmp-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

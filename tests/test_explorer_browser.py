@@ -25,11 +25,12 @@ from PIL import Image
 from beam_jobs.reduce_dim.explorer import ExplorerPoints, Layer, render_explorer
 from beam_jobs.reduce_dim.maps import MapLabels
 from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, gather_thumbnails
-from tests.support.browser import Browser, BrowserError, find_chromium
+from tests.support.browser import Browser, BrowserError
+from tests.support.ci import requires_chromium
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,  # a skip without chromium; a failure under CI=true
 ]
 
 READY = "document.body.dataset.explorerReady === '1'"

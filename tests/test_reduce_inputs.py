@@ -35,6 +35,7 @@ from beam_jobs.reduce_dim.records import Block, BlockCoder, DroppedRows
 from beam_jobs.reduce_dim.reduction import MIN_FIT_ROWS
 from beam_jobs.runtime import InputError
 from devtools.synthetic import clustered_embeddings, write_embeddings
+from tests.support.ci import run_unprivileged
 
 RUNNER = ["--runner=FnApiRunner"]
 
@@ -219,15 +220,18 @@ def test_inspect_refuses_a_truncated_or_corrupt_file_naming_it(tmp_path, damage)
     assert "\n" not in message
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
-def test_inspect_refuses_an_unreadable_file_naming_it(tmp_path):
-    paths = good_partition(tmp_path)
+def test_inspect_refuses_an_unreadable_file_naming_it(open_tmp_path):
+    # Root reads a file whatever its mode (and CI runs as root): the check runs in a child process that imports
+    # as this user, then drops to user nobody when root (tests/support/ci.py).
+    paths = good_partition(open_tmp_path)
     os.chmod(paths[0], 0)
-    try:
-        with pytest.raises(InputError, match=f"{paths[0]} cannot be read as Parquet"):
-            inspect_inputs([str(tmp_path / "ds=2026-11-20")])
-    finally:
-        os.chmod(paths[0], 0o644)
+    proc = run_unprivileged(
+        "try:\n    inspect_inputs([sys.argv[1]])\nexcept InputError as exc:\n    print(exc)\nelse:\n    print('read')",
+        str(open_tmp_path / "ds=2026-11-20"),
+        imports="from beam_jobs.reduce_dim.inputs import inspect_inputs\nfrom beam_jobs.runtime import InputError",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith(f"{paths[0]} cannot be read as Parquet"), proc.stdout + proc.stderr[-2000:]
 
 
 def test_inspect_refuses_a_fifo_without_opening_it(tmp_path):

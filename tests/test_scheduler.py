@@ -8,7 +8,7 @@ On PostgreSQL, the production metadata database (docker-compose.yaml): a server
 the test starts itself from Debian's binaries (initdb into a temporary folder,
 loopback port). Where those binaries are missing it runs on SQLite, Airflow's
 default, rather than not at all (it ran on both until the suite needed the
-minutes; the dag.test() tests run on SQLite).
+minutes; the dag.test() tests run on SQLite); under CI=true it fails instead.
 
 Triggers the nightly DAG through the REST API v2 with a conf, waits for the run
 to succeed through the LocalExecutor, checks the outputs and the "Embedding
@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import ROOT
+from tests.support.ci import fail_in_ci
 
 DAG_ID = "image_embeddings"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
@@ -131,12 +132,12 @@ def postgres_bindir() -> str | None:
 def postgres_unavailable() -> str | None:
     """Why this machine cannot start a PostgreSQL server for the test, or None."""
     if not postgres_bindir():
-        return "PostgreSQL binaries not found (Debian: apt-get install postgresql)"
+        return "PostgreSQL is not installed: apt-get install postgresql"
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            return "running as root and there is no 'postgres' user to run the server as"
+            return "running as root and there is no 'postgres' user to run the server as (apt-get install postgresql)"
     return None
 
 
@@ -191,6 +192,7 @@ def postgres_server():
 def metadata_db():
     why = postgres_unavailable()
     if why:
+        fail_in_ci(why)  # CI tests the production database; a machine without it is a failure there
         warnings.warn(f"live scheduler test on SQLite: {why}", stacklevel=1)
         yield None  # Airflow's default: airflow.db in AIRFLOW_HOME
         return

@@ -20,11 +20,12 @@ import pytest
 from PIL import Image
 
 from tests.airflow_support import serve_router
-from tests.support.browser import Browser, BrowserError, FrameEval, find_chromium
+from tests.support.browser import Browser, BrowserError, FrameEval
+from tests.support.ci import requires_chromium
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (apt-get install chromium)"),
+    requires_chromium,  # a skip without chromium; a failure under CI=true
 ]
 
 DS = "2026-11-20"

@@ -27,6 +27,11 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 
 def find_chromium() -> str | None:
+    """The Chromium binary: ``$CHROMIUM_BIN`` when set (a path or a name on PATH; None when it names no
+    executable, so ``CHROMIUM_BIN=none`` hides the browser), else Debian's, else the first of CHROMIUM_NAMES."""
+    override = os.environ.get("CHROMIUM_BIN")
+    if override is not None:
+        return shutil.which(override)
     for name in ("/usr/bin/chromium", *CHROMIUM_NAMES):
         path = shutil.which(name)
         if path:
