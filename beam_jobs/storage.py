@@ -12,6 +12,11 @@ file system cannot exchange, two ``os.rename`` calls (a kill between them leaves
 the previous run in a ``.old-`` folder that the next run's sweep puts back).
 Object stores (gs://) have no directory rename: see ``_swap_objects``; the previous
 run is copied aside first, so an interrupted swap can always put it back.
+
+Local hidden folders also name their owner (``-<token>@<host>-<pid>``): a killed run cannot clean
+up, so the next run on that host removes a gone process's folders at once (``sweep_leftovers``).
+Shared artefacts created when missing (a reference) are published first writer wins, never replaced:
+``publish_directory_if_absent`` (local) and ``create_if_absent`` (gs:// ``ifGenerationMatch=0``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import hashlib
 import json
 import mimetypes
 import os
+import re
 import shutil
+import socket
 import stat
 import time
 import uuid
@@ -68,22 +75,56 @@ def run_token(run_id: str) -> str:
     return hashlib.sha1(run_id.encode("utf-8")).hexdigest()[:12]
 
 
+def _owner_suffix(output: str) -> str:
+    """``@<host>-<pid>``, locally only: there the writer is this process (the local runner refuses
+    --detach). On an object store the launcher may be gone while its remote job still writes."""
+    return f"@{_host()}-{os.getpid()}" if is_local(output) else ""
+
+
+def _host() -> str:  # with the pid: containers sharing a folder do not share process ids
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+
+
 def staging_dir_for(output: str, token: str | None = None) -> str:
     parent, name = FileSystems.split(output.rstrip("/"))
-    return FileSystems.join(parent, f".{name}.staging-{token or uuid.uuid4().hex[:12]}")
+    return FileSystems.join(parent, f".{name}.staging-{token or uuid.uuid4().hex[:12]}{_owner_suffix(output)}")
 
 
 def old_dir_for(output: str, token: str | None = None) -> str:
     """Where a swap keeps the previous run until the new one is in: named from the run, like staging,
     so a retry of the same run finds (and clears) what an interrupted attempt left."""
     parent, name = FileSystems.split(output.rstrip("/"))
-    return FileSystems.join(parent, f".{name}.old-{token or uuid.uuid4().hex[:12]}")
+    return FileSystems.join(parent, f".{name}.old-{token or uuid.uuid4().hex[:12]}{_owner_suffix(output)}")
 
 
-def _token_of(staging: str) -> str | None:
-    mark = ".staging-"
-    name = staging.rstrip("/").rsplit("/", 1)[-1]
-    return name.rsplit(mark, 1)[1] if mark in name else None
+def _token_of(folder: str) -> str | None:
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    for mark in (".staging-", ".old-"):
+        if mark in name:
+            return name.rsplit(mark, 1)[1].partition("@")[0]
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def owner_gone(folder: str) -> bool:
+    """True when ``folder``'s name records a process of this host that no longer runs; False when that
+    cannot be known (no owner in the name, another host, a live or reused pid: the age rule decides)."""
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    if "@" not in name or not is_local(folder):
+        return False
+    host, _, pid = name.rpartition("@")[2].rpartition("-")
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return host == _host() and not _pid_alive(int(pid))
 
 
 def _siblings(output: str) -> dict[str, float]:
@@ -135,6 +176,7 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600, swap_g
       the previous run copied back, when the copy is this run's own (a retry) or older than
       ``swap_grace_s`` (younger ones may belong to a swap still going);
     * this run's own staging and ``.old-`` folders (a retry of the same run) are removed;
+    * locally, those of a process of this host that is gone (killed) are removed at once;
     * other staging and ``.old-`` folders are removed once older than ``max_age_s``
       (younger ones may belong to a run that is still going).
     """
@@ -142,7 +184,7 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600, swap_g
     siblings = _siblings(output)
     olds = sorted((p for p in siblings if ".old-" in p), key=siblings.get)
     now = time.time()
-    own = {staging_dir_for(output, token), old_dir_for(output, token)}
+    own = {path for path in siblings if _token_of(path) == token}
     if is_local(output) and not os.path.lexists(output) and olds:
         os.rename(olds[-1], output)
         done.append(f"restored {olds[-1]} -> {output}")
@@ -155,7 +197,7 @@ def sweep_leftovers(output: str, token: str, max_age_s: float = 6 * 3600, swap_g
             done.append(f"restored {settled[-1]} -> {output}")
             siblings.pop(settled[-1])
     for path, mtime in sorted(siblings.items()):
-        if path in own or now - mtime > max_age_s:
+        if path in own or owner_gone(path) or now - mtime > max_age_s:
             remove_tree(path)
             done.append(f"removed {path}")
     return done
@@ -217,25 +259,111 @@ def read_json(path: str) -> dict:
     return json.loads(read_text(path))
 
 
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _exchange(a: str, b: str) -> bool:
-    """Swap two local paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
-
-    False where the C library or the file system cannot (then the caller renames twice).
-    """
+def _renameat2(a: str, b: str, flags: int) -> bool:
+    """Linux ``renameat2``; False where the C library or the file system has none (callers fall back)."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
         return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
         return False
     raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two local paths atomically; False where it cannot (then the caller renames twice)."""
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def _move_if_absent(src: str, dst: str) -> bool:
+    """Move local ``src`` to ``dst`` unless something is there; True when moved, never a replace.
+
+    ``renameat2(RENAME_NOREPLACE)`` where Linux has it; else a file is hard-linked (link(2) never replaces)
+    and unlinked, a folder renamed (POSIX refuses a non-empty target; an empty one holds nothing)."""
+    try:
+        if _renameat2(src, dst, _RENAME_NOREPLACE):
+            return True
+    except FileExistsError:
+        return False
+    try:
+        if os.path.isdir(src):
+            os.rename(src, dst)
+        else:
+            os.link(src, dst)
+            os.unlink(src)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            return False
+        raise
+    return True
+
+
+def publish_directory_if_absent(staging: str, output: str) -> bool:
+    """Local: move the staged folder in as ``output`` unless ``output`` holds something; True when this
+    call published it. Readers see the whole folder or none. An empty ``output`` (made ahead) is taken
+    over. When another writer came first ``staging`` stays: the caller reads theirs, then removes it."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    while True:
+        if _move_if_absent(staging, output):
+            return True
+        try:
+            os.rmdir(output)
+        except FileNotFoundError:  # another writer emptied it too: move again
+            continue
+        except OSError:  # not empty (or not a folder): someone's, kept
+            return False
+
+
+def create_if_absent(path: str, data: bytes) -> bool:
+    """Write ``path`` only if nothing is there yet; True when this call wrote it (first writer wins).
+
+    Locally a temp file and ``_move_if_absent``; a Beam file system's own ``create_if_absent(path, data,
+    mime_type)`` (the tests' memgs://); gs:// ``gcs_create_if_absent``. Other schemes raise: without a
+    precondition the write would be a silent last-writer-wins."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        try:
+            return _move_if_absent(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    own = getattr(FileSystems.get_filesystem(path), "create_if_absent", None)
+    if own is not None:
+        return own(path, data, mime_type_of(path))
+    if FileSystems.get_scheme(path) == "gs":
+        return gcs_create_if_absent(path, data, mime_type_of(path))
+    raise NotImplementedError(f"no create-if-absent write for {path!r}: only local paths and gs:// have one")
+
+
+def gcs_create_if_absent(path: str, data: bytes, content_type: str, client=None) -> bool:
+    """gs://: one upload that GCS refuses (HTTP 412) when the object exists (``ifGenerationMatch=0``).
+
+    Beam's FileSystems has no preconditions: google-cloud-storage (with apache-beam[gcp]) does it. Not run
+    against real GCS here: tests/test_storage.py checks the request with a fake ``client``. The library
+    retries a conditional upload, so a 412 may mean an earlier try landed: callers check whose it is."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    if client is None:
+        from google.cloud import storage as gcs
+
+        client = gcs.Client()
+    bucket, _, name = path[len("gs://") :].partition("/")
+    try:
+        client.bucket(bucket).blob(name).upload_from_string(data, content_type=content_type, if_generation_match=0)
+    except PreconditionFailed:
+        return False
+    return True
 
 
 def replace_directory(staging: str, output: str) -> None:

@@ -5,9 +5,12 @@ Each killed run is the job's own ``python -m`` launch, stopped at a named point 
 that process only) and then killed with SIGKILL, process group and all. The two
 jobs run side by side, one kill point each per round, so the matrix costs about
 the extraction's share (each of its kills after the listing loads the model). The
-killed runs of a job share one run id, as an Airflow task's retries do, and the run after
-the last kill is a good one: it must leave exactly the output folder, with no
-``.<name>.staging-*`` or ``.<name>.old-*`` sibling. For extraction the previous
+killed runs of a job share one run id, as an Airflow task's retries do: each attempt's sweep
+removes what the one before left, so after a kill at most the killed attempt's own folders are
+there (named with its token, host and process id). The run after the last kill is a good one of
+another run id (the next trigger of that night): what the killed process left cannot be its own,
+and it must still leave exactly the output folder, with no ``.<name>.staging-*`` or
+``.<name>.old-*`` sibling, because that process is gone. For extraction the previous
 output is a real run with other shards and an ``npy/`` folder, so the good run
 also shows a re-run replacing the partition whole (this was test_extract_cli's
 two-run test). A swap killed after the exchange (previous run in ``.old-<token>``)
@@ -55,6 +58,7 @@ class Killed:
         self.point, self.module = point, module
         self.ready = work / f"ready-{module.rsplit('.', 1)[-1]}-{point}"
         self.log = work / f"{module.rsplit('.', 1)[-1]}-{point}.log"
+        self.ready.unlink(missing_ok=True)  # an earlier kill at the same point left its own
         self.start = time.monotonic()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -97,13 +101,16 @@ def hidden_siblings(output: str) -> list[str]:
     return sorted(e for e in os.listdir(os.path.dirname(output)) if e.startswith(f".{name}."))
 
 
-def own_leftovers(output: str, run_id: str) -> set[str]:
-    """What the killed attempts of ``run_id`` may leave: at most its staging and .old- folders
-    (each attempt's sweep removed the one before)."""
+def leftovers_of(output: str, run_id: str, pid: int) -> set[str]:
+    """What the killed attempt of ``run_id`` in process ``pid`` may leave: its staging and .old- folders.
+
+    Their names end in ``@<host>-<pid>``; this test's own (same host) with the pid swapped in.
+    """
     token = storage.run_token(run_id)
+    ours = f"-{os.getpid()}"
     return {
-        os.path.basename(storage.staging_dir_for(output, token)),
-        os.path.basename(storage.old_dir_for(output, token)),
+        os.path.basename(folder).removesuffix(ours) + f"-{pid}"
+        for folder in (storage.staging_dir_for(output, token), storage.old_dir_for(output, token))
     }
 
 
@@ -143,16 +150,21 @@ def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, s
         for job, out in zip(jobs, (emb_out, red_out), strict=True):
             timings[job.module][job.point] = round(job.kill(), 1)
             assert snapshot(out) == previous[out], f"{job.module} killed at {job.point}: the previous output changed"
-            assert set(hidden_siblings(out)) <= own_leftovers(out, "tonight"), (job.point, hidden_siblings(out))
+            left = set(hidden_siblings(out))
+            assert left <= leftovers_of(out, "tonight", job.proc.pid), (job.point, left)
+            if job.point in ("write", "commit"):  # staged files exist by then: a folder the next run must clear
+                assert left, job.point
 
     # Killed between the two renames of a swap without atomic exchange (some file systems): the
-    # previous run is whole in its .old- folder, and the next run's sweep puts it back first.
+    # previous run is whole in its .old- folder, and the next run's sweep puts it back first (and
+    # removes the dead process's staging folder: another run's, but its owner is gone).
     timings[REDUCE]["swap"] = round(Killed("swap", REDUCE, red_args, tmp_path).kill(), 1)
     assert not os.path.exists(red_out)
     (old,) = [e for e in hidden_siblings(red_out) if ".old-" in e]
     assert snapshot(os.path.join(os.path.dirname(red_out), old)) == previous[red_out]
     storage.sweep_leftovers(red_out, storage.run_token("another run"))
     assert snapshot(red_out) == previous[red_out]
+    assert hidden_siblings(red_out) == []
     print("seconds to each kill point:", timings)
 
     # Each killed extraction left its listing snapshot (it cannot clean up) and removed the one before:
@@ -163,21 +175,28 @@ def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, s
     assert len(listings()) == 1, listings()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
 
-    # The next good run of each: exactly its own files in the output, nothing beside it.
+    # The next good run of each, another run id than the killed ones (their folders are not its own:
+    # they go because the killed process is gone): exactly its own files in the output, nothing beside it.
+    emb_args[emb_args.index("tonight")] = "rerun"
+    assert hidden_siblings(emb_out)  # what the last killed extraction left
     manifest = extract(emb_args)
     assert listings() == []
-    assert (manifest["run_id"], manifest["inputs"], manifest["embedded"], manifest["failed"]) == ("tonight", 4, 4, 0)
+    assert (manifest["run_id"], manifest["inputs"], manifest["embedded"], manifest["failed"]) == ("rerun", 4, 4, 0)
     shards = sorted(glob.glob(os.path.join(emb_out, "embeddings-*.parquet")))
     rows = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
     assert sorted(r["image_uri"] for r in rows) == sorted(str(images / os.path.basename(p)) for p in photos)
-    assert {r["run_id"] for r in rows} == {"tonight"}
+    assert {r["run_id"] for r in rows} == {"rerun"}
     # Replaced whole: only what tonight's manifest lists (the previous run's npy/ folder and shards are gone).
     assert sorted(os.listdir(emb_out)) == sorted(
         manifest["files"]["embeddings"] + manifest["files"]["failures"] + [MANIFEST]
     )
     assert os.listdir(os.path.dirname(emb_out)) == [os.path.basename(emb_out)]
 
+    # A reduce_dim run killed with staged files, then the next good run (another run id).
+    timings[REDUCE]["write, once more"] = round(Killed("write", REDUCE, red_args, tmp_path).kill(), 1)
+    assert hidden_siblings(red_out)
+    red_args[red_args.index("tonight")] = "rerun"
     manifest = reduce(red_args)
-    assert (manifest["run_id"], manifest["rows"]) == ("tonight", 120)
+    assert (manifest["run_id"], manifest["rows"]) == ("rerun", 120)
     assert sorted(os.listdir(red_out)) == sorted(reduce_files(manifest))
     assert os.listdir(os.path.dirname(red_out)) == [os.path.basename(red_out)]

@@ -11,13 +11,18 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from beam_jobs import storage
 from beam_jobs.config import ConfigError, ReduceConfig
-from beam_jobs.nightly import drift_alerts
+from beam_jobs.nightly.frame import drift_alerts
+from beam_jobs.reduce_dim import reference
 from beam_jobs.reduce_dim.drift import Moments, build_drift_space, drift_stats, mmd_test
 from beam_jobs.reduce_dim.reduction import GramStats, fit_pca
 from beam_jobs.reduce_dim.reference import check_reference, load_reference, read_info, save_reference
@@ -75,6 +80,118 @@ def test_reference_round_trip_and_refusals(tmp_path):
         handle.write(b"tampered")
     with pytest.raises(InputError, match=r"pca\.npz has sha256 .* refusing to load it"):
         load_reference(folder)
+
+
+def _parts(x: np.ndarray, run_id: str):
+    model = fit_pca(GramStats().add_block(x), 2)
+    provenance = {"method": "pca", "model_id": MODEL, "embedding_dim": x.shape[1], "partitions": [], "run_id": run_id}
+    return model, build_drift_space(x, Moments().add(x)), model.transform(x), provenance
+
+
+@pytest.fixture
+def store():
+    from tests.support.objectstore import MemObjectStore
+
+    MemObjectStore.reset()
+    yield MemObjectStore
+    MemObjectStore.reset()
+
+
+def test_create_reference_locally_first_writer_wins_and_the_loser_leaves_nothing(tmp_path):
+    x, _ = clustered_embeddings(200, 64, clusters=3, seed=1)
+    folder = str(tmp_path / "references" / "fixed")
+    first, created = reference.create_reference(folder, *_parts(x[:100], "night-1"))
+    assert created
+    assert first["run_id"] == "night-1"
+    assert "data" not in first
+    before = {name: (tmp_path / "references" / "fixed" / name).read_bytes() for name in os.listdir(folder)}
+    second, created = reference.create_reference(folder, *_parts(x[100:], "night-2"))
+    assert not created
+    assert second == first == read_info(folder)
+    assert {name: (tmp_path / "references" / "fixed" / name).read_bytes() for name in os.listdir(folder)} == before
+    assert os.listdir(tmp_path / "references") == ["fixed"]  # the loser's staging folder went
+
+
+def test_create_reference_takes_over_an_empty_folder_and_refuses_a_folder_of_other_files(tmp_path):
+    x, _ = clustered_embeddings(100, 64, clusters=3, seed=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert reference.create_reference(str(empty), *_parts(x, "r"))[1]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"holds files but no reference\.json"):
+        reference.create_reference(str(other), *_parts(x, "r"))
+    assert sorted(os.listdir(tmp_path)) == ["empty", "other"]
+    assert os.listdir(other) == ["notes.txt"]
+
+
+def test_create_reference_on_the_object_store_writes_the_record_last_only_if_absent(store):
+    x, _ = clustered_embeddings(200, 64, clusters=3, seed=1)
+    folder = "memgs://bucket/references/method=pca/fixed"
+    first, created = reference.create_reference(folder, *_parts(x[:100], "night-1"))
+    assert created
+    assert first["data"].startswith("fit-")
+    writes = [path for _, path in store.log]
+    assert writes[-1] == f"{folder}/reference.json"
+    assert store.log[-1][0] == "create"
+    assert sorted(writes[:-1]) == sorted(f"{folder}/{first['data']}/{name}" for name in first["files"])
+    winner = store.names(folder)
+    second, created = reference.create_reference(folder, *_parts(x[100:], "night-2"))
+    assert (second, created) == (first, False)
+    assert store.names(folder) == winner  # the loser's prefix went, the winner's files are untouched
+    np.testing.assert_array_equal(load_reference(folder).model.components, _parts(x[:100], "")[0].components)
+
+
+def test_a_retried_upload_that_had_landed_counts_as_published(store, monkeypatch):
+    """GCS retries a conditional upload; when the first try landed the retry gets 412 on its own object."""
+    x, _ = clustered_embeddings(100, 64, clusters=3, seed=1)
+    folder = "memgs://bucket/ref"
+    real = storage.create_if_absent
+    monkeypatch.setattr(storage, "create_if_absent", lambda path, data: real(path, data) and False)
+    info, created = reference.create_reference(folder, *_parts(x, "r"))
+    assert created
+    assert read_info(folder) == info
+    assert load_reference(folder).info == info  # its files were kept
+
+
+def test_save_reference_on_the_object_store_replaces_prefix_record_then_old_files(store):
+    x, _ = clustered_embeddings(200, 64, clusters=3, seed=1)
+    folder = "memgs://bucket/ref"
+    old = save_reference(folder, *_parts(x[:100], "old"))
+    store.log.clear()
+    new = save_reference(folder, *_parts(x[100:], "new"))
+    assert new["data"] != old["data"]
+    kinds = [(kind, path.removeprefix(folder + "/").split("/")[0]) for kind, path in store.log]
+    record = kinds.index(("put", "reference.json"))
+    assert {k for k in kinds[:record]} == {("put", new["data"])}
+    assert {k for k in kinds[record + 1 :]} == {("delete", old["data"])}
+    assert read_info(folder)["run_id"] == "new"
+    assert load_reference(folder).info == new
+
+
+def test_sweep_removes_what_gone_writers_left_and_keeps_the_published_and_young(store, tmp_path):
+    x, _ = clustered_embeddings(100, 64, clusters=3, seed=1)
+    folder = "memgs://bucket/ref"
+    info, _ = reference.create_reference(folder, *_parts(x, "r"))
+    for prefix, age in (("fit-killed", 7 * 3600), ("fit-running", 60)):
+        store.put(f"{folder}/{prefix}/pca.npz", b"x")
+        data, mime, _ = store.objects[f"{folder}/{prefix}/pca.npz"]
+        store.objects[f"{folder}/{prefix}/pca.npz"] = (data, mime, time.time() - age)
+    for name in store.names(f"{folder}/{info['data']}/"):  # the published files are old too: kept
+        data, mime, _ = store.objects[name]
+        store.objects[name] = (data, mime, time.time() - 30 * 3600)
+    assert reference.sweep_leftovers(folder) == [f"{folder}/fit-killed"]
+    assert [p for p in store.names(folder) if "/fit-running/" in p]
+    load_reference(folder)
+    # Locally a killed writer's staging folder (its host and pid in the name) goes at once.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    local = tmp_path / "fixed"
+    staging = storage.staging_dir_for(str(local), "k").rsplit("-", 1)[0] + f"-{gone.pid}"
+    os.makedirs(staging)
+    assert reference.sweep_leftovers(str(local)) == [f"removed {staging}"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_reference_flags_are_checked_together():
@@ -190,7 +307,8 @@ def test_nights_share_the_saved_frame_and_backfills_repeat_it(tmp_path):
 
 
 def test_plan_resolves_each_policys_reference_folder(tmp_path):
-    from beam_jobs.nightly import build_plan, reference_key, rolling_anchor
+    from beam_jobs.nightly.frame import rolling_anchor
+    from beam_jobs.nightly.plan import build_plan, reference_key
 
     base = {
         "input": "/i/in/*",

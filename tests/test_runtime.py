@@ -1,9 +1,14 @@
 """beam_jobs.runtime: the local runner options both jobs use.
 
-The commit step and the run skeleton are tested with storage (tests/test_storage.py).
+The commit step and the run skeleton are tested with storage (tests/test_storage.py); here, that a run
+first removes what a killed run (another run id, a process that is gone) left beside its output.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions
@@ -39,3 +44,28 @@ def test_local_runs_flush_their_data_streams_on_size_only(monkeypatch):
         assert_that(counted | beam.combiners.Count.Globally(), equal_to([n]))
     assert periods, "no gRPC data stream: the run did not use the multi-threaded runner"
     assert set(periods) == {LOCAL_TIME_FLUSH_MS}
+
+
+def test_a_run_first_removes_the_folder_a_killed_run_of_another_run_id_left(tmp_path):
+    """The owner (host and pid) in a staging folder's name: gone, its folder goes before this run starts."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_jobs import storage
+    from beam_jobs.config import JobConfig
+    from beam_jobs.runtime import Commit, launch
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "ds=2026-11-20"
+    mine = storage.staging_dir_for(str(out), storage.run_token("killed-run"))
+    killed = mine.removesuffix(f"-{os.getpid()}") + f"-{gone.pid}"
+    os.makedirs(killed)
+    open(os.path.join(killed, "part-0.parquet"), "w").close()
+    cfg = JobConfig(output=str(out), run_id="next-run")
+
+    def build(p, staging):
+        _ = p | "Commit" >> Commit("test_job", cfg, staging, lambda staging, seconds: {})
+
+    manifest = launch("test_job", cfg, PipelineOptions(["--runner=FnApiRunner"]), build)
+    assert manifest["run_id"] == "next-run"
+    assert os.listdir(tmp_path) == [out.name]

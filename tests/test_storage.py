@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import apache_beam as beam
@@ -382,6 +385,119 @@ def test_sweep_on_an_object_store_removes_this_runs_and_stale_staging(store):
 
     assert store.names("memgs://") == sorted([f"{OUT}/{MANIFEST}", *store.names(fresh)])
     assert len(store.names(fresh)) == 2
+
+
+def test_a_killed_runs_folders_go_at_once_a_live_ones_and_another_hosts_stay(tmp_path):
+    """Local staging and .old- names record their owner: a dead process of this host is gone for good,
+    so its folders go now; the age rule keeps the rest until they are old."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "ds=2026-11-20"
+        out.mkdir()
+        (out / MANIFEST).write_text("{}")
+        mine = storage.staging_dir_for(str(out), "aaaaaaaaaaaa")
+        host = mine.rsplit("@", 1)[1].rsplit("-", 1)[0]
+        assert mine.endswith(f"/.ds=2026-11-20.staging-aaaaaaaaaaaa@{host}-{os.getpid()}")
+        assert host.replace("_", "-") == socket.gethostname().replace("_", "-")
+        names = {
+            "killed": f".ds=2026-11-20.staging-bbbbbbbbbbbb@{host}-{gone.pid}",
+            "killed_swap": f".ds=2026-11-20.old-bbbbbbbbbbbb@{host}-{gone.pid}",
+            "running": f".ds=2026-11-20.staging-cccccccccccc@{host}-{alive.pid}",
+            "elsewhere": f".ds=2026-11-20.staging-dddddddddddd@another_host-{gone.pid}",
+            "unnamed": ".ds=2026-11-20.staging-eeeeeeeeeeee",  # an older run's name: no owner
+            # A retry of the same run (the token) clears its own even while the first attempt lives on.
+            "same_run": f".ds=2026-11-20.staging-ffffffffffff@{host}-{alive.pid}",
+        }
+        for name in names.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "part").write_text("x")
+
+        done = storage.sweep_leftovers(str(out), "ffffffffffff")
+
+        kept = [names["running"], names["elsewhere"], names["unnamed"]]
+        assert sorted(os.listdir(tmp_path)) == sorted([out.name, *kept]), done
+        assert len(done) == 3
+    finally:
+        alive.kill()
+        alive.wait()
+    # On an object store the launcher may be gone while its remote job still writes: age rule only.
+    assert storage.staging_dir_for(OUT, "t") == "memgs://bucket/out/embeddings/.ds=2026-11-20.staging-t"
+    assert not storage.owner_gone(f"memgs://bucket/out/.x.staging-t@{host}-{gone.pid}")
+    assert storage.owner_gone(str(tmp_path / names["killed"]))
+
+
+def test_create_if_absent_writes_once_locally_and_on_the_object_store(store, tmp_path):
+    for path in (str(tmp_path / "ref" / "reference.json"), "memgs://bucket/ref/reference.json"):
+        assert storage.create_if_absent(path, b"first")
+        assert not storage.create_if_absent(path, b"second")
+        assert storage.read_text(path) == "first"
+    assert os.listdir(tmp_path / "ref") == ["reference.json"]  # no temp file left by the loser
+    assert [kind for kind, path in store.log] == ["create"]
+    with pytest.raises(NotImplementedError, match="no create-if-absent write"):
+        storage.create_if_absent("s3://bucket/ref/reference.json", b"x")
+
+
+def test_local_create_if_absent_without_renameat2_uses_a_hard_link(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_renameat2", lambda a, b, flags: False)  # another C library or file system
+    path = str(tmp_path / "reference.json")
+    assert storage.create_if_absent(path, b"first")
+    assert not storage.create_if_absent(path, b"second")
+    assert (tmp_path / "reference.json").read_bytes() == b"first"
+    assert os.listdir(tmp_path) == ["reference.json"]
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2-noreplace", "posix-rename"])
+def test_publish_directory_if_absent_never_replaces_a_published_folder(tmp_path, monkeypatch, renameat2):
+    if not renameat2:
+        monkeypatch.setattr(storage, "_renameat2", lambda a, b, flags: False)
+    out = str(tmp_path / "fixed")
+    os.mkdir(out)  # made ahead, empty: taken over
+    first, second = str(tmp_path / ".fixed.staging-1"), str(tmp_path / ".fixed.staging-2")
+    for folder, text in ((first, "first"), (second, "second")):
+        os.mkdir(folder)
+        (tmp_path / folder / "reference.json").write_text(text)
+    assert storage.publish_directory_if_absent(first, out)
+    assert not storage.publish_directory_if_absent(second, out)
+    assert (tmp_path / "fixed" / "reference.json").read_text() == "first"
+    assert os.path.isdir(second)  # the loser's, for it to remove
+
+
+def test_gcs_create_if_absent_asks_for_generation_0_and_reads_412_as_taken(monkeypatch):
+    """Real GCS cannot be reached here: this checks the request (google-cloud-storage's
+    ``upload_from_string`` with ``if_generation_match=0``) and that GCS's 412 answer means "taken"."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    requests, existing = [], set()
+
+    class Blob:
+        def __init__(self, bucket: str, name: str):
+            self.bucket, self.name = bucket, name
+
+        def upload_from_string(self, data, **kwargs):
+            requests.append((self.bucket, self.name, data, kwargs))
+            if kwargs.get("if_generation_match") == 0 and (self.bucket, self.name) in existing:
+                raise PreconditionFailed("At least one of the pre-conditions you specified did not hold.")
+            existing.add((self.bucket, self.name))
+
+    class Client:
+        def bucket(self, name: str):
+            return type("Bucket", (), {"blob": lambda _, blob: Blob(name, blob)})()
+
+    path = "gs://b/references/method=pca/fixed/reference.json"
+    assert storage.gcs_create_if_absent(path, b"{}", "application/json", client=Client())
+    assert not storage.gcs_create_if_absent(path, b"{2}", "application/json", client=Client())
+    name = "references/method=pca/fixed/reference.json"
+    assert requests == [
+        ("b", name, b"{}", {"content_type": "application/json", "if_generation_match": 0}),
+        ("b", name, b"{2}", {"content_type": "application/json", "if_generation_match": 0}),
+    ]
+    # storage.create_if_absent routes gs:// there (Beam's GCS file system has no precondition of its own).
+    routed = []
+    monkeypatch.setattr(storage, "gcs_create_if_absent", lambda *args: routed.append(args) or True)
+    assert storage.create_if_absent(path, b"{}")
+    assert routed == [(path, b"{}", "application/json")]
 
 
 def test_a_failed_run_removes_its_own_staging_and_leaves_the_output(tmp_path):

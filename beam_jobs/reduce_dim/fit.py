@@ -4,6 +4,9 @@
            eigendecomposition of the covariance gives the components
   FitUMAP  a seeded bounded sample (smallest hash of the URI) of raw rows -> optional PCA
            to ``pca_dims`` and umap-learn, both fitted on that sample on one worker
+  PublishReference  with --reference DIR --fit_reference: the fitted model becomes DIR's reference
+           unless another run (a night started at the same time) published one first; then that
+           one's reducer is what Project uses, so every night is in the frame DIR holds
   Project  every block is projected in parallel with the fitted model as a side input
 
 The model a fit stage returns (``PCAModel`` or ``UmapModel``) is all Project
@@ -23,7 +26,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.runners.worker.statecache import CacheAware
 
-from beam_jobs.reduce_dim.drift import Moments
+from beam_jobs.reduce_dim.drift import Moments, build_drift_space
 from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, Block, Projected
 from beam_jobs.reduce_dim.reduction import (
     MIN_FIT_ROWS,
@@ -35,6 +38,7 @@ from beam_jobs.reduce_dim.reduction import (
     fit_umap,
     row_priority,
 )
+from beam_jobs.reduce_dim.reference import Published, check_reference, create_reference, load_reference
 from beam_jobs.runtime import InputError
 
 # Rows per GramStats.add_block when the pre-PCA of UMAP is fitted on the sample (the job's default block size).
@@ -284,3 +288,45 @@ class Project(beam.PTransform):
     def expand(self, blocks):
         shared = beam.pvalue.AsSingleton(self._model | "ShareModel" >> beam.Map(SideModel))
         return blocks | "ProjectBlocks" >> beam.ParDo(ProjectFn(), shared).with_output_types(Projected)
+
+
+class PublishReferenceFn(beam.DoFn):
+    """The fitted model -> ``Published``: the reference ``folder`` holds once this run tried to create it.
+
+    Before any block is projected, so a run that lost the race projects with the winner's reducer
+    instead of one that was never saved. The drift space and the grey cloud are built here from the
+    reference's sample, as the commit step builds them for a replacing save (``--save_reference``).
+    ``check``: the run's (method, model_id, embedding length), which the winner's must match too.
+    """
+
+    def __init__(self, folder: str, provenance: dict[str, Any], check: tuple[str, str, int]):
+        self._folder = folder
+        self._provenance = provenance
+        self._check = check
+        self._published = Metrics.counter(METRICS_NAMESPACE, "reference_published")
+        self._taken = Metrics.counter(METRICS_NAMESPACE, "reference_taken_from_another_run")
+
+    def process(self, model: PCAModel | UmapModel, sample: Sample, moments: Moments) -> Iterator[Published]:
+        x = sample.columns["x"]
+        cloud = np.asarray(model.transform(x), np.float32)[:, :2]
+        info, created = create_reference(self._folder, model, build_drift_space(x, moments), cloud, self._provenance)
+        if created:
+            self._published.inc()
+            yield Published(info, model, "fitted")
+            return
+        self._taken.inc()
+        check_reference(info, self._folder, *self._check)
+        yield Published(info, load_reference(self._folder, info).model, "loaded")
+
+
+class PublishReference(beam.PTransform):
+    """A PCollection of one fitted model -> one ``Published`` (see ``PublishReferenceFn``)."""
+
+    def __init__(self, folder: str, provenance: dict[str, Any], check: tuple[str, str, int], sample, moments):
+        super().__init__()
+        self._fn = PublishReferenceFn(folder, provenance, check)
+        self._sample = sample
+        self._moments = moments
+
+    def expand(self, model):
+        return model | "CreateIfAbsent" >> beam.ParDo(self._fn, self._sample, self._moments)

@@ -9,6 +9,8 @@ Stages (each a composite PTransform, in its own module):
                               rows with NaN/inf values are left out (counted by the second read)
   FitPCA          fit.py      exact PCA from count, sum and X^T X summed across workers
   FitUMAP         fit.py      PCA + UMAP fitted on a seeded sample, on one worker
+  PublishReference fit.py     --reference DIR --fit_reference with DIR empty: create DIR's reference if still
+                              absent (first writer wins); Project then uses the reducer DIR holds
   Project         fit.py      a second read of the files; every block projected with the model as a side input
   WriteOutputs    outputs.py  projection-*.parquet, and the coordinates and sample the maps need
   Commit          runtime.py  row count check (projected + dropped for NaN/inf = input rows), map.png, map.html
@@ -34,10 +36,16 @@ from beam_jobs import runtime, storage
 from beam_jobs.config import ReduceConfig
 from beam_jobs.contract import JOB_REDUCE, MAP_PNG
 from beam_jobs.reduce_dim.drift import DRIFT_SAMPLE
-from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, MomentsFn, Project, SampleFn, describe_model
+from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, MomentsFn, Project, PublishReference, SampleFn, describe_model
 from beam_jobs.reduce_dim.inputs import InputSummary, ReadEmbeddings, inspect_inputs, require_rows
-from beam_jobs.reduce_dim.outputs import REFERENCE_SAMPLE, MapParams, WriteOutputs, finish_reduction
-from beam_jobs.reduce_dim.reference import check_reference, has_reference, load_reference, read_info
+from beam_jobs.reduce_dim.outputs import (
+    REFERENCE_SAMPLE,
+    THUMBNAIL_SETTINGS,
+    MapParams,
+    WriteOutputs,
+    finish_reduction,
+)
+from beam_jobs.reduce_dim.reference import check_reference, has_reference, load_reference, read_info, sweep_leftovers
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
@@ -49,12 +57,15 @@ class Frame:
 
     mode: "" (fit on the input, no reference), "loaded" (transform with the reducer saved in ``folder``)
     or "fitted" (fit on ``fit_summary``'s rows and save the reducer to ``folder``).
+    create: "fitted" for a folder that held no reference (--reference --fit_reference): created if still
+    absent, first writer wins; False: --save_reference, which replaces.
     """
 
     mode: str = ""
     folder: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     fit_summary: InputSummary | None = None
+    create: bool = False
 
 
 def fit_inputs(cfg: ReduceConfig) -> list[str]:
@@ -70,6 +81,9 @@ def fit_inputs(cfg: ReduceConfig) -> list[str]:
 
 def plan_frame(cfg: ReduceConfig, summary: InputSummary) -> Frame:
     """Load, check or plan the reference before any work; a reference that does not fit is refused here."""
+    if cfg.reference or cfg.save_reference:
+        for removed in sweep_leftovers(cfg.reference or cfg.save_reference):
+            LOG.warning("reference leftovers of a writer that is gone: %s", removed)
     if cfg.reference and (not cfg.fit_reference or has_reference(cfg.reference)):
         info = read_info(cfg.reference)
         check_reference(info, cfg.reference, cfg.method, summary.model_id, summary.dim)
@@ -78,7 +92,7 @@ def plan_frame(cfg: ReduceConfig, summary: InputSummary) -> Frame:
     if not folder:
         return Frame()
     fit_summary = inspect_inputs(fit_inputs(cfg), summary.model_id)
-    return Frame("fitted", folder, {}, fit_summary)
+    return Frame("fitted", folder, {}, fit_summary, create=bool(cfg.reference))
 
 
 def run_settings(cfg: ReduceConfig, summary: InputSummary) -> dict[str, Any]:
@@ -111,6 +125,31 @@ def run_settings(cfg: ReduceConfig, summary: InputSummary) -> dict[str, Any]:
     }
 
 
+def reference_provenance(cfg: ReduceConfig, summary: InputSummary, frame: Frame) -> dict[str, Any]:
+    """What a created reference records of the run that fitted it (as ``outputs.reference_and_drift``
+    records it for a replacing save)."""
+    settings = run_settings(cfg, summary)
+    return {
+        "method": cfg.method,
+        "parameters": {k: v for k, v in settings["parameters"].items() if k not in THUMBNAIL_SETTINGS},
+        "model_id": summary.model_id,
+        "embedding_dim": summary.dim,
+        "partitions": frame.fit_summary.partitions if frame.fit_summary else summary.partitions,
+        "seed": cfg.seed,
+        "run_id": cfg.run_id,
+    }
+
+
+def finish_in_published_frame(staging: str, *, frame: Frame, published: tuple[dict[str, Any], str], **values):
+    """The commit step of a run that created (or found, racing) its reference: the drift, maps and
+    manifest in the frame the folder holds, read back from it as a loaded one is; the manifest's mode
+    says whether this run published it ("fitted") or another run was first ("loaded")."""
+    info, mode = published
+    body = finish_reduction(staging, frame=Frame("loaded", frame.folder, info), **values)
+    body["reference"]["mode"] = mode
+    return body
+
+
 def build_pipeline(
     p: beam.Pipeline, cfg: ReduceConfig, summary: InputSummary, staging: str, frame: Frame | None = None
 ):
@@ -140,13 +179,25 @@ def build_pipeline(
                 cfg.fit_sample_size, cfg.seed, pca_dims, cfg.n_neighbors, cfg.min_dist, input_rows=fit_summary.rows
             )
         if frame.mode == "fitted":
-            sides["reference_sample"] = beam.pvalue.AsSingleton(
-                fit_blocks | "ReferenceSample" >> beam.CombineGlobally(SampleFn(REFERENCE_SAMPLE, cfg.seed, ("x",)))
-            )
-            sides["reference_moments"] = beam.pvalue.AsSingleton(
-                fit_blocks | "ReferenceMoments" >> beam.CombineGlobally(MomentsFn())
-            )
-            sides["model"] = beam.pvalue.AsSingleton(model)
+            reference = {
+                "sample": beam.pvalue.AsSingleton(
+                    fit_blocks | "ReferenceSample" >> beam.CombineGlobally(SampleFn(REFERENCE_SAMPLE, cfg.seed, ("x",)))
+                ),
+                "moments": beam.pvalue.AsSingleton(
+                    fit_blocks | "ReferenceMoments" >> beam.CombineGlobally(MomentsFn())
+                ),
+            }
+            if frame.create:
+                check = (cfg.method, summary.model_id, summary.dim)
+                provenance = reference_provenance(cfg, summary, frame)
+                published = model | "PublishReference" >> PublishReference(frame.folder, provenance, check, **reference)
+                model = published | "PublishedModel" >> beam.Map(lambda done: done.model)
+                sides["published"] = beam.pvalue.AsSingleton(
+                    published | "PublishedRecord" >> beam.Map(lambda done: (done.info, done.mode))
+                )
+            else:
+                sides.update(reference_sample=reference["sample"], reference_moments=reference["moments"])
+                sides["model"] = beam.pvalue.AsSingleton(model)
     info = model | "DescribeModel" >> beam.Map(describe_model)
     # The second read reports the rows it left out for NaN/inf values: the first leaves out the same rows.
     blocks, dropped = p | "ReadEmbeddingsAgain" >> read(report_dropped=True)
@@ -172,7 +223,7 @@ def build_pipeline(
             projected | "DriftMoments" >> beam.CombineGlobally(MomentsFn())
         )
     finish = functools.partial(
-        finish_reduction,
+        finish_in_published_frame if frame.create else finish_reduction,
         settings=run_settings(cfg, summary),
         summary=summary,
         method=cfg.method,

@@ -1,7 +1,8 @@
 """A saved reference reducer: one 2D frame for many nights, and what drift is measured against.
 
-``--save_reference DIR`` (or ``--reference DIR --fit_reference`` when DIR holds none) writes, once the
-fit is done, into DIR (replaced whole, through a staging folder like every output):
+``--save_reference DIR`` writes, once the fit is done, into DIR (replaced whole: an explicit re-fit).
+``--reference DIR --fit_reference`` when DIR holds none creates it (``create_reference``): first writer
+wins, never replaced, so nights started together (a backfill) all end up in one frame:
 
   reference.json  format, version, method, parameters, model_id, embedding_dim, the partitions fitted on,
                   seed, fit rows, run id, time, and the sha256 of each file below
@@ -14,6 +15,13 @@ fit is done, into DIR (replaced whole, through a staging folder like every outpu
 ``--reference DIR`` only transforms with it. A reference is refused, with a line saying why, when
 its format or version is unknown, a file's sha256 differs from the one recorded, or its model_id,
 embedding length or method differ from the run's.
+
+Where the files lie: locally they sit beside reference.json, the folder staged whole and moved in by
+one rename (a no-replace rename for ``create_reference``). An object store has no folder rename, so
+there each writer puts its files under its own prefix (``DIR/fit-<token>/``, named in reference.json
+as ``data``) and reference.json goes last: a reader that finds it finds every file it names, and
+writers never overwrite each other's files. Creating makes that last write conditional ("only if
+absent"); the writer that loses removes its prefix and takes the winner's reference.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import hashlib
 import io
 import json
 import pickle
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +50,7 @@ PRE_PCA_FILE = "pre_pca.npz"
 UMAP_FILE = "umap.pkl"
 DRIFT_FILE = "drift.npz"
 CLOUD_FILE = "cloud.npz"
+DATA_PREFIX = "fit-"  # object stores: DIR/fit-<token>/ holds one writer's files
 
 
 @dataclass
@@ -84,26 +95,18 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
-def save_reference(
-    folder: str,
-    model: PCAModel | UmapModel,
-    drift: DriftSpace,
-    cloud: np.ndarray,
-    provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """Write the reference into ``folder`` (replaced whole); returns its record (reference.json).
-
-    ``provenance``: method, parameters, model_id, embedding_dim, partitions, seed, run_id.
-    """
+def _files(model: PCAModel | UmapModel, drift: DriftSpace, cloud: np.ndarray) -> tuple[dict[str, bytes], int]:
     files: dict[str, bytes] = {DRIFT_FILE: _npz(**drift.arrays()), CLOUD_FILE: _npz(xy=np.asarray(cloud, np.float32))}
     if isinstance(model, PCAModel):
         files[PCA_FILE] = _npz(**_pca_arrays(model))
-        fit_rows = model.n_rows
-    else:
-        files[UMAP_FILE] = pickle.dumps(model.umap, protocol=pickle.HIGHEST_PROTOCOL)
-        if model.pca is not None:
-            files[PRE_PCA_FILE] = _npz(**_pca_arrays(model.pca))
-        fit_rows = model.fit_rows
+        return files, model.n_rows
+    files[UMAP_FILE] = pickle.dumps(model.umap, protocol=pickle.HIGHEST_PROTOCOL)
+    if model.pca is not None:
+        files[PRE_PCA_FILE] = _npz(**_pca_arrays(model.pca))
+    return files, model.fit_rows
+
+
+def _record(files: dict[str, bytes], fit_rows: int, provenance: dict[str, Any], data: str | None) -> dict[str, Any]:
     info = {
         "format": REFERENCE_FORMAT,
         "version": REFERENCE_VERSION,
@@ -112,12 +115,129 @@ def save_reference(
         "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
     }
-    staging = storage.staging_dir_for(folder)
-    for name, data in files.items():
-        storage.write_bytes(storage.join(staging, name), data)
-    storage.write_text(storage.join(staging, REFERENCE_FILE), json.dumps(info, indent=2, sort_keys=True))
-    storage.replace_directory(staging, folder)
+    if data:
+        info["data"] = data
     return info
+
+
+def _encode(info: dict[str, Any]) -> bytes:
+    return json.dumps(info, indent=2, sort_keys=True).encode("utf-8")
+
+
+def _write_files(folder: str, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        storage.write_bytes(storage.join(folder, name), data)
+
+
+def _staged_locally(folder: str, files: dict[str, bytes], info: dict[str, Any]) -> str:
+    staging = storage.staging_dir_for(folder)  # named with this process: a killed writer's goes at once
+    _write_files(staging, {**files, REFERENCE_FILE: _encode(info)})
+    return staging
+
+
+def save_reference(
+    folder: str,
+    model: PCAModel | UmapModel,
+    drift: DriftSpace,
+    cloud: np.ndarray,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the reference into ``folder``, replacing what is there (``--save_reference``, an explicit
+    re-fit: the last writer wins); returns its record (reference.json).
+
+    ``provenance``: method, parameters, model_id, embedding_dim, partitions, seed, run_id.
+    Locally the folder is swapped whole. On an object store the new files go under a new prefix,
+    reference.json is overwritten (one object: readers see the old record or the new), then the
+    previous files go; a reader that read the old record just before gets "missing file", not a mix.
+    """
+    files, fit_rows = _files(model, drift, cloud)
+    if storage.is_local(folder):
+        info = _record(files, fit_rows, provenance, None)
+        storage.replace_directory(_staged_locally(folder, files, info), folder)
+        return info
+    prefix = f"{DATA_PREFIX}{uuid.uuid4().hex[:12]}"
+    info = _record(files, fit_rows, provenance, prefix)
+    _write_files(storage.join(folder, prefix), files)
+    storage.write_bytes(storage.join(folder, REFERENCE_FILE), _encode(info))
+    keep = {storage.join(folder, REFERENCE_FILE), *(_path(folder, info, name) for name in files)}
+    stale = [path for path in storage.list_files(folder) if path not in keep]
+    if stale:
+        FileSystems.delete(stale)
+    return info
+
+
+def create_reference(
+    folder: str,
+    model: PCAModel | UmapModel,
+    drift: DriftSpace,
+    cloud: np.ndarray,
+    provenance: dict[str, Any],
+) -> tuple[dict[str, Any], bool]:
+    """Create the reference in ``folder`` unless one is there: first writer wins, never replaced.
+
+    Returns the record ``folder`` holds afterwards and True when this call published it; False
+    when another writer was first (then this call's files are gone and the record is theirs).
+    Locally: the whole folder staged beside ``folder`` and moved in by a no-replace rename. Object
+    stores: the files under this writer's prefix, then reference.json created only if absent.
+    """
+    files, fit_rows = _files(model, drift, cloud)
+    if storage.is_local(folder):
+        info = _record(files, fit_rows, provenance, None)
+        staging = _staged_locally(folder, files, info)
+        try:
+            created = storage.publish_directory_if_absent(staging, folder)
+        finally:
+            storage.remove_tree(staging)  # nothing left when it moved in; the loser's own copy otherwise
+        return (info, True) if created else (_winner(folder), False)
+    prefix = f"{DATA_PREFIX}{uuid.uuid4().hex[:12]}"
+    info = _record(files, fit_rows, provenance, prefix)
+    _write_files(storage.join(folder, prefix), files)
+    if storage.create_if_absent(storage.join(folder, REFERENCE_FILE), _encode(info)):
+        return info, True
+    winner = _winner(folder)
+    if winner.get("data") == prefix:  # an earlier try of this same write landed (a retried upload)
+        return winner, True
+    storage.remove_tree(storage.join(folder, prefix))
+    return winner, False
+
+
+def _winner(folder: str) -> dict[str, Any]:
+    if not has_reference(folder):
+        raise InputError(
+            f"--reference {folder!r} holds files but no {REFERENCE_FILE}: not a saved reducer, refusing to "
+            "publish over it (empty the folder or name another)"
+        )
+    return read_info(folder)
+
+
+def sweep_leftovers(folder: str, max_age_s: float = 6 * 3600) -> list[str]:
+    """Remove what writers that are gone left of a reference; returns what was removed.
+
+    Locally the staging folders beside ``folder`` (``storage.sweep_leftovers``: a dead process of this
+    host at once, others after ``max_age_s``). On an object store the ``fit-*`` prefixes that
+    reference.json does not name, once older than ``max_age_s`` (younger ones may be a writer's
+    that is still going).
+    """
+    if storage.is_local(folder):
+        return storage.sweep_leftovers(folder, token="-", max_age_s=max_age_s)
+    try:
+        data = read_info(folder).get("data") if has_reference(folder) else None
+    except InputError:  # a record this version cannot read: which files it names is unknown, keep all
+        return []
+    named = storage.join(folder, data) if data else None
+    root = storage.join(folder, DATA_PREFIX)
+    try:
+        found = FileSystems.match([root + "**"])[0].metadata_list
+    except Exception:  # noqa: BLE001 - nothing there
+        return []
+    newest: dict[str, float] = {}
+    for meta in found:
+        prefix = root + meta.path[len(root) :].partition("/")[0]
+        newest[prefix] = max(newest.get(prefix, 0.0), meta.last_updated_in_seconds or 0.0)
+    doomed = sorted(p for p, t in newest.items() if p != named and time.time() - t > max_age_s)
+    for prefix in doomed:
+        storage.remove_tree(prefix)
+    return doomed
 
 
 def has_reference(folder: str) -> bool:
@@ -164,8 +284,13 @@ def check_reference(info: dict[str, Any], folder: str, method: str, model_id: st
         raise InputError(f"--reference {folder!r} is a {info.get('method')} reducer, not {method} (--method)")
 
 
+def _path(folder: str, info: dict[str, Any], name: str) -> str:
+    """Where the file ``name`` of the reference ``info`` lies (under its writer's prefix on object stores)."""
+    return storage.join(folder, info["data"], name) if info.get("data") else storage.join(folder, name)
+
+
 def _verified(folder: str, info: dict[str, Any], name: str) -> bytes:
-    data = _read(storage.join(folder, name))
+    data = _read(_path(folder, info, name))
     recorded = (info.get("files") or {}).get(name)
     actual = hashlib.sha256(data).hexdigest()
     if recorded != actual:
@@ -192,6 +317,18 @@ def load_reference(folder: str, info: dict[str, Any] | None = None) -> Reference
     drift = DriftSpace.from_arrays(np.load(io.BytesIO(_verified(folder, info, DRIFT_FILE))))
     cloud = np.asarray(np.load(io.BytesIO(_verified(folder, info, CLOUD_FILE)))["xy"], np.float32)
     return Reference(folder, info, model, drift, cloud)
+
+
+@dataclass
+class Published:
+    """What a first-writer-wins fit ends with: the reference ``folder`` holds and the reducer to project with.
+
+    mode: "fitted" (this run published its own) or "loaded" (another run was first: its reducer).
+    """
+
+    info: dict[str, Any]
+    model: PCAModel | UmapModel
+    mode: str
 
 
 def reference_entry(info: dict[str, Any], folder: str, mode: str) -> dict[str, Any]:

@@ -10,6 +10,11 @@ created with. Beam picks a file system by scheme, so code that branches on
 
 Every mutating call is appended to ``MemObjectStore.log`` so tests can check
 the order of a commit (manifest last).
+
+``create_if_absent`` is what gs:// does for an upload with ``ifGenerationMatch=0``: the object is
+written only when no object has the name, checked and written in one step (under the store's lock),
+so of writers racing for one name exactly one gets True. ``storage.create_if_absent`` finds it on the
+file system Beam picks for ``memgs://``.
 """
 
 from __future__ import annotations
@@ -111,6 +116,14 @@ class MemObjectStore(FileSystem):
 
     def create(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
         return _Object(type(self), path, mime_type)
+
+    def create_if_absent(self, path: str, data: bytes, mime_type: str = "application/octet-stream") -> bool:
+        with self._lock:
+            if path in self.objects:
+                return False
+            self._change("create", path)
+            self.objects[path] = (data, mime_type, time.time())
+            return True
 
     def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
         if path in self.stalls:
