@@ -24,19 +24,20 @@ AIRFLOW_ENV = mkdir -p $(AIRFLOW_HOME) && AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__
 	TF_CPP_MIN_LOG_LEVEL=2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo airflow bench lock clean
+.PHONY: help install test test-fast lint demo airflow bench lock clean docs screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-docs.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt $(PIP_QUIET)
+	$(PY) -m pip install -q -r requirements-docs.txt $(PIP_QUIET)
 	$(PY) -m pip install -q --no-deps -e . $(PIP_QUIET)
 	$(PY) -m pip check
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv/ with the pinned requirements and this package
+install: $(STAMP) ## create .venv/ with the pinned requirements (+ requirements-docs.txt) and this package
 
 test: $(STAMP) ## run every test: unit, Beam TestPipeline, end-to-end jobs, dag.test(), the live scheduler (~15 min; prints the 20 slowest)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest --durations=20
@@ -69,6 +70,12 @@ bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, 
 	$(PY) scripts/bench_index.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_skip_known.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_known_history.py
+
+docs: $(STAMP) ## build the documentation site into site/ (mkdocs build --strict; params, flags, files read from the code)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+screenshots: $(STAMP) ## rerun a demo night in a temporary folder and redraw the docs' screenshots with headless Chromium (~10 min)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/screenshots.py --out docs/screenshots
 
 .PHONY: kfp
 WORKER_IMAGE ?= image-embeddings-worker:latest
