@@ -7,8 +7,15 @@
 
 One run per date, each with ``ds`` set, so a backfill is the nightly run repeated: every run
 replaces its own date's partitions whole, and a date run twice leaves one copy. A schedule leaves
-``ds`` empty: each run takes the date of its scheduled time (UTC). ``-p name=value`` values are
-read as JSON when they parse (``-p methods='["pca"]'``, ``-p batch_size=64``), else as text.
+``ds`` empty: each run embeds the day before its scheduled time (UTC), the day that has ended.
+``-p name=value`` values are read as JSON when they parse (``-p methods='["pca"]'``,
+``-p batch_size=64``), else as text.
+
+A backfill submits its dates oldest first and waits for each run to end before it submits the next:
+a night's index extends the earlier nights' and a fitted reference is shared by the nights after it,
+and KFP has no dependency between runs (Airflow's ``wait_for_downstream``) to order only those steps.
+``--parallel`` submits every date at once; it is refused unless nothing is shared across nights
+(``reference_policy=refit`` and ``index=false``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import json
 from datetime import date, timedelta
 from typing import Any
 
+from beam_jobs.contract import POLICY_REFIT
+from beam_jobs.nightly import params as table
 from pipelines.image_embeddings_kfp import OUTPUT, PIPELINE_NAME
 
 MAX_DATES = 366  # a longer range is more likely a typo than a plan; run it in pieces
@@ -57,18 +66,49 @@ def kfp_cron(cron: str) -> str:
     raise ValueError(f"cron {cron!r}: expected 5 fields (minute hour day month weekday)")
 
 
-def submit_dates(client: Any, package: str, params: dict[str, Any], days: list[str], experiment: str) -> list[Any]:
-    """One KFP run per date (``client`` is a ``kfp.Client``); caching off, as the pipeline's steps are."""
-    return [
-        client.create_run_from_pipeline_package(
+def shares_state(params: dict[str, Any]) -> bool:
+    """Whether nights read what earlier nights wrote: a saved 2D frame or the index (both on by default)."""
+    defaults = table.defaults(table.Deployment())
+    policy = params.get("reference_policy", defaults["reference_policy"])
+    return policy != POLICY_REFIT or bool(params.get("index", defaults["index"]))
+
+
+class RunFailed(RuntimeError):
+    """A backfill's night did not succeed: the later nights are not submitted."""
+
+
+def submit_dates(
+    client: Any,
+    package: str,
+    params: dict[str, Any],
+    days: list[str],
+    experiment: str,
+    parallel: bool = False,
+    timeout_s: int = 24 * 3600,
+) -> list[Any]:
+    """One KFP run per date (``client`` is a ``kfp.Client``), oldest first; caching off, as the pipeline's
+    steps are. Unless ``parallel``, each run must succeed before the next date is submitted."""
+    if parallel and shares_state(params):
+        raise ValueError(
+            "--parallel: these nights share state (a saved 2D frame or the similarity index), which must be built "
+            "oldest night first; set reference_policy=refit and index=false, or backfill without --parallel"
+        )
+    runs = []
+    for ds in sorted(days):
+        run = client.create_run_from_pipeline_package(
             package,
             arguments={**params, "ds": ds},
             run_name=f"{PIPELINE_NAME}-{ds}",
             experiment_name=experiment,
             enable_caching=False,
         )
-        for ds in days
-    ]
+        runs.append(run)
+        if not parallel:
+            done = client.wait_for_run_completion(run.run_id, timeout_s)
+            state = str(getattr(done, "state", "") or "")
+            if state.upper() not in ("SUCCEEDED", "SUCCESS"):
+                raise RunFailed(f"ds={ds}: run {run.run_id} ended {state or 'unknown'}; later dates not submitted")
+    return runs
 
 
 def schedule(client: Any, package: str, params: dict[str, Any], cron: str, experiment: str) -> Any:
@@ -114,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--from-date", help="a backfill: one run per date up to --to-date")
     what.add_argument("--schedule", metavar="CRON", help="create the nightly recurring run, e.g. '0 3 * * *' (UTC)")
     parser.add_argument("--to-date")
+    parser.add_argument(
+        "--parallel", action="store_true", help="a backfill: submit every date at once (only if nights share no state)"
+    )
     parser.add_argument("--service-account")
     args = parser.parse_args(argv)
     try:
@@ -136,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.schedule:
             print(schedule(client, args.package, params, args.schedule, args.experiment))
         else:
-            for run in submit_dates(client, args.package, params, days, args.experiment):
+            for run in submit_dates(client, args.package, params, days, args.experiment, args.parallel):
                 print(run.run_id)
         return 0
 
@@ -146,13 +189,17 @@ def main(argv: list[str] | None = None) -> int:
 
     project, _, region = args.vertex.partition("/")
     aiplatform.init(project=project, location=region)
-    for job in vertex_jobs(aiplatform, args.package, params, days, args.pipeline_root):
+    if args.parallel and shares_state(params):
+        parser.error("--parallel: these nights share state (a saved 2D frame or the index); see --help")
+    for job in vertex_jobs(aiplatform, args.package, params, sorted(days), args.pipeline_root):
         if args.schedule:
             cron = f"TZ=UTC {args.schedule}"
             print(job.create_schedule(cron=cron, display_name=job.display_name, max_concurrent_run_count=1))
         else:
             job.submit(service_account=args.service_account)
             print(job.resource_name)
+            if not args.parallel:
+                job.wait()  # oldest night first, as on Kubeflow; raises when the run fails
     return 0
 
 

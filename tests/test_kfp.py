@@ -251,7 +251,7 @@ def test_steps_launch_the_jobs_with_the_dags_flags(dag, tmp_path):
 
 
 def test_dataflow_command_submits_detached_with_the_plans_settings():
-    from beam_jobs.config import parse_extract_args
+    from beam_jobs.config import ExtractConfig
     from beam_jobs.nightly.launch import extract_options, job_command
     from beam_jobs.nightly.plan import build_plan
 
@@ -267,7 +267,7 @@ def test_dataflow_command_submits_detached_with_the_plans_settings():
     image = "europe-west4-docker.pkg.dev/acme-ml/images/embeddings-worker:1"
     plan = build_plan(params, DS, "r", f"gs://b/i/ds={DS}/*", {**DATAFLOW, "sdk_container_image": image})
     command = job_command("extract_embeddings", extract_options(plan), plan, "extract-embeddings")
-    cfg, beam_args = parse_extract_args(command[3:])
+    cfg, beam_args = ExtractConfig.parse(command[3:])
     assert cfg.detach is True
     assert cfg.output == f"gs://b/out/embeddings/ds={DS}"
     assert "--runner=DataflowRunner" in beam_args
@@ -493,8 +493,9 @@ def test_dates_fill_the_input_as_the_dags_jinja_does():
 class SignatureCheckedClient:
     """Stands in for a KFP server: each call is bound to the real ``kfp.Client`` method's signature, then recorded."""
 
-    def __init__(self):
+    def __init__(self, state: str = "SUCCEEDED"):
         self.calls: list[tuple[str, dict]] = []
+        self.state = state
 
     def __getattr__(self, name: str):
         import inspect
@@ -505,13 +506,13 @@ class SignatureCheckedClient:
         def call(*args, **kwargs):
             bound = real.bind(self, *args, **kwargs)
             self.calls.append((name, {k: v for k, v in bound.arguments.items() if k != "self"}))
-            return SimpleNamespace(run_id=f"run-{len(self.calls)}", experiment_id="exp-1")
+            return SimpleNamespace(run_id=f"run-{len(self.calls)}", experiment_id="exp-1", state=self.state)
 
         return call
 
 
 def test_backfill_submits_one_run_per_date_with_its_date(tmp_path):
-    from pipelines.submit import dates, parse_params, submit_dates
+    from pipelines.submit import RunFailed, dates, parse_params, submit_dates
 
     params = parse_params(
         ["input=gs://b/images/ds={{ ds }}/*", "output_root=gs://b/out", 'methods=["pca"]', "batch_size=64"]
@@ -525,11 +526,23 @@ def test_backfill_submits_one_run_per_date_with_its_date(tmp_path):
     days = dates("2026-11-29", "2026-12-02")
     assert days == ["2026-11-29", "2026-11-30", "2026-12-01", "2026-12-02"]
     client = SignatureCheckedClient()
-    submit_dates(client, "pipeline.yaml", params, days, "image-embeddings-nightly")
-    assert [call["arguments"]["ds"] for _, call in client.calls] == days
-    assert {name for name, _ in client.calls} == {"create_run_from_pipeline_package"}
-    assert all(call["enable_caching"] is False for _, call in client.calls)
-    assert client.calls[0][1]["run_name"] == "image-embeddings-nightly-2026-11-29"
+    submit_dates(client, "pipeline.yaml", params, list(reversed(days)), "image-embeddings-nightly")
+    # Oldest first, each run waited for before the next date is submitted (the index and frame are shared).
+    submitted = [(name, call) for name, call in client.calls if name == "create_run_from_pipeline_package"]
+    assert [call["arguments"]["ds"] for _, call in submitted] == days
+    assert [name for name, _ in client.calls] == ["create_run_from_pipeline_package", "wait_for_run_completion"] * 4
+    assert all(call["enable_caching"] is False for _, call in submitted)
+    assert submitted[0][1]["run_name"] == "image-embeddings-nightly-2026-11-29"
+    with pytest.raises(ValueError, match="share state"):
+        submit_dates(SignatureCheckedClient(), "pipeline.yaml", params, days, "x", parallel=True)
+    unshared = {**params, "index": False, "reference_policy": "refit"}
+    parallel = SignatureCheckedClient()
+    submit_dates(parallel, "pipeline.yaml", unshared, days, "x", parallel=True)
+    assert {name for name, _ in parallel.calls} == {"create_run_from_pipeline_package"}
+    failing = SignatureCheckedClient(state="FAILED")
+    with pytest.raises(RunFailed, match="ds=2026-11-29: run run-1 ended FAILED; later dates not submitted"):
+        submit_dates(failing, "pipeline.yaml", params, days, "x")
+    assert len(failing.calls) == 2
     with pytest.raises(ValueError, match="before --from-date"):
         dates("2026-11-30", "2026-11-01")
     with pytest.raises(ValueError, match="smaller ranges"):
