@@ -183,7 +183,8 @@ def test_pages_are_templates_and_autoescaped():
 
 
 def test_search_panel_only_for_runs_with_an_index_and_only_index_partitions_are_opened():
-    from image_embeddings_airflow.ui import index_dir_of, latest_runs, render_map
+    from image_embeddings_airflow.similar import index_dir_of
+    from image_embeddings_airflow.ui import latest_runs, render_map
 
     with_index = record("2026-11-20", "night", index={"dir": "/d/out/index/ds=2026-11-20", "rows": 12})
     runs = latest_runs([event(7, 20, with_index), event(8, 21, record("2026-11-21", "old"))])
@@ -196,85 +197,6 @@ def test_search_panel_only_for_runs_with_an_index_and_only_index_partitions_are_
     for folder in ("/etc", "/d/out/index/ds=2026-11-20/../../secrets", "/d/out/embeddings/ds=2026-11-20", 7):
         assert index_dir_of({"index": {"dir": folder}}) is None, folder
     assert index_dir_of({}) is None
-
-
-def test_thumbnails_are_small_jpegs_of_any_image_mode(sample_dir):
-    import glob
-    import io
-
-    from PIL import Image
-
-    from image_embeddings_airflow.ui import THUMB_PX, thumbnail
-
-    for path in sorted(glob.glob(os.path.join(sample_dir, "*")))[:3]:
-        with open(path, "rb") as handle:
-            data = thumbnail(handle.read())
-        with Image.open(io.BytesIO(data)) as img:
-            assert img.format == "JPEG"
-            assert max(img.size) <= THUMB_PX
-
-
-@pytest.fixture
-def tiny_index(sample_dir, tmp_path):
-    """An index partition written with the job's own helpers (no Beam run): 6 sample photos, 8-d vectors,
-    built from a weights file (so an upload needs that file and is refused without it)."""
-    import glob
-    import json
-
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from beam_jobs.build_index import ann
-
-    photos = sorted(glob.glob(os.path.join(sample_dir, "*")))[:6]
-    folder = tmp_path / "out" / "index" / "ds=2026-11-20"
-    folder.mkdir(parents=True)
-    low, _ = ann.id_range("2026-11-20")
-    ids = np.arange(low, low + len(photos), dtype=np.int64)
-    x, _ = ann.normalise(np.random.default_rng(0).normal(size=(len(photos), 8)))
-    index = ann.new_index(ann.choose_params(len(photos), 8, exact_below=100))
-    ann.add(index, ids, x)
-    ann.write_index(index, str(folder / "index.faiss"))
-    rows = {"id": ids, "image_uri": photos, "ds": ["2026-11-20"] * len(photos), "content_sha256": ["x"] * len(photos)}
-    pq.write_table(pa.table(rows), folder / "rows.parquet")
-    model_id = "resnet50/pool=avg/in=224x224/weights=file-sha256:0123456789abcdef"
-    manifest = {"job": "build_index", "model_id": model_id, "rows": len(photos), "finished_at": "t"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return str(folder), photos
-
-
-@pytest.mark.slow  # ~10 s: the upload starts a search process
-def test_similar_routes_answer_from_the_published_index_only(tiny_index, monkeypatch):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from image_embeddings_airflow import ui
-
-    folder, photos = tiny_index
-    extra = record("2026-11-20", "night", index={"dir": folder, "rows": len(photos)})
-    events = [event(9, 20, extra), event(10, 20, record("2026-11-20", "old"))]
-    monkeypatch.setattr(ui, "load_events", lambda event_id=None: [e for e in events if event_id in (None, e["id"])])
-    app = FastAPI()
-    app.include_router(ui.router)
-    client = TestClient(app)
-    answer = client.get("/api/similar", params={"event": 9, "uri": photos[0], "k": 3}).json()
-    assert [n["rank"] for n in answer["neighbours"]] == [1, 2, 3]
-    assert photos[0] not in [n["image_uri"] for n in answer["neighbours"]]
-    assert answer["neighbours"][0]["thumb"].startswith("thumb?event=9&uri=")
-    thumb = client.get("/thumb", params={"event": 9, "uri": photos[1]})
-    assert thumb.status_code == 200
-    assert thumb.headers["content-type"] == "image/jpeg"
-    # Only indexed images, and only indexes a publish event names.
-    assert client.get("/thumb", params={"event": 9, "uri": "/etc/passwd"}).status_code == 404
-    assert client.get("/api/similar", params={"event": 10, "uri": photos[0]}).status_code == 404
-    assert client.get("/api/similar", params={"event": 9, "uri": "/not/indexed.jpg"}).status_code == 404
-    # An upload is embedded by a search process, which refuses to guess the weights file of this index.
-    with open(photos[0], "rb") as handle:
-        upload = client.post("/api/similar", params={"event": 9}, content=handle.read())
-    assert upload.status_code == 422
-    assert "--weights PATH" in upload.json()["detail"]
-    assert client.post("/api/similar", params={"event": 9}, content=b"").status_code == 400
 
 
 def test_map_page_steps_through_the_nights_of_one_frame():
