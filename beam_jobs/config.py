@@ -461,14 +461,6 @@ class ReduceConfig(JobConfig):
         return problems
 
 
-def parse_extract_args(argv: list[str] | None) -> tuple[ExtractConfig, list[str]]:
-    return ExtractConfig.parse(argv)
-
-
-def parse_reduce_args(argv: list[str] | None) -> tuple[ReduceConfig, list[str]]:
-    return ReduceConfig.parse(argv)
-
-
 # --------------------------------------------------------------------------- build_index
 
 
@@ -516,10 +508,6 @@ class IndexConfig(JobConfig):
     block_rows: int = option(8192, "rows per staged block (speed vs memory)", check=at_least(1))
 
 
-def parse_index_args(argv: list[str] | None) -> tuple[IndexConfig, list[str]]:
-    return IndexConfig.parse(argv)
-
-
 # --------------------------------------------------------------------------- compare
 
 
@@ -551,7 +539,3 @@ class CompareConfig(BaseConfig):
         200_000, "seeded image pairs whose distances the Spearman correlation ranks", check=at_least(10)
     )
     seed: int = option(0, "seeds the image sample and the pairs")
-
-
-def parse_compare_args(argv: list[str] | None) -> tuple[CompareConfig, list[str]]:
-    return CompareConfig.parse(argv)

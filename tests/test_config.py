@@ -12,8 +12,6 @@ from beam_jobs.config import (
     JobConfig,
     ReduceConfig,
     names_a_root,
-    parse_extract_args,
-    parse_reduce_args,
 )
 from beam_jobs.contract import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, ResizeMode
 
@@ -30,11 +28,11 @@ from beam_jobs.contract import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, ResizeMode
 )
 def test_bad_flags_are_refused_before_anything_runs(argv, needle):
     with pytest.raises(ConfigError, match=needle):
-        parse_extract_args(argv)
+        ExtractConfig.parse(argv)
 
 
 def test_unknown_flags_go_to_beam():
-    cfg, beam_args = parse_extract_args(["--output", "/o", "--input", "x/*", "--runner", "FnApiRunner", "--foo=1"])
+    cfg, beam_args = ExtractConfig.parse(["--output", "/o", "--input", "x/*", "--runner", "FnApiRunner", "--foo=1"])
     assert cfg.input == "x/*"
     assert beam_args == ["--runner", "FnApiRunner", "--foo=1"]
 
@@ -51,21 +49,21 @@ def test_every_flag_has_help_and_appears_once_in_the_parser(config):
 
 
 def test_absent_flags_take_the_fields_own_defaults():
-    cfg, _ = parse_extract_args(["--output", "/o", "--input", "x/*"])
+    cfg, _ = ExtractConfig.parse(["--output", "/o", "--input", "x/*"])
     assert cfg.batch_size == DEFAULT_BATCH_SIZE
     assert cfg.resize_mode is ResizeMode.CENTER_CROP
     assert cfg.num_shards == 0
     assert cfg.detach is False
     assert cfg.run_id.startswith("manual__")
-    red, _ = parse_reduce_args(["--input", "/a", "--output", "/o", "--method", "pca"])
+    red, _ = ReduceConfig.parse(["--input", "/a", "--output", "/o", "--method", "pca"])
     assert red == ReduceConfig(inputs=("/a",), output="/o", method="pca", run_id=red.run_id, started_at=red.started_at)
 
 
 def test_flags_are_typed_by_their_field():
-    cfg, _ = parse_extract_args(["--output", "/o", "--input", "x", "--resize_mode", "squash", "--batch_size", "7"])
+    cfg, _ = ExtractConfig.parse(["--output", "/o", "--input", "x", "--resize_mode", "squash", "--batch_size", "7"])
     assert cfg.resize_mode is ResizeMode.SQUASH
     assert cfg.batch_size == 7
-    red, _ = parse_reduce_args(
+    red, _ = ReduceConfig.parse(
         ["--input", "/a", "--output", "/o", "--method", "umap", "--no-thumbnails", "--min_dist", "0.5"]
     )
     assert red.thumbnails is False
@@ -74,20 +72,20 @@ def test_flags_are_typed_by_their_field():
 
 def test_choices_are_refused_by_the_parser_with_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:
-        parse_extract_args(["--output", "/o", "--input", "x", "--resize_mode", "stretch"])
+        ExtractConfig.parse(["--output", "/o", "--input", "x", "--resize_mode", "stretch"])
     assert exit_.value.code == 2
     assert "--resize_mode" in capsys.readouterr().err
 
 
 def test_model_is_a_registry_name_or_a_savedmodel_or_hub_reference():
     with pytest.raises(ConfigError, match=r"--model must be one of resnet50, .*savedmodel:PATH or hub:HANDLE"):
-        parse_extract_args(["--output", "/o", "--input", "x", "--model", "vgg99"])
+        ExtractConfig.parse(["--output", "/o", "--input", "x", "--model", "vgg99"])
     with pytest.raises(ConfigError, match="--model needs a path or handle after 'savedmodel:'"):
-        parse_extract_args(["--output", "/o", "--input", "x", "--model", "savedmodel:"])
-    cfg, _ = parse_extract_args(["--output", "/o", "--input", "x", "--model", "savedmodel:/m", "--input_range=-1-1"])
+        ExtractConfig.parse(["--output", "/o", "--input", "x", "--model", "savedmodel:"])
+    cfg, _ = ExtractConfig.parse(["--output", "/o", "--input", "x", "--model", "savedmodel:/m", "--input_range=-1-1"])
     assert (cfg.model, cfg.input_range) == ("savedmodel:/m", "-1-1")
     with pytest.raises(ConfigError, match="--input_range applies to savedmodel:/hub: models; resnet50 sets its own"):
-        parse_extract_args(["--output", "/o", "--input", "x", "--input_range", "0-1"])
+        ExtractConfig.parse(["--output", "/o", "--input", "x", "--input_range", "0-1"])
 
 
 def test_every_problem_is_listed_at_once():

@@ -43,14 +43,14 @@ sys.path.insert(0, {root!r})
 from apache_beam.options.pipeline_options import (
     DebugOptions, GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions, WorkerOptions,
 )
-from beam_jobs.config import parse_extract_args, parse_reduce_args
+from beam_jobs.config import ExtractConfig, ReduceConfig
 
 if sys.argv[1] == "-c":  # the provider asks the interpreter for its Beam version first
     os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 assert sys.argv[1] == "-m", sys.argv
 module, args = sys.argv[2], sys.argv[3:]
-parse = {{"beam_jobs.extract_embeddings": parse_extract_args, "beam_jobs.reduce_dim": parse_reduce_args}}[module]
-cfg, beam_args = parse(args)
+config = {{"beam_jobs.extract_embeddings": ExtractConfig, "beam_jobs.reduce_dim": ReduceConfig}}[module]
+cfg, beam_args = config.parse(args)
 opts = PipelineOptions(beam_args)
 gcp = opts.view_as(GoogleCloudOptions)
 record = {{
@@ -186,14 +186,14 @@ def test_beam_task_on_dataflow_submits_detached_and_defers_with_job_id(
     from airflow.providers.google.cloud.hooks.dataflow import DataflowJobStatus  # noqa: F401 - provider present
     from airflow.sdk.exceptions import TaskDeferred
 
-    from beam_jobs.nightly.launch import reduce_options
+    from beam_jobs.nightly.launch import reduction_options
     from image_embeddings_airflow.dataflow import CancellingJobStateCompleteTrigger
 
     params, plan = dataflow_plan
     mapped = None
     if task_id == "reduce":  # the mapped instance of (mobilenet_v3_large, umap), as the reductions task lists it
         (umap,) = [r for r in plan["reductions"] if r["model"] == "mobilenet_v3_large" and r["method"] == "umap"]
-        flags = reduce_options(plan, "umap", 100, 1.0, 0, reduction=umap, model_id="mobilenet-id")
+        flags = reduction_options(plan, umap, {"mobilenet_v3_large": "mobilenet-id"}, 100, 1.0, 0)
         mapped = {"pipeline_options": flags}
     task, context = render(dag, task_id, params, plan_xcoms(plan), mapped, map_index=3)
     interpreter, record_file = launcher

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from beam_jobs.config import ConfigError, ReduceConfig, parse_reduce_args
+from beam_jobs.config import ConfigError, ReduceConfig
 from beam_jobs.reduce_dim.pipeline import run
 from beam_jobs.reduce_dim.reduction import GramStats, fit_pca
 from devtools.synthetic import clustered_embeddings, write_embeddings
@@ -56,7 +56,7 @@ def clustered(tmp_path_factory):
         ({"fit_sample_size": 2}, "--fit_sample_size must be >= 3"),
         ({"html_points": 1_000_001}, "--html_points must be between"),
         ({"mosaic_grid": 65}, "--mosaic_grid must be between"),
-        ({"thumbnail_budget_mb": -1}, "--thumbnail_budget_mb must be >= 0"),
+        ({"thumbnail_budget_mb": -1}, "--thumbnail_budget_mb must be between 0 and 200"),
         ({"min_dist": 2.0}, "--min_dist must be between"),
     ],
 )
@@ -66,7 +66,7 @@ def test_bad_parameters_are_refused(kw, message):
 
 
 def test_args_split_between_job_and_beam():
-    cfg, beam_args = parse_reduce_args(
+    cfg, beam_args = ReduceConfig.parse(
         ["--input", "/a", "--input", "/b", "--output", "/o", "--method", "umap", "--runner", "FnApiRunner"]
     )
     assert cfg.inputs == ("/a", "/b")

@@ -22,7 +22,7 @@ import datetime as _dt
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -232,11 +232,6 @@ def reconstruct(index, row_id: int) -> np.ndarray:
         # Ids are not 0..n-1: a hash table from id to list position, built once per loaded index.
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
     return index.reconstruct(int(row_id))
-
-
-def chunked(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
 
 
 def library_version() -> str:

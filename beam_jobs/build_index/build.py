@@ -29,7 +29,6 @@ from beam_jobs.contract import DUPLICATE_COLUMNS, DUPLICATES_FILE, INDEX_FILE, I
 from beam_jobs.runtime import AccountingError
 
 LOG = logging.getLogger(__name__)
-ADD_CHUNK = 50_000  # rows decoded from float16 at a time while adding / searching
 NEAR_K = 10  # neighbours looked at per row for near-duplicates
 
 

@@ -105,24 +105,24 @@ def extract_options(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def reduce_options(
+def reduction_options(
     plan: dict[str, Any],
-    method: str,
+    reduction: dict[str, Any],
+    model_ids: dict[str, str],
     html_points: int,
     thumbnail_budget_mb: float,
     mosaic_grid: int,
-    reduction: dict[str, Any] | None = None,
-    model_id: str | None = None,
 ) -> dict[str, Any]:
-    """The reduce job's flags for one method (of one model: ``reduction``, one of the plan's ``reductions``,
-    and its ``model_id``, which picks its rows out of a several-model partition): what the DAG's reduce task
-    passes. Without ``reduction``: the primary model's partition."""
+    """The reduce job's flags for one of the plan's ``reductions`` (a model and a method), ``model_ids`` being
+    each model's from the extraction (the reduction's picks its rows out of a several-model partition): what
+    the DAG's mapped reduce task and the Kubeflow reduce step pass."""
     # The saved frame (reference_policy) is the primary model's: another model's vectors have another
     # model_id and length, which a reference refuses; its maps refit every night.
-    primary = not reduction or reduction["model"] == (plan.get("models") or [reduction["model"]])[0]
+    primary = reduction["model"] == (plan.get("models") or [reduction["model"]])[0]
+    method, model_id = reduction["method"], model_ids[reduction["model"]]
     options = {
         "input": plan["embeddings_dir"],
-        "output": reduction["dir"] if reduction else plan["projections"][method],
+        "output": reduction["dir"],
         "method": method,
         "html_points": html_points,
         "thumbnail_budget_mb": thumbnail_budget_mb,
@@ -135,27 +135,6 @@ def reduce_options(
     if model_id:
         options["model_id"] = model_id
     return options
-
-
-def reduction_options(
-    plan: dict[str, Any],
-    reduction: dict[str, Any],
-    model_ids: dict[str, str],
-    html_points: int,
-    thumbnail_budget_mb: float,
-    mosaic_grid: int,
-) -> dict[str, Any]:
-    """The reduce job's flags for one of the plan's ``reductions`` (a model and a method), ``model_ids`` being
-    each model's from the extraction: what the DAG's mapped reduce task and the Kubeflow reduce step pass."""
-    return reduce_options(
-        plan,
-        reduction["method"],
-        html_points,
-        thumbnail_budget_mb,
-        mosaic_grid,
-        reduction=reduction,
-        model_id=model_ids[reduction["model"]],
-    )
 
 
 def index_options(plan: dict[str, Any], model_id: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ gs:// and the standard library for local paths, so tasks never import Beam.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import Any
@@ -29,20 +28,6 @@ def _gcs(uri: str, gcp_conn_id: str):
 
     bucket, name = split_gcs(uri)
     return GCSHook(gcp_conn_id=gcp_conn_id), bucket, name
-
-
-def count_matching(pattern: str, gcp_conn_id: str = "google_cloud_default", limit: int = 1000) -> int:
-    """How many files match ``pattern`` (up to ``limit``), folders not counted.
-
-    Wildcards follow each store's rules: locally those of Python's ``glob`` (as
-    in the shell, ``*`` and ``?`` skip names starting with '.'), on gs:// those
-    of GCS ``matchGlob``, which match such names too.
-    """
-    if is_gcs(pattern):
-        hook, bucket, name = _gcs(pattern, gcp_conn_id)
-        objects = hook.list(bucket, match_glob=name, max_results=limit)
-        return sum(1 for o in objects if not o.endswith("/"))
-    return sum(1 for p in glob.iglob(pattern, recursive=True) if os.path.isfile(p))
 
 
 def snapshot(pattern: str, marker: str | None = None, gcp_conn_id: str = "google_cloud_default") -> dict[str, Any]:
