@@ -189,7 +189,7 @@ DEFAULT_READ_TIMEOUT_S = 300.0
 
 
 class ResizeMode(enum.StrEnum):
-    """How an image becomes the model's square input (see ``beam_jobs.images``)."""
+    """How an image becomes the model's square input (see ``beam_jobs.extract_embeddings.images``)."""
 
     CENTER_CROP = "center_crop"
     SQUASH = "squash"
