@@ -1,6 +1,9 @@
 """
 ### Nightly image embeddings
 
+**The run at 03:00 on day D+1 embeds the images filed under D** (a data-interval timetable: the run's
+logical date is the day that ended). Manual triggers and backfills embed the dates they name.
+
 Embeds the images that landed for the run's date with one or more pretrained
 Keras models (param `models`; Beam job `beam_jobs.extract_embeddings`, one pass
 that decodes each image once), checks the result, reduces the embeddings to 2D
@@ -22,6 +25,10 @@ on the Beam task's `dataflow_job_id` XCom), then reads the job's metrics. Markin
 failed cancels its Dataflow job. With a local runner the jobs run inside the
 Beam tasks and the `*_done` tasks return at once.
 
+**Backfills** run nights side by side, but `reduce` and `build_index` wait for the night before
+(`wait_for_downstream`): a fitted 2D frame and the index that extends the earlier one are built oldest
+night first, as a sequential run would; the extractions, where a backfill's time goes, stay parallel.
+
 **Outputs** (one partition per logical date, replaced whole on every run, so
 re-runs and `airflow backfill create` never leave two copies):
 
@@ -42,7 +49,7 @@ which the Docker image sets); `engine` and `precision` choose how the model runs
 (`auto`: decided on each worker for its CPU). Bad values are refused before any job starts: the
 trigger form checks each field, the `plan` task the fields together.
 
-Owner: ml-platform. Runbook: README.md, "Operating the DAG".
+Owner: ml-platform. Runbook: docs/dag.md, "Operating the DAG".
 """
 
 from __future__ import annotations
@@ -328,13 +335,36 @@ with DAG(
             )
         except FrameChanged as exc:  # the failure notifier posts the alert, with this message
             raise AirflowFailException(str(exc)) from exc
-        context["outlet_events"][MAPS].extra = record
+        # The event also names where the morning report will be (the report task runs after this one).
+        context["outlet_events"][MAPS].extra = {**record, "report_dir": plan["report_dir"]}
         metrics.emit_cost(record["cost"])
         return record
+
+    # After publish whatever happened before it (a rejected night still has failures to show); a report
+    # problem alerts and never fails the night.
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, execution_timeout=timedelta(hours=1))
+    def report(plan: dict | None = None, **context) -> dict:
+        """The morning report: what changed tonight, in pictures (reports/ds=.../report.html, .png, .json)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from beam_jobs.nightly.steps import report_night
+        from image_embeddings_airflow import alerts
+
+        if not plan:
+            raise AirflowSkipException("no plan: the night never started")
+        ti, run_id = context["ti"], context["run_id"]
+        model_id = ti.xcom_pull(task_ids="validate_extraction", key="model_id")
+        payload = {"what": "report", "ds": plan["ds"], "run_id": run_id}
+        return report_night(
+            plan,
+            model_id,
+            on_problem=lambda text: alerts.post_alert({**payload, "error": text, "text": f":warning: {text}"}),
+        )
 
     planned >> wait_for_input >> extract >> extract_done >> validated
     reducer >> reducer_done
     published = publish(planned, validated)
+    published >> report(planned)
     reducer_done >> published
     validated >> compare_models(planned) >> published
     validated >> choose_index(planned["index"]) >> indexer >> indexer_done >> published

@@ -20,10 +20,9 @@ by ``beam_jobs.nightly.launch``) inside the worker image built from
 from the one param table (``beam_jobs.nightly.params``), and the plan step checks
 every param against its schema before any job starts.
 
-Compile with ``make kfp`` (``build/image_embeddings_pipeline.yaml``); the
-README's "Running on Kubeflow Pipelines / Vertex AI" shows how to upload,
-schedule and backfill it. The components' image is ``IMAGE_EMBEDDINGS_WORKER_IMAGE``
-at compile time.
+Compile with ``make kfp`` (``build/image_embeddings_pipeline.yaml``);
+docs/kubeflow.md shows how to upload, schedule and backfill it. The components'
+image is ``IMAGE_EMBEDDINGS_WORKER_IMAGE`` at compile time.
 """
 
 # No `from __future__ import annotations`: KFP reads the components' annotations as types.
@@ -90,6 +89,8 @@ def plan(
     map_points: int,
     thumbnail_budget_mb: float,
     mosaic_grid: int,
+    report: bool,
+    report_window_days: int,
     ds: str,
     run_id: str,
     scheduled_time: str,
@@ -202,6 +203,14 @@ def publish(
     return publish_step(plan, extraction, jobs, input_ready, cost_jump_ratio)
 
 
+@component
+def morning_report(plan: dict, extraction: dict) -> dict:
+    """After publish: the night's morning report; a report problem is logged as an alert, never fatal."""
+    from beam_jobs.nightly.steps import report_night
+
+    return report_night(plan, extraction.get("model_id"))
+
+
 def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
     # Nightly runs must run again, never come from KFP's cache of an earlier run with the same params.
     task.set_caching_options(False)
@@ -277,6 +286,8 @@ def nightly_pipeline(run_times: bool = True):
         map_points: int = DEFAULTS["map_points"],
         thumbnail_budget_mb: float = DEFAULTS["thumbnail_budget_mb"],
         mosaic_grid: int = DEFAULTS["mosaic_grid"],
+        report: bool = DEFAULTS["report"],
+        report_window_days: int = DEFAULTS["report_window_days"],
         project: str = DEFAULTS["project"],
         region: str = DEFAULTS["region"],
         temp_location: str = DEFAULTS["temp_location"],
@@ -325,6 +336,8 @@ def nightly_pipeline(run_times: bool = True):
                 map_points=map_points,
                 thumbnail_budget_mb=thumbnail_budget_mb,
                 mosaic_grid=mosaic_grid,
+                report=report,
+                report_window_days=report_window_days,
                 ds=ds,
                 run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 scheduled_time=times[0],
@@ -347,7 +360,7 @@ def nightly_pipeline(run_times: bool = True):
         ).after(validated)
         indexed = _retry(build_index(plan=the_plan).after(validated))
         compared = _retry(compare_models(plan=the_plan).after(validated), retries=0)
-        _retry(
+        published = _retry(
             publish(
                 plan=the_plan,
                 extraction=validated.outputs["Output"],
@@ -360,6 +373,7 @@ def nightly_pipeline(run_times: bool = True):
             ),
             retries=1,
         )
+        _retry(morning_report(plan=the_plan, extraction=validated.outputs["Output"]).after(published), retries=0)
 
     return image_embeddings
 

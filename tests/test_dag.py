@@ -118,6 +118,7 @@ def test_structure(dag):
         "compare_models",
         "choose_index",
         "publish",
+        "report",
     } | {*BEAM_TASKS, *(f"{t}_done" for t in BEAM_TASKS)}
     assert down("wait_for_input") == {"extract_embeddings"}
     assert down("extract_embeddings") == {"extract_embeddings_done"}
@@ -131,6 +132,9 @@ def test_structure(dag):
     assert down("reduce") == {"reduce_done"}
     assert down("reduce_done") == down("compare_models") == {"publish"}
     assert dag.get_task("publish").trigger_rule == "none_failed_min_one_success"
+    # The report comes after publish whatever happened before it (a rejected night still has failures to show).
+    assert down("publish") == {"report"}
+    assert dag.get_task("report").trigger_rule == "all_done"
     assert [o.name for o in dag.get_task("publish").outlets] == ["image_embeddings_maps"]
 
 
@@ -171,6 +175,7 @@ def test_retries_backoff_and_fail_fast_tasks(dag):
         "build_index_done": 2,
         "compare_models": 2,
         "publish": 1,
+        "report": 0,
     }
     for task_id in BEAM_TASKS:
         task = dag.get_task(task_id)

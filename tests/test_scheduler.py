@@ -1,8 +1,10 @@
 """Airflow's real components on loopback: api-server, scheduler and dag-processor.
 
-One night triggered through the REST API v2, then one backfill over the night
-before it (new) and that night again (reprocessed, a late image having
-arrived), all run by the scheduler.
+One night triggered through the REST API v2, then one backfill of five nights
+run side by side (``max_active_runs=5``) with one fixed 2D frame: the four
+nights before it (new) and that night again (reprocessed, a late image having
+arrived), all run by the scheduler. Every night must end in the same frame,
+and each night's index must hold the nights a sequential run's would.
 
 On PostgreSQL, the production metadata database (docker-compose.yaml): a server
 the test starts itself from Debian's binaries (initdb into a temporary folder,
@@ -250,10 +252,11 @@ def embedded_uris(out: Path, ds: str) -> list[str]:
     return sorted(r["image_uri"] for f in folder.glob("embeddings-*.parquet") for r in pq.read_table(f).to_pylist())
 
 
-def latest_cron_tick(now: datetime) -> datetime:
-    """The run the scheduler creates on unpausing a catchup=False '0 3 * * *' DAG."""
+def latest_night(now: datetime) -> datetime:
+    """The logical date of the run the scheduler creates on unpausing the catchup=False DAG: the start of the
+    latest whole '0 3 * * *' data interval (the day that ended before the latest 03:00)."""
     tick = now.replace(hour=3, minute=0, second=0, microsecond=0)
-    return tick if tick <= now else tick - timedelta(days=1)
+    return (tick if tick <= now else tick - timedelta(days=1)) - timedelta(days=1)
 
 
 @pytest.mark.slow
@@ -266,7 +269,7 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
 
     # The run the scheduler itself would start on unpausing gets our conf instead (same logical
     # date), so no second run with default params competes for max_active_runs=1.
-    logical = latest_cron_tick(datetime.now(UTC))
+    logical = latest_night(datetime.now(UTC))
     ds = logical.strftime("%Y-%m-%d")
     images = tmp_path / "images" / f"ds={ds}"
     images.mkdir(parents=True)
@@ -351,23 +354,25 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
         af.request("GET", f"/image-embeddings/map.png?event={forged['id']}&method=pca")
     assert refused.value.code == 404
 
-    # One backfill over the night before and this night, as `airflow backfill create
-    # --reprocess-behavior completed` does (same REST endpoint), run by the scheduler one run at a
-    # time: the night before is new; this night already succeeded and a late image has arrived since,
-    # so the backfill clears its run and runs it again, which replaces its partition whole.
-    night_before = logical - timedelta(days=1)
-    before = night_before.strftime("%Y-%m-%d")
-    expected = {
-        before: sorted(stage(sample_dir, tmp_path, before, 0, 3)),
-        ds: sorted(staged + stage(sample_dir, tmp_path, ds, 6, 1)),
-    }
+    # One backfill of five nights, as `airflow backfill create --reprocess-behavior completed
+    # --max-active-runs 5` does (same REST endpoint): the four nights before this one are new; this night
+    # already succeeded and a late image has arrived since, so the backfill clears its run and runs it again,
+    # which replaces its partition whole. The nights run side by side, with one fixed 2D frame that none of
+    # them has yet: the first night fits it, every other one must load it (reduce waits for the night before).
+    nights = [logical - timedelta(days=back) for back in (4, 3, 2, 1, 0)]
+    days = [n.strftime("%Y-%m-%d") for n in nights]
+    expected = {day: sorted(stage(sample_dir, tmp_path, day, 2 * i, 3)) for i, day in enumerate(days[:-1])}
+    expected[ds] = sorted(staged + stage(sample_dir, tmp_path, ds, 6, 1))
+    frame = {"reference_policy": "fixed", "index": True, "index_window_days": 7}
+    started = time.monotonic()
     created = af.api(
         "POST",
         "/api/v2/backfills",
-        {"dag_id": DAG_ID, "from_date": night_before.isoformat(), "to_date": logical.isoformat()}
-        | {"dag_run_conf": conf, "max_active_runs": 1, "reprocess_behavior": "completed"},
+        {"dag_id": DAG_ID, "from_date": nights[0].isoformat(), "to_date": logical.isoformat()}
+        | {"dag_run_conf": conf | frame, "max_active_runs": 5, "reprocess_behavior": "completed"},
     )
-    af.wait_until("the backfill", lambda: af.api("GET", f"/api/v2/backfills/{created['id']}")["completed_at"], 480, 3)
+    af.wait_until("the backfill", lambda: af.api("GET", f"/api/v2/backfills/{created['id']}")["completed_at"], 1500, 3)
+    print(f"backfill of 5 nights, max_active_runs=5: {time.monotonic() - started:.0f} s")
     runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=50")["dag_runs"]
     assert {r["logical_date"][:10]: (r["state"], r["run_type"]) for r in runs} == dict.fromkeys(
         expected, ("success", "backfill")
@@ -377,8 +382,23 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
         assert embedded_uris(out, night) == uris  # one copy of every row, the late image included
     manifest = json.loads((emb / "manifest.json").read_text())
     assert (manifest["inputs"], manifest["embedded"], manifest["failed"]) == (8, 7, 1)
+    # One frame: the reference the first night fitted (on itself: no earlier night existed then), and every
+    # night's maps name it.
+    saved = json.loads((out / "references" / "method=pca" / "fixed" / "reference.json").read_text())
+    assert saved["partitions"] == [days[0]]
+    for night in days:
+        used = json.loads((out / "projections" / "method=pca" / f"ds={night}" / "manifest.json").read_text())
+        assert {k: used["reference"][k] for k in ("run_id", "created_at", "partitions")} == {
+            k: saved[k] for k in ("run_id", "created_at", "partitions")
+        }, night
+    # Each night's index holds the nights up to it, as a sequential run's would.
+    for i, night in enumerate(days):
+        index = json.loads((out / "index" / f"ds={night}" / "manifest.json").read_text())
+        assert index["partitions"] == days[: i + 1], night
+        record = json.loads((out / "runs" / f"ds={night}" / "run.json").read_text())
+        assert record["index"]["partitions"] == index["partitions"]
     # The UI lists the newest published run of each night: the re-run for this one.
     latest = af.api("GET", "/image-embeddings/api/latest")
-    assert [r["ds"] for r in latest] == [ds, before]
+    assert [r["ds"] for r in latest] == sorted(days, reverse=True)
     assert latest[0]["embeddings"]["embedded"] == 7
     assert latest[0]["event_id"] > event

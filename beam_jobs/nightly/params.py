@@ -48,8 +48,9 @@ MODELS_SECTION = "Models"
 MAPS = "Maps"
 FRAME = "2D frame and drift"
 INDEX = "Similarity index"
+REPORT = "Report and store"
 RUNNER = "Runner and cost"
-SECTIONS = (NIGHT, MODELS_SECTION, MAPS, FRAME, INDEX, RUNNER)
+SECTIONS = (NIGHT, MODELS_SECTION, MAPS, FRAME, INDEX, REPORT, RUNNER)
 WEIGHTS_ENV = "IMAGE_EMBEDDINGS_WEIGHTS"
 
 
@@ -216,6 +217,11 @@ def table(deployment: Deployment | None = None) -> dict[str, TriggerParam]:
          "Nights the index holds, ending with this one (the earlier index is extended when it can)."),
         ("duplicate_threshold", dup_default, dup_schema, "Near-duplicate threshold", INDEX,
          "Cosine similarity from which two images count as near-duplicates (0: no report)."),
+        ("report", True, {"type": "boolean"}, "Morning report", REPORT,
+         "After publish, write the night's report (what is new, what grew and shrank, failures, duplicates, cost) "
+         "to <output_root>/reports/ds=<date>/; a report problem alerts and never fails the night."),
+        ("report_window_days", 7, days, "Report window (nights)", REPORT,
+         "Earlier nights the report compares tonight with (novelty, cluster shares)."),
         ("runner", DEFAULT_RUNNER, {"type": "string", "enum": list(RUNNERS)}, "Beam runner", RUNNER,
          "FnApiRunner: on this machine; DataflowRunner: on Google Cloud (gs:// paths, project, region, "
          "temp_location)."),

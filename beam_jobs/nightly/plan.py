@@ -28,6 +28,7 @@ from beam_jobs.contract import (
     embeddings_dir,
     index_dir,
     projections_dir,
+    reports_dir,
 )
 from beam_jobs.nightly.frame import reference_settings
 from beam_jobs.nightly.paths import (
@@ -99,6 +100,9 @@ class Plan(TypedDict):
     index_dir: str
     index_window_days: int
     duplicate_threshold: float
+    report: bool
+    report_dir: str
+    report_window_days: int
     reference_policy: str
     references: dict[str, str]
     fit_reference: bool
@@ -314,6 +318,9 @@ def build_plan(
         "dataflow": dataflow_options,
         "input_varies_by_date": ds in rendered_input or ds.replace("-", "") in rendered_input,
         **index_settings(params, output_root, ds),
+        "report": bool(params.get("report", True)),
+        "report_dir": reports_dir(output_root, ds),
+        "report_window_days": int(params.get("report_window_days") or 7),
         **readiness,
         **frame,
     }

@@ -158,6 +158,7 @@ def index_entry(folder: str, manifest: IndexManifest) -> IndexEntry:
         "build_seconds": manifest["build_seconds"],
         "exact_duplicate_rows": manifest["exact_duplicate_rows"],
         "near_duplicate_pairs": manifest["near_duplicate_pairs"],
+        "partitions": list(manifest.get("partitions") or []),
     }
 
 

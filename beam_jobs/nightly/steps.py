@@ -374,3 +374,25 @@ def publish_step(
         write(run_record_path(plan["output_root"], plan["ds"]), record)
     LOG.info("published ds=%s: %s", plan["ds"], record)
     return record
+
+
+def report_night(
+    plan: Plan,
+    model_id: str | None = None,
+    on_problem: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """The report step, after publish: the night's morning report (``beam_jobs.report``). A report problem
+    never fails the night: it goes to ``on_problem`` (an alert; else a warning in the log) and the step
+    returns ``{"error": ...}``. Off (param ``report``): nothing."""
+    plan = from_struct(plan)
+    if not plan.get("report", True):
+        LOG.info("report off for ds=%s", plan["ds"])
+        return {}
+    from beam_jobs.report import report_step
+
+    try:
+        return report_step(plan["output_root"], plan["ds"], model_id, plan.get("report_window_days", 7), plan["run_id"])
+    except Exception as exc:  # noqa: BLE001 - a report problem is reported, never fatal to the night
+        problem = f"ds={plan['ds']}: the morning report failed: {type(exc).__name__}: {exc}"
+        (on_problem or (lambda text: LOG.warning("ALERT report %s", text)))(problem)
+        return {"error": problem}
