@@ -1,10 +1,10 @@
 """What both Beam jobs share around their graphs: one run skeleton and one commit step.
 
-A job module parses its config, does its I/O checks, then hands ``launch`` a
+A job module parses its config, does its I/O checks, then hands ``run_job`` a
 function that wires the graph. The graph ends in ``Commit``: once every output
 file is final it checks the job's accounting, writes ``manifest.json`` into the
 staging directory and swaps that directory in for ``--output`` whole
-(``storage.replace_directory``). A job that fails anywhere before that leaves
+(``publish.replace_directory``). A job that fails anywhere before that leaves
 the previous output untouched.
 """
 
@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from beam_jobs import storage
+from beam_jobs import publish, storage
 from beam_jobs.config import ConfigError, JobConfig, UsageError
 from beam_jobs.contract import MANIFEST
 
@@ -172,7 +172,7 @@ class _CommitFn(beam.DoFn):
             "seconds": round(seconds, 3),
         }
         storage.write_json(storage.join(self._staging, MANIFEST), manifest)
-        storage.replace_directory(self._staging, self._output)
+        publish.replace_directory(self._staging, self._output)
         yield manifest
 
 
@@ -209,7 +209,7 @@ class Commit(beam.PTransform):
 # --------------------------------------------------------------------------- run skeleton
 
 
-def launch(
+def run_job(
     job: str,
     cfg: JobConfig,
     options: PipelineOptions,
@@ -221,10 +221,10 @@ def launch(
     ``--detach``, what was submitted. ``options`` come from ``job_options`` (called
     before the job's own I/O checks, so a bad runner flag is refused first).
     """
-    token = storage.run_token(cfg.run_id)
-    for step in storage.sweep_leftovers(cfg.output, token):
+    token = publish.run_token(cfg.run_id)
+    for step in publish.sweep_leftovers(cfg.output, token):
         LOG.warning("leftovers of an earlier run: %s", step)
-    staging = storage.staging_dir_for(cfg.output, token)
+    staging = publish.staging_dir_for(cfg.output, token)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, staging)
     try:

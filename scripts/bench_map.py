@@ -36,7 +36,7 @@ BASELINE = "9155951"  # main before issue 20: map.html was a 1,000-point sample 
 
 
 def sample_thumbnails(workdir: str) -> list[str]:
-    from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, gather_thumbnails
+    from beam_jobs.thumbnails import ThumbnailParams, gather_thumbnails
     from devtools.samples import SampleSpec, build_sample_images
 
     out = os.path.join(workdir, "photos")

@@ -149,7 +149,7 @@ def test_the_job_refuses_what_it_cannot_compare(mixed_partition, tmp_path):
 
 def test_reduce_and_index_pick_one_model_of_a_mixed_partition(mixed_partition):
     from beam_jobs.build_index.window import plan_window
-    from beam_jobs.reduce_dim.inputs import inspect_inputs
+    from beam_jobs.partitions import inspect_inputs
     from beam_jobs.runtime import InputError
 
     with pytest.raises(InputError, match="--model_id"):

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs.reduce_dim.explorer import ExplorerPoints, Layer, render_explorer
-from beam_jobs.reduce_dim.maps import MapLabels
-from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, gather_thumbnails
+from beam_jobs.reduce_dim.explorer import ExplorerPoints, render_explorer
+from beam_jobs.reduce_dim.maps import Layer, MapLabels
+from beam_jobs.thumbnails import ThumbnailParams, gather_thumbnails
 from tests.support.browser import Browser, BrowserError
 from tests.support.ci import requires_chromium
 

@@ -14,7 +14,7 @@ and it must still leave exactly the output folder, with no ``.<name>.staging-*``
 output is a real run with other shards and an ``npy/`` folder, so the good run
 also shows a re-run replacing the partition whole (this was test_extract_cli's
 two-run test). A swap killed after the exchange (previous run in ``.old-<token>``)
-is tested on the sweep in test_storage, not here: it would cost one more whole run.
+is tested on the sweep in test_storage (beam_jobs.publish), not here: it would cost one more whole run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import storage
+from beam_jobs import publish
 from beam_jobs.contract import MANIFEST
 from devtools.synthetic import clustered_embeddings, write_embeddings
 from tests.conftest import ROOT
@@ -106,11 +106,11 @@ def leftovers_of(output: str, run_id: str, pid: int) -> set[str]:
 
     Their names end in ``@<host>-<pid>``; this test's own (same host) with the pid swapped in.
     """
-    token = storage.run_token(run_id)
+    token = publish.run_token(run_id)
     ours = f"-{os.getpid()}"
     return {
         os.path.basename(folder).removesuffix(ours) + f"-{pid}"
-        for folder in (storage.staging_dir_for(output, token), storage.old_dir_for(output, token))
+        for folder in (publish.staging_dir_for(output, token), publish.old_dir_for(output, token))
     }
 
 
@@ -162,7 +162,7 @@ def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, s
     assert not os.path.exists(red_out)
     (old,) = [e for e in hidden_siblings(red_out) if ".old-" in e]
     assert snapshot(os.path.join(os.path.dirname(red_out), old)) == previous[red_out]
-    storage.sweep_leftovers(red_out, storage.run_token("another run"))
+    publish.sweep_leftovers(red_out, publish.run_token("another run"))
     assert snapshot(red_out) == previous[red_out]
     assert hidden_siblings(red_out) == []
     print("seconds to each kill point:", timings)

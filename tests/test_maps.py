@@ -18,15 +18,13 @@ from PIL import Image
 from beam_jobs.reduce_dim.explorer import (
     EXPLORER_NAMES,
     ExplorerPoints,
-    Layer,
-    grid_assignment,
     header_html,
     marker_size,
     pack_columns,
     render_explorer,
-    render_mosaic,
 )
-from beam_jobs.reduce_dim.maps import MAP_TEMPLATE, MapLabels, render_png
+from beam_jobs.reduce_dim.maps import MAP_TEMPLATE, Layer, MapLabels, render_png
+from beam_jobs.reduce_dim.mosaic import grid_assignment, render_mosaic
 
 LABELS = MapLabels(
     title="PCA <map> & co", subtitle="2026-11-20 · model m", x_label="PC1", y_label="PC2", footer="run r"

@@ -8,8 +8,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from beam_jobs.partitions import NO_PARTITION
 from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, Project, SampleFn, SideModel, check_fit_rows, describe_model
-from beam_jobs.reduce_dim.records import NO_PARTITION, Block, Projected
+from beam_jobs.reduce_dim.records import Block, Projected
 from beam_jobs.reduce_dim.reduction import GramStats, Sample, fit_pca, row_priority
 from beam_jobs.runtime import InputError
 from devtools.synthetic import clustered_embeddings

@@ -1,11 +1,9 @@
-"""beam_jobs.reduce_dim.inputs: partitions and patterns, the checks before a run, ReadEmbeddings.
+"""beam_jobs.reduce_dim.inputs: the row check before a run, ReadEmbeddings (NaN/inf rows left out and counted).
 
-Hostile inputs are real files: Parquet files cut short, emptied or overwritten, NaN/inf rows.
+Listing and checking the files (partitions, patterns, hostile files) is beam_jobs.partitions: tests/test_partitions.py.
 """
 
 from __future__ import annotations
-
-import os
 
 import apache_beam as beam
 import numpy as np
@@ -18,24 +16,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from sklearn.decomposition import PCA
 
 from beam_jobs.config import ConfigError
-from beam_jobs.contract import EMBEDDING_COLUMNS
 from beam_jobs.extract_embeddings.outputs import embedding_schema
+from beam_jobs.partitions import inspect_inputs
 from beam_jobs.reduce_dim.fit import FitPCA
-from beam_jobs.reduce_dim.inputs import (
-    REQUIRED_COLUMNS,
-    DroppedRowsFn,
-    ReadEmbeddings,
-    drop_non_finite,
-    file_pattern,
-    inspect_inputs,
-    partition_of,
-    require_rows,
-)
+from beam_jobs.reduce_dim.inputs import DroppedRowsFn, ReadEmbeddings, drop_non_finite, require_rows
 from beam_jobs.reduce_dim.records import Block, BlockCoder, DroppedRows
 from beam_jobs.reduce_dim.reduction import MIN_FIT_ROWS
 from beam_jobs.runtime import InputError
 from devtools.synthetic import clustered_embeddings, write_embeddings
-from tests.support.ci import run_unprivileged
 
 RUNNER = ["--runner=FnApiRunner"]
 
@@ -75,60 +63,6 @@ def write_rows(path, uris: list[str], vectors: list[list[float]], model_ids: lis
         schema=embedding_schema(),
     )
     pq.write_table(table, path)
-
-
-def test_partition_and_patterns():
-    assert partition_of("/d/embeddings/ds=2026-11-20/embeddings-00000-of-00002.parquet") == "2026-11-20"
-    assert partition_of("gs://b/x/embeddings-0.parquet") is None
-    assert file_pattern("/d/ds=2026-11-20") == "/d/ds=2026-11-20/embeddings-*.parquet"
-    assert file_pattern("gs://b/e/ds=2026-11-*/") == "gs://b/e/ds=2026-11-*/embeddings-*.parquet"
-    assert file_pattern("/d/ds=1/embeddings-*.parquet") == "/d/ds=1/embeddings-*.parquet"
-
-
-def test_required_columns_are_extraction_output_columns():
-    assert set(REQUIRED_COLUMNS) <= {name for name, _ in EMBEDDING_COLUMNS}
-
-
-def test_inspect_inputs_covers_partitions(clustered):
-    root, _x, _, _ = clustered
-    s = inspect_inputs([os.path.join(root, "ds=2026-11-*")])
-    assert (s.rows, s.dim, s.model_id) == (3000, 2048, "synthetic/a")
-    assert s.partitions == ["2026-11-19", "2026-11-20"]
-    assert len(s.files) == 5
-
-
-def test_refuses_no_rows_mixed_lengths_and_mixed_models(tmp_path, clustered):
-    root, x, _, _ = clustered
-    with pytest.raises(InputError, match="matches no embeddings files"):
-        inspect_inputs([str(tmp_path / "nothing" / "ds=2026-11-20")])
-
-    empty = tmp_path / "empty" / "ds=2026-11-20"
-    write_embeddings(str(empty), np.zeros((0, 8), np.float32), "m", files=1)
-    with pytest.raises(InputError, match="no input rows"):
-        inspect_inputs([str(empty)])
-
-    short = tmp_path / "short" / "ds=2026-11-21"
-    write_embeddings(str(short), x[:10, :1000], "synthetic/a", files=1)
-    with pytest.raises(InputError, match=r"different embedding lengths: length 1000 .*; length 2048"):
-        inspect_inputs([str(short), os.path.join(root, "ds=2026-11-20")])
-
-    other = tmp_path / "other" / "ds=2026-11-21"
-    write_embeddings(str(other), x[:10], "resnet50/other-weights", files=1, prefix="o")
-    mixed = [str(other), os.path.join(root, "ds=2026-11-20")]
-    with pytest.raises(InputError, match=r"mixes embeddings of 2 models: .*pick one with --model_id"):
-        inspect_inputs(mixed)
-    picked = inspect_inputs(mixed, model_id="resnet50/other-weights")
-    assert (picked.rows, picked.rows_total) == (10, 1510)
-    with pytest.raises(InputError, match="has no rows in the input"):
-        inspect_inputs(mixed, model_id="nope")
-
-
-def test_refuses_files_that_are_not_extraction_output(tmp_path):
-    folder = tmp_path / "ds=2026-11-20"
-    folder.mkdir()
-    pq.write_table(pa.table({"image_uri": ["a"], "x": [1.0]}), folder / "embeddings-00000-of-00001.parquet")
-    with pytest.raises(InputError, match="is not extraction output: it lacks column"):
-        inspect_inputs([str(folder)])
 
 
 def test_read_blocks_keep_only_the_selected_model(tmp_path):
@@ -185,61 +119,12 @@ def test_read_and_fit_pca_transforms_match_scikit_learn(clustered):
         assert_that(blocks | FitPCA(2), check, label="Model")
 
 
-# --------------------------------------------------------------------------- hostile inputs
-
-
-def truncate(path: str, keep: float = 0.5) -> None:
-    """Cut a real file's bytes (a copy interrupted mid-way): footer and magic bytes are gone."""
-    size = os.path.getsize(path)
-    with open(path, "r+b") as handle:
-        handle.truncate(int(size * keep))
+# --------------------------------------------------------------------------- rows the method needs
 
 
 def good_partition(base, rows: int = 6, files: int = 2) -> list[str]:
     x = np.random.default_rng(0).normal(size=(rows, 16)).astype(np.float32)
     return write_embeddings(str(base / "ds=2026-11-20"), x, "m", files=files)
-
-
-@pytest.mark.parametrize("damage", ["truncated", "empty", "not_parquet", "footer_only_cut"])
-def test_inspect_refuses_a_truncated_or_corrupt_file_naming_it(tmp_path, damage):
-    paths = good_partition(tmp_path)
-    bad = paths[1]
-    if damage == "truncated":
-        truncate(bad)
-    elif damage == "empty":
-        truncate(bad, 0.0)
-    elif damage == "not_parquet":
-        with open(bad, "wb") as handle:
-            handle.write(b"<html>not a parquet file</html>" * 10)
-    else:  # the last 4 bytes (the closing magic) lost
-        truncate(bad, 1 - 4 / os.path.getsize(bad))
-    with pytest.raises(InputError, match="cannot be read as Parquet") as caught:
-        inspect_inputs([str(tmp_path / "ds=2026-11-20")])
-    message = str(caught.value)
-    assert message.startswith(bad)
-    assert "\n" not in message
-
-
-def test_inspect_refuses_an_unreadable_file_naming_it(open_tmp_path):
-    # Root reads a file whatever its mode (and CI runs as root): the check runs in a child process that imports
-    # as this user, then drops to user nobody when root (tests/support/ci.py).
-    paths = good_partition(open_tmp_path)
-    os.chmod(paths[0], 0)
-    proc = run_unprivileged(
-        "try:\n    inspect_inputs([sys.argv[1]])\nexcept InputError as exc:\n    print(exc)\nelse:\n    print('read')",
-        str(open_tmp_path / "ds=2026-11-20"),
-        imports="from beam_jobs.reduce_dim.inputs import inspect_inputs\nfrom beam_jobs.runtime import InputError",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith(f"{paths[0]} cannot be read as Parquet"), proc.stdout + proc.stderr[-2000:]
-
-
-def test_inspect_refuses_a_fifo_without_opening_it(tmp_path):
-    paths = good_partition(tmp_path)
-    os.remove(paths[1])
-    os.mkfifo(paths[1])  # opening it for reading would block until a writer comes
-    with pytest.raises(InputError, match=f"{paths[1]} is a FIFO; only regular Parquet files are read"):
-        inspect_inputs([str(tmp_path / "ds=2026-11-20")])
 
 
 @pytest.mark.parametrize(

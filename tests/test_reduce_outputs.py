@@ -28,8 +28,8 @@ from beam_jobs.reduce_dim.outputs import (
 )
 from beam_jobs.reduce_dim.records import DroppedRows, Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample
-from beam_jobs.reduce_dim.thumbnails import Thumbnails
 from beam_jobs.runtime import AccountingError
+from beam_jobs.thumbnails import Thumbnails
 
 RUNNER = ["--runner=FnApiRunner"]
 MAPS = MapParams(html_points=4, thumbnail_size=32, thumbnails=False, trust_sample_size=6, seed=0)
@@ -195,7 +195,7 @@ def test_finish_draws_the_mosaic_from_the_thumbnails(tmp_path):
 
     from PIL import Image
 
-    from beam_jobs.reduce_dim.thumbnails import data_uri_length
+    from beam_jobs.thumbnails import data_uri_length
 
     def webp(shade: int) -> bytes:
         out = io.BytesIO()

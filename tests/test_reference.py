@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import storage
+from beam_jobs import publish
 from beam_jobs.config import ConfigError, ReduceConfig
 from beam_jobs.nightly.frame import drift_alerts
 from beam_jobs.reduce_dim import reference
@@ -147,8 +147,8 @@ def test_a_retried_upload_that_had_landed_counts_as_published(store, monkeypatch
     """GCS retries a conditional upload; when the first try landed the retry gets 412 on its own object."""
     x, _ = clustered_embeddings(100, 64, clusters=3, seed=1)
     folder = "memgs://bucket/ref"
-    real = storage.create_if_absent
-    monkeypatch.setattr(storage, "create_if_absent", lambda path, data: real(path, data) and False)
+    real = publish.create_if_absent
+    monkeypatch.setattr(publish, "create_if_absent", lambda path, data: real(path, data) and False)
     info, created = reference.create_reference(folder, *_parts(x, "r"))
     assert created
     assert read_info(folder) == info
@@ -188,7 +188,7 @@ def test_sweep_removes_what_gone_writers_left_and_keeps_the_published_and_young(
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     local = tmp_path / "fixed"
-    staging = storage.staging_dir_for(str(local), "k").rsplit("-", 1)[0] + f"-{gone.pid}"
+    staging = publish.staging_dir_for(str(local), "k").rsplit("-", 1)[0] + f"-{gone.pid}"
     os.makedirs(staging)
     assert reference.sweep_leftovers(str(local)) == [f"removed {staging}"]
     assert os.listdir(tmp_path) == []

@@ -50,14 +50,14 @@ def test_a_run_first_removes_the_folder_a_killed_run_of_another_run_id_left(tmp_
     """The owner (host and pid) in a staging folder's name: gone, its folder goes before this run starts."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_jobs import storage
+    from beam_jobs import publish
     from beam_jobs.config import JobConfig
-    from beam_jobs.runtime import Commit, launch
+    from beam_jobs.runtime import Commit, run_job
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     out = tmp_path / "ds=2026-11-20"
-    mine = storage.staging_dir_for(str(out), storage.run_token("killed-run"))
+    mine = publish.staging_dir_for(str(out), publish.run_token("killed-run"))
     killed = mine.removesuffix(f"-{os.getpid()}") + f"-{gone.pid}"
     os.makedirs(killed)
     open(os.path.join(killed, "part-0.parquet"), "w").close()
@@ -66,6 +66,6 @@ def test_a_run_first_removes_the_folder_a_killed_run_of_another_run_id_left(tmp_
     def build(p, staging):
         _ = p | "Commit" >> Commit("test_job", cfg, staging, lambda staging, seconds: {})
 
-    manifest = launch("test_job", cfg, PipelineOptions(["--runner=FnApiRunner"]), build)
+    manifest = run_job("test_job", cfg, PipelineOptions(["--runner=FnApiRunner"]), build)
     assert manifest["run_id"] == "next-run"
     assert os.listdir(tmp_path) == [out.name]

@@ -45,7 +45,7 @@ def published(photo_index, tmp_path_factory):
     """A run record naming the photo index and a map.html of the indexed photos (one point each)."""
     from beam_jobs.reduce_dim.explorer import ExplorerPoints, render_explorer
     from beam_jobs.reduce_dim.maps import MapLabels
-    from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, gather_thumbnails
+    from beam_jobs.thumbnails import ThumbnailParams, gather_thumbnails
 
     index_dir, manifest = photo_index
     uris = sorted(pq.read_table(os.path.join(index_dir, "rows.parquet")).column("image_uri").to_pylist())

@@ -30,9 +30,8 @@ from beam_jobs.extract_embeddings.known import (
     CopyVectors,
     KnownVectors,
     SplitByKnown,
-    known_files,
-    partitions_of,
 )
+from beam_jobs.partitions import files_beside
 from tests.conftest import run_cli
 
 RUNNER_ARGS = ["--runner=FnApiRunner"]
@@ -59,17 +58,6 @@ def _row(uri: str, sha: str, vector, model_id: str = MODEL) -> dict:
     }
 
 
-def test_known_files_are_the_other_partitions_beside_the_output(tmp_path):
-    root = tmp_path / "embeddings"
-    _write_partition(str(root / "ds=2026-11-19"), [_row("/a", "s1", [1, 2])])
-    _write_partition(str(root / "ds=2026-11-20"), [_row("/b", "s2", [1, 2])])
-    _write_partition(str(root / ".ds=2026-11-21.staging-abc"), [_row("/c", "s3", [1, 2])])
-    _write_partition(str(root / "ds=2026-11-21"), [_row("/d", "s4", [1, 2])])  # tonight's, replaced by the run
-    files = known_files(str(root / "ds=2026-11-21"))
-    assert partitions_of(files) == ["ds=2026-11-19", "ds=2026-11-20"]
-    assert known_files(str(tmp_path / "nothing" / "ds=2026-11-21")) == []
-
-
 def test_known_vectors_of_this_model_only_as_float32_bytes(tmp_path):
     root = tmp_path / "embeddings"
     _write_partition(
@@ -77,7 +65,7 @@ def test_known_vectors_of_this_model_only_as_float32_bytes(tmp_path):
         [_row("/a", "s1", [1.5, 2.25]), _row("/x", "s9", [9, 9], model_id="resnet50/other")],
     )
     _write_partition(str(root / "ds=2026-11-20"), [_row("/a2", "s1", [7, 7]), _row("/b", "s2", [3, 4])])
-    files = known_files(str(root / "ds=2026-11-21"))
+    files = files_beside(str(root / "ds=2026-11-21"))
     with TestPipeline(argv=RUNNER_ARGS) as p:
         # Tonight holds s1, s2 and s3 (new): only rows with those hashes are read; s9 is the other model's.
         wanted = beam.pvalue.AsSingleton(p | "Tonight" >> beam.Create([{"s1", "s2", "s3", "s9"}]))
@@ -106,7 +94,7 @@ def test_only_the_known_rows_tonight_holds_enter_the_join(tmp_path):
     rows = [_row(f"/h/{i}", f"old{i}", [i, i]) for i in range(50)] + [_row("/h/match", "s2", [3, 4])]
     _write_partition(str(root / "ds=2026-11-01"), rows, row_group_size=10)  # 6 row groups, one with s2
     _write_partition(str(root / "ds=2026-11-02"), [_row("/h/x", "old0", [0, 0])])
-    files = known_files(str(root / "ds=2026-11-21"))
+    files = files_beside(str(root / "ds=2026-11-21"))
     p = beam.Pipeline(options=pipeline_options(RUNNER_ARGS))
     wanted = beam.pvalue.AsSingleton(p | "Tonight" >> beam.Create([{"s2", "new"}]))
     known = p | KnownVectors(files, MODEL, wanted) | beam.MapTuple(lambda sha, v: (sha, v[0]))

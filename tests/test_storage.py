@@ -1,4 +1,4 @@
-"""storage.py and the commit step: whole-directory replacement, locally and on an object store.
+"""storage.py, publish.py and the commit step: whole-directory replacement, locally and on an object store.
 
 The object-store branch (what gs:// outputs take in production) runs against
 ``tests.support.objectstore``: an in-memory file system Beam selects by its
@@ -19,7 +19,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from beam_jobs import storage
+from beam_jobs import publish, storage
 from beam_jobs.config import JobConfig
 from beam_jobs.contract import MANIFEST
 from beam_jobs.runtime import AccountingError, Commit
@@ -38,7 +38,7 @@ def store():
 def test_object_store_swap_leaves_exactly_the_new_run_with_the_manifest_moved_last(store):
     for name in ("embeddings-00000-of-00002.parquet", "embeddings-00001-of-00002.parquet", MANIFEST):
         store.put(f"{OUT}/{name}", b"old")
-    staging = storage.staging_dir_for(OUT, "tok")
+    staging = publish.staging_dir_for(OUT, "tok")
     assert staging == "memgs://bucket/out/embeddings/.ds=2026-11-20.staging-tok"
     old = "memgs://bucket/out/embeddings/.ds=2026-11-20.old-tok"
     store.put(f"{staging}/{MANIFEST}", b"{}")
@@ -46,7 +46,7 @@ def test_object_store_swap_leaves_exactly_the_new_run_with_the_manifest_moved_la
     store.put(f"{staging}/npy/a-0123.npy", b"new")
     store.log.clear()
 
-    storage.replace_directory(staging, OUT)
+    publish.replace_directory(staging, OUT)
 
     assert store.names("memgs://bucket/out/") == [
         f"{OUT}/embeddings-00000-of-00001.parquet",
@@ -104,18 +104,18 @@ def test_object_store_swap_interrupted_at_every_step_never_loses_the_previous_ru
     for allowed in range(60):
         store.reset()
         _stage_run(store, OUT, "old", old_shards)
-        staging = storage.staging_dir_for(OUT, "t")
+        staging = publish.staging_dir_for(OUT, "t")
         _stage_run(store, staging, "new", new_shards)
         store.fail_after, store.recover = allowed, transient
         try:
-            storage.replace_directory(staging, OUT)
+            publish.replace_directory(staging, OUT)
             finished = True
         except Exception:  # noqa: BLE001 - the injected failure
             finished = False
         store.fail_after = None
         seen.append(_what_a_reader_sees(store))
         # The retry of this run (the same token) sweeps before it starts.
-        storage.sweep_leftovers(OUT, "t")
+        publish.sweep_leftovers(OUT, "t")
         swept.append(_what_a_reader_sees(store))
         if seen[-1] != "unpublished":
             assert swept[-1] == seen[-1]
@@ -140,27 +140,27 @@ def test_object_store_swap_interrupted_at_every_step_never_loses_the_previous_ru
 def test_a_later_run_restores_an_interrupted_object_store_swap_once_it_is_settled(store):
     """Another run's sweep leaves a young copy alone (its swap may still be going) and restores an old one."""
     _stage_run(store, OUT, "old", 2)
-    staging = storage.staging_dir_for(OUT, "t")
+    staging = publish.staging_dir_for(OUT, "t")
     _stage_run(store, staging, "new", 3)
     store.fail_after = 5  # down after the copy aside, the manifest out and one new shard in
     with pytest.raises(Exception, match="failed"):
-        storage.replace_directory(staging, OUT)
+        publish.replace_directory(staging, OUT)
     store.fail_after = None
     assert _what_a_reader_sees(store) == "unpublished"
-    storage.sweep_leftovers(OUT, "another-run")
+    publish.sweep_leftovers(OUT, "another-run")
     assert _what_a_reader_sees(store) == "unpublished"
-    for name in store.names(storage.old_dir_for(OUT, "t")):
+    for name in store.names(publish.old_dir_for(OUT, "t")):
         data, mime, _ = store.objects[name]
         store.objects[name] = (data, mime, time.time() - 20 * 60)
-    storage.sweep_leftovers(OUT, "another-run")
+    publish.sweep_leftovers(OUT, "another-run")
     assert _what_a_reader_sees(store) == "old whole"
-    assert store.names(storage.old_dir_for(OUT, "t")) == []
+    assert store.names(publish.old_dir_for(OUT, "t")) == []
 
 
 def test_object_store_swap_into_a_new_partition(store):
-    staging = storage.staging_dir_for(OUT, token="t")
+    staging = publish.staging_dir_for(OUT, token="t")
     store.put(f"{staging}/{MANIFEST}", b"{}")
-    storage.replace_directory(staging, OUT)
+    publish.replace_directory(staging, OUT)
     assert store.names("memgs://") == [f"{OUT}/{MANIFEST}"]
 
 
@@ -170,13 +170,13 @@ def test_local_swap_replaces_the_directory_whole(tmp_path, monkeypatch, exchange
     out.mkdir()
     (out / "stale.parquet").write_bytes(b"old")
     if not exchange:  # a file system without renameat2(RENAME_EXCHANGE)
-        monkeypatch.setattr(storage, "_exchange", lambda a, b: False)
-    staging = storage.staging_dir_for(str(out), "tok")
+        monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    staging = publish.staging_dir_for(str(out), "tok")
     # What an interrupted attempt of this same run left: replaced, not in the way.
-    os.makedirs(storage.old_dir_for(str(out), "tok"))
+    os.makedirs(publish.old_dir_for(str(out), "tok"))
     storage.write_text(storage.join(staging, MANIFEST), "{}")
     inode = os.stat(staging).st_ino
-    storage.replace_directory(staging, str(out))
+    publish.replace_directory(staging, str(out))
     assert sorted(os.listdir(out)) == [MANIFEST]
     assert os.stat(out).st_ino == inode  # the staged folder itself, moved in
     assert os.listdir(tmp_path) == ["ds=2026-11-20"]
@@ -187,7 +187,7 @@ def test_local_swap_is_one_atomic_exchange(tmp_path, monkeypatch):
     out = tmp_path / "ds=2026-11-20"
     out.mkdir()
     (out / MANIFEST).write_text("old")
-    staging = storage.staging_dir_for(str(out), "tok")
+    staging = publish.staging_dir_for(str(out), "tok")
     storage.write_text(storage.join(staging, MANIFEST), "new")
     seen = []
     real_rename = os.rename
@@ -197,7 +197,7 @@ def test_local_swap_is_one_atomic_exchange(tmp_path, monkeypatch):
         real_rename(src, dst)
 
     monkeypatch.setattr(storage.os, "rename", rename)
-    storage.replace_directory(staging, str(out))
+    publish.replace_directory(staging, str(out))
     assert seen == ["new"]  # the one rename left moves the previous run, already swapped out, aside
     assert (out / MANIFEST).read_text() == "new"
 
@@ -241,7 +241,7 @@ def _finish_counting(staging, *, seconds, inputs, done):
 
 def _commit(output: str, inputs: list[int], done: list[int]):
     cfg = JobConfig(output=output, run_id="run-1")
-    staging = storage.staging_dir_for(output, token="tok")
+    staging = publish.staging_dir_for(output, token="tok")
 
     def stage(count: int) -> int:
         storage.write_text(f"{staging}/part-0.txt", "rows")
@@ -279,7 +279,7 @@ def test_commit_refuses_to_publish_when_the_accounting_fails(store):
     # The previous run is untouched (the launcher, not the Commit step, removes the staging folder).
     assert store.names(f"{OUT}/") == [f"{OUT}/{MANIFEST}"]
     assert store.objects[f"{OUT}/{MANIFEST}"][0] == b'{"run_id": "previous"}'
-    assert FileSystems.exists(storage.staging_dir_for(OUT, token="tok") + "/part-0.txt")
+    assert FileSystems.exists(publish.staging_dir_for(OUT, token="tok") + "/part-0.txt")
 
 
 @pytest.mark.slow
@@ -349,7 +349,7 @@ def test_sweep_restores_a_killed_local_swap_and_clears_stale_staging(tmp_path):
     os.utime(stale, (seven_hours_ago, seven_hours_ago))
     os.utime(other, (seven_hours_ago, seven_hours_ago))
 
-    done = storage.sweep_leftovers(str(out), "aaaaaaaaaaaa")
+    done = publish.sweep_leftovers(str(out), "aaaaaaaaaaaa")
 
     assert (out / MANIFEST).read_text() == '{"run_id": "previous"}'
     assert sorted(os.listdir(tmp_path)) == sorted([out.name, fresh.name, other.name])
@@ -361,18 +361,18 @@ def test_sweep_clears_what_an_interrupted_attempt_of_the_same_run_left(tmp_path)
     out = tmp_path / "ds=2026-11-20"
     out.mkdir()
     (out / MANIFEST).write_text('{"run_id": "night"}')
-    for leftover in (storage.old_dir_for(str(out), "aaaaaaaaaaaa"), storage.staging_dir_for(str(out), "aaaaaaaaaaaa")):
+    for leftover in (publish.old_dir_for(str(out), "aaaaaaaaaaaa"), publish.staging_dir_for(str(out), "aaaaaaaaaaaa")):
         os.makedirs(leftover)
         open(os.path.join(leftover, "part"), "w").close()
-    assert len(storage.sweep_leftovers(str(out), "aaaaaaaaaaaa")) == 2
+    assert len(publish.sweep_leftovers(str(out), "aaaaaaaaaaaa")) == 2
     assert os.listdir(tmp_path) == [out.name]
     assert (out / MANIFEST).read_text() == '{"run_id": "night"}'
 
 
 def test_sweep_on_an_object_store_removes_this_runs_and_stale_staging(store):
-    own = storage.staging_dir_for(OUT, "aaaaaaaaaaaa")
-    stale = storage.staging_dir_for(OUT, "bbbbbbbbbbbb")
-    fresh = storage.staging_dir_for(OUT, "cccccccccccc")
+    own = publish.staging_dir_for(OUT, "aaaaaaaaaaaa")
+    stale = publish.staging_dir_for(OUT, "bbbbbbbbbbbb")
+    fresh = publish.staging_dir_for(OUT, "cccccccccccc")
     for folder in (own, stale, fresh):
         store.put(f"{folder}/embeddings-00000-of-00001.parquet", b"x")
         store.put(f"{folder}/nested/a.npy", b"x")
@@ -381,7 +381,7 @@ def test_sweep_on_an_object_store_removes_this_runs_and_stale_staging(store):
         data, mime, _ = store.objects[name]
         store.objects[name] = (data, mime, time.time() - 7 * 3600)
 
-    storage.sweep_leftovers(OUT, "aaaaaaaaaaaa")
+    publish.sweep_leftovers(OUT, "aaaaaaaaaaaa")
 
     assert store.names("memgs://") == sorted([f"{OUT}/{MANIFEST}", *store.names(fresh)])
     assert len(store.names(fresh)) == 2
@@ -397,7 +397,7 @@ def test_a_killed_runs_folders_go_at_once_a_live_ones_and_another_hosts_stay(tmp
         out = tmp_path / "ds=2026-11-20"
         out.mkdir()
         (out / MANIFEST).write_text("{}")
-        mine = storage.staging_dir_for(str(out), "aaaaaaaaaaaa")
+        mine = publish.staging_dir_for(str(out), "aaaaaaaaaaaa")
         host = mine.rsplit("@", 1)[1].rsplit("-", 1)[0]
         assert mine.endswith(f"/.ds=2026-11-20.staging-aaaaaaaaaaaa@{host}-{os.getpid()}")
         assert host.replace("_", "-") == socket.gethostname().replace("_", "-")
@@ -414,7 +414,7 @@ def test_a_killed_runs_folders_go_at_once_a_live_ones_and_another_hosts_stay(tmp
             (tmp_path / name).mkdir()
             (tmp_path / name / "part").write_text("x")
 
-        done = storage.sweep_leftovers(str(out), "ffffffffffff")
+        done = publish.sweep_leftovers(str(out), "ffffffffffff")
 
         kept = [names["running"], names["elsewhere"], names["unnamed"]]
         assert sorted(os.listdir(tmp_path)) == sorted([out.name, *kept]), done
@@ -423,27 +423,27 @@ def test_a_killed_runs_folders_go_at_once_a_live_ones_and_another_hosts_stay(tmp
         alive.kill()
         alive.wait()
     # On an object store the launcher may be gone while its remote job still writes: age rule only.
-    assert storage.staging_dir_for(OUT, "t") == "memgs://bucket/out/embeddings/.ds=2026-11-20.staging-t"
-    assert not storage.owner_gone(f"memgs://bucket/out/.x.staging-t@{host}-{gone.pid}")
-    assert storage.owner_gone(str(tmp_path / names["killed"]))
+    assert publish.staging_dir_for(OUT, "t") == "memgs://bucket/out/embeddings/.ds=2026-11-20.staging-t"
+    assert not publish.owner_gone(f"memgs://bucket/out/.x.staging-t@{host}-{gone.pid}")
+    assert publish.owner_gone(str(tmp_path / names["killed"]))
 
 
 def test_create_if_absent_writes_once_locally_and_on_the_object_store(store, tmp_path):
     for path in (str(tmp_path / "ref" / "reference.json"), "memgs://bucket/ref/reference.json"):
-        assert storage.create_if_absent(path, b"first")
-        assert not storage.create_if_absent(path, b"second")
+        assert publish.create_if_absent(path, b"first")
+        assert not publish.create_if_absent(path, b"second")
         assert storage.read_text(path) == "first"
     assert os.listdir(tmp_path / "ref") == ["reference.json"]  # no temp file left by the loser
     assert [kind for kind, path in store.log] == ["create"]
     with pytest.raises(NotImplementedError, match="no create-if-absent write"):
-        storage.create_if_absent("s3://bucket/ref/reference.json", b"x")
+        publish.create_if_absent("s3://bucket/ref/reference.json", b"x")
 
 
 def test_local_create_if_absent_without_renameat2_uses_a_hard_link(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "_renameat2", lambda a, b, flags: False)  # another C library or file system
+    monkeypatch.setattr(publish, "_renameat2", lambda a, b, flags: False)  # another C library or file system
     path = str(tmp_path / "reference.json")
-    assert storage.create_if_absent(path, b"first")
-    assert not storage.create_if_absent(path, b"second")
+    assert publish.create_if_absent(path, b"first")
+    assert not publish.create_if_absent(path, b"second")
     assert (tmp_path / "reference.json").read_bytes() == b"first"
     assert os.listdir(tmp_path) == ["reference.json"]
 
@@ -451,15 +451,15 @@ def test_local_create_if_absent_without_renameat2_uses_a_hard_link(tmp_path, mon
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2-noreplace", "posix-rename"])
 def test_publish_directory_if_absent_never_replaces_a_published_folder(tmp_path, monkeypatch, renameat2):
     if not renameat2:
-        monkeypatch.setattr(storage, "_renameat2", lambda a, b, flags: False)
+        monkeypatch.setattr(publish, "_renameat2", lambda a, b, flags: False)
     out = str(tmp_path / "fixed")
     os.mkdir(out)  # made ahead, empty: taken over
     first, second = str(tmp_path / ".fixed.staging-1"), str(tmp_path / ".fixed.staging-2")
     for folder, text in ((first, "first"), (second, "second")):
         os.mkdir(folder)
         (tmp_path / folder / "reference.json").write_text(text)
-    assert storage.publish_directory_if_absent(first, out)
-    assert not storage.publish_directory_if_absent(second, out)
+    assert publish.publish_directory_if_absent(first, out)
+    assert not publish.publish_directory_if_absent(second, out)
     assert (tmp_path / "fixed" / "reference.json").read_text() == "first"
     assert os.path.isdir(second)  # the loser's, for it to remove
 
@@ -486,24 +486,24 @@ def test_gcs_create_if_absent_asks_for_generation_0_and_reads_412_as_taken(monke
             return type("Bucket", (), {"blob": lambda _, blob: Blob(name, blob)})()
 
     path = "gs://b/references/method=pca/fixed/reference.json"
-    assert storage.gcs_create_if_absent(path, b"{}", "application/json", client=Client())
-    assert not storage.gcs_create_if_absent(path, b"{2}", "application/json", client=Client())
+    assert publish.gcs_create_if_absent(path, b"{}", "application/json", client=Client())
+    assert not publish.gcs_create_if_absent(path, b"{2}", "application/json", client=Client())
     name = "references/method=pca/fixed/reference.json"
     assert requests == [
         ("b", name, b"{}", {"content_type": "application/json", "if_generation_match": 0}),
         ("b", name, b"{2}", {"content_type": "application/json", "if_generation_match": 0}),
     ]
-    # storage.create_if_absent routes gs:// there (Beam's GCS file system has no precondition of its own).
+    # publish.create_if_absent routes gs:// there (Beam's GCS file system has no precondition of its own).
     routed = []
-    monkeypatch.setattr(storage, "gcs_create_if_absent", lambda *args: routed.append(args) or True)
-    assert storage.create_if_absent(path, b"{}")
+    monkeypatch.setattr(publish, "gcs_create_if_absent", lambda *args: routed.append(args) or True)
+    assert publish.create_if_absent(path, b"{}")
     assert routed == [(path, b"{}", "application/json")]
 
 
 def test_a_failed_run_removes_its_own_staging_and_leaves_the_output(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_jobs.runtime import launch
+    from beam_jobs.runtime import run_job
 
     out = tmp_path / "ds=2026-11-20"
     out.mkdir()
@@ -520,8 +520,8 @@ def test_a_failed_run_removes_its_own_staging_and_leaves_the_output(tmp_path):
         _ = written | beam.Map(explode)
 
     with pytest.raises(Exception, match="a worker failed"):
-        launch("test_job", cfg, PipelineOptions(["--runner=FnApiRunner"]), build)
-    assert staged == [storage.staging_dir_for(str(out), storage.run_token("failing-run"))]
+        run_job("test_job", cfg, PipelineOptions(["--runner=FnApiRunner"]), build)
+    assert staged == [publish.staging_dir_for(str(out), publish.run_token("failing-run"))]
     assert os.listdir(tmp_path) == [out.name]
     assert (out / MANIFEST).read_text() == '{"run_id": "previous"}'
 

@@ -1,4 +1,4 @@
-"""beam_jobs.reduce_dim.thumbnails: parallel reads within a byte budget, a per-read timeout and a total budget."""
+"""beam_jobs.thumbnails: parallel reads within a byte budget, a per-read timeout and a total budget."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs.reduce_dim.thumbnails import (
+from beam_jobs.thumbnails import (
     ThumbnailParams,
     data_uri,
     data_uri_length,

@@ -62,7 +62,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         window.summary.model_id,
         cfg.output,
     )
-    manifest = runtime.launch(JOB_INDEX, cfg, options, lambda p, staging: build_pipeline(p, cfg, window, staging))
+    manifest = runtime.run_job(JOB_INDEX, cfg, options, lambda p, staging: build_pipeline(p, cfg, window, staging))
     if not cfg.detach:
         LOG.info(
             "build_index done: %s rows (%s), %s, recall@10 %s, build %.1fs; %s exact-duplicate rows, "

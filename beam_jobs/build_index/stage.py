@@ -23,7 +23,7 @@ from apache_beam.metrics import Metrics
 from beam_jobs import storage
 from beam_jobs.build_index import ann
 from beam_jobs.contract import JOB_INDEX
-from beam_jobs.reduce_dim.inputs import partition_of
+from beam_jobs.partitions import partition_of
 
 PARTS_DIR = "_parts"
 COLUMNS = ("image_uri", "embedding", "model_id", "content_sha256")

@@ -1,8 +1,9 @@
 """Which nights an index holds and which it must read: the window, and reuse of an earlier index.
 
 Runs in the launcher before the pipeline is built: it lists partitions and reads
-Parquet footers and manifests only. An earlier index partition beside ``--output``
-is extended (nights that left the window dropped, new nights added) when it was
+Parquet footers and manifests only (the nights and their files through
+``beam_jobs.partitions``). An earlier index partition beside ``--output`` is
+extended (nights that left the window dropped, new nights added) when it was
 built from the same model with the same index kind and its IVF centroids were
 trained on nights still inside the window; otherwise every night is read again.
 A night whose embeddings were re-extracted since (another ``run_id`` in its
@@ -20,8 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import storage
 from beam_jobs.build_index import ann
-from beam_jobs.contract import INDEX_FILE, INDEX_ROWS, MANIFEST
-from beam_jobs.reduce_dim.inputs import InputSummary, file_pattern, inspect_inputs, partition_of
+from beam_jobs.contract import INDEX_FILE, INDEX_ROWS
+from beam_jobs.partitions import InputSummary, inspect_inputs, partition_of, read_manifest, window_partitions
 from beam_jobs.runtime import InputError
 
 LOG = logging.getLogger(__name__)
@@ -42,47 +43,6 @@ class Window:
     run_ids: dict[str, str] = field(default_factory=dict)  # night -> run_id of its embeddings manifest
 
 
-def _parent_and_ds(spec: str) -> tuple[str, str | None]:
-    folder = spec.rstrip("/")
-    ds = partition_of(folder + "/")
-    parent = folder.rsplit("/", 1)[0] if ds and folder.rsplit("/", 1)[-1].startswith("ds=") else folder
-    return parent, ds
-
-
-def _exists(folder: str) -> bool:
-    try:
-        return bool(FileSystems.match([file_pattern(folder)])[0].metadata_list)
-    except Exception:  # noqa: BLE001 - a missing folder matches nothing
-        return False
-
-
-def window_partitions(inputs: Sequence[str], window_days: int) -> tuple[str, dict[str, str]]:
-    """(the night, {night label: partition folder}) for the inputs and the ``window_days`` before them."""
-    folders: dict[str, str] = {}
-    dates = []
-    for spec in inputs:
-        parent, ds = _parent_and_ds(spec)
-        if ds is None:
-            # Row ids and the window are per night: an input outside a ds= folder has neither.
-            raise InputError(f"--input {spec!r} is not a partition folder (…/ds=YYYY-MM-DD)")
-        dates.append(ds)
-        day = dt.date.fromisoformat(ds)
-        folders[ds] = spec.rstrip("/")
-        for back in range(1, window_days):
-            earlier = (day - dt.timedelta(days=back)).isoformat()
-            folder = f"{parent}/ds={earlier}"
-            if earlier not in folders and _exists(folder):
-                folders[earlier] = folder
-    return max(dates), dict(sorted(folders.items()))
-
-
-def _run_id_of(folder: str) -> str | None:
-    try:
-        return storage.read_json(storage.join(folder, MANIFEST)).get("run_id")
-    except Exception:  # noqa: BLE001 - no manifest (hand-made input): never reused
-        return None
-
-
 def find_previous(output: str, ds: str | None, window_days: int) -> tuple[str, dict] | None:
     """The newest earlier index partition beside ``output`` inside the window, with its manifest."""
     if ds is None:
@@ -92,9 +52,8 @@ def find_previous(output: str, ds: str | None, window_days: int) -> tuple[str, d
     for back in range(1, window_days):
         earlier = (dt.date.fromisoformat(ds) - dt.timedelta(days=back)).isoformat()
         folder = f"{parent}/ds={earlier}"
-        try:
-            manifest = storage.read_json(storage.join(folder, MANIFEST))
-        except Exception:  # noqa: BLE001 - none there
+        manifest = read_manifest(folder)
+        if manifest is None:  # none there
             continue
         files = (storage.join(folder, INDEX_FILE), storage.join(folder, INDEX_ROWS))
         if earlier >= first and all(FileSystems.exists(f) for f in files):
@@ -144,7 +103,8 @@ def plan_window(
     """Decide what the run reads and whether it extends an earlier index (footers and manifests only)."""
     ds, folders = window_partitions(inputs, window_days)
     everything = inspect_inputs(list(folders.values()), model_id)
-    run_ids = {night: _run_id_of(folder) or "" for night, folder in folders.items()}
+    # A night without a manifest (hand-made input) has no run_id: it is never reused.
+    run_ids = {night: (read_manifest(folder) or {}).get("run_id") or "" for night, folder in folders.items()}
     read = dict(folders)
     previous = found = None
     drop: list[str] = []

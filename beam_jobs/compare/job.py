@@ -5,8 +5,9 @@
 
 Not a Beam job: the figures are computed on a seeded sample of the images every model
 embedded (``--sample_size``, default 5,000), which fits one process; reading the night
-is columns ``image_uri``, ``model_id`` and ``embedding`` of its Parquet files. The output
-folder is staged and swapped in whole, like the Beam jobs' outputs.
+is columns ``image_uri``, ``model_id`` and ``embedding`` of its Parquet files (listed by
+``beam_jobs.partitions``). The output folder is staged and swapped in whole, like the
+Beam jobs' outputs.
 """
 
 from __future__ import annotations
@@ -19,44 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from beam_jobs import storage
+from beam_jobs import publish, storage
 from beam_jobs.compare.metrics import compare_pair
 from beam_jobs.config import CompareConfig
-from beam_jobs.contract import (
-    COMPARISON_JSON,
-    COMPARISON_PNG,
-    EMBEDDING_FILES,
-    JOB_COMPARE,
-    MANIFEST,
-    ComparisonReport,
-    PairComparison,
-)
+from beam_jobs.contract import COMPARISON_JSON, COMPARISON_PNG, JOB_COMPARE, ComparisonReport, PairComparison
+from beam_jobs.partitions import embedding_files, open_parquet, read_manifest, refuse_special_file
 from beam_jobs.runtime import InputError, utc_stamp
 
 LOG = logging.getLogger(__name__)
 
 
-def embedding_files(inputs: tuple[str, ...]) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    files: list[str] = []
-    for item in inputs:
-        pattern = item if item.endswith(".parquet") else storage.join(item, EMBEDDING_FILES)
-        files += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if not files:
-        raise InputError(f"no embeddings files in {', '.join(inputs)}")
-    return sorted(set(files))
-
-
 def read_by_model(files: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """model_id -> {image_uri: vector}; an image listed twice for one model keeps its first row."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
     out: dict[str, dict[str, np.ndarray]] = {}
     for path in files:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            table = pq.read_table(handle, columns=["image_uri", "model_id", "embedding"])
+        refuse_special_file(path)
+        handle, parquet = open_parquet(path)
+        with handle:
+            table = parquet.read(columns=["image_uri", "model_id", "embedding"])
         uris = table.column("image_uri").to_pylist()
         models = table.column("model_id").to_pylist()
         vectors = table.column("embedding").to_pylist()
@@ -71,11 +52,9 @@ def model_names(inputs: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
     names: dict[str, str] = {}
     primary = None
     for item in inputs:
-        if item.endswith(".parquet"):
-            continue
-        try:
-            manifest = storage.read_json(storage.join(item, MANIFEST))
-        except Exception:  # noqa: BLE001 - a glob or a folder without a manifest: names stay the ids
+        # A file glob, or a folder without a manifest: names stay the ids.
+        manifest = None if item.endswith(".parquet") else read_manifest(item)
+        if manifest is None:
             continue
         primary = primary or manifest.get("model_id")
         for name, figures in (manifest.get("models") or {}).items():
@@ -137,8 +116,8 @@ def compare_models(cfg: CompareConfig) -> ComparisonReport:
         comparisons.append({"models": [names.get(a, a), names.get(b, b)], "model_ids": [a, b], **figures})
         LOG.info("%s vs %s: %s", names.get(a, a), names.get(b, b), figures)
     common = len(set.intersection(*(set(by_model[m]) for m in model_ids)))
-    token = storage.run_token(cfg.run_id)
-    staging = storage.staging_dir_for(cfg.output, token)
+    token = publish.run_token(cfg.run_id)
+    staging = publish.staging_dir_for(cfg.output, token)
     report: ComparisonReport = {
         "job": JOB_COMPARE,
         "run_id": cfg.run_id,
@@ -159,7 +138,7 @@ def compare_models(cfg: CompareConfig) -> ComparisonReport:
     try:
         storage.write_bytes(storage.join(staging, COMPARISON_PNG), render_png(comparisons, names))
         storage.write_json(storage.join(staging, COMPARISON_JSON), dict(report))
-        storage.replace_directory(staging, cfg.output)
+        publish.replace_directory(staging, cfg.output)
     except BaseException:
         storage.remove_tree(staging)
         raise

@@ -21,9 +21,10 @@ Both use Pillow's antialiased bilinear filter. Before that:
 * JPEGs are decoded with ``draft``: libjpeg scales by 1/2, 1/4 or 1/8 during
   the DCT while keeping both sides >= the target, which makes multi-megapixel
   photos 5-8x cheaper to decode. Pixels differ slightly from a full decode.
-* Any mode becomes RGB: 16-bit and 32-bit integer images are rescaled to
-  8 bits rather than clipped, and transparent images are composited over
-  white so transparent pixels do not become arbitrary colours.
+* Any mode becomes RGB (``beam_jobs.pixels.to_rgb``): 16-bit and 32-bit
+  integer images are rescaled to 8 bits rather than clipped, and transparent
+  images are composited over white so transparent pixels do not become
+  arbitrary colours.
 * Images with more than ``max_pixels`` pixels are refused from the header
   alone, before any pixel is decoded (decompression-bomb guard).
 """
@@ -39,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from beam_jobs.contract import DEFAULT_MAX_PIXELS, ResizeMode
+from beam_jobs.pixels import to_rgb
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -70,35 +72,6 @@ class DecodedImage:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB, as described above (also used for the map thumbnails)."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img)
-        # 16-bit data fills 0..65535; plain "I" may hold anything, so scale by its range.
-        peak = 65535.0 if mode.startswith("I;16") else float(max(int(arr.max()), 1))
-        arr8 = np.clip(arr.astype(np.float64) * (255.0 / peak), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        arr8 = np.clip((np.nan_to_num(arr, nan=lo) - lo) * scale, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
-    has_alpha = (
-        mode in ("RGBA", "LA", "PA", "RGBa", "La")
-        or (mode == "P" and "transparency" in img.info)
-        or (mode in ("L", "RGB") and "transparency" in img.info)
-    )
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def _crop_box(width: int, height: int, target_w: int, target_h: int) -> tuple[float, float, float, float]:

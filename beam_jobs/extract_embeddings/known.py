@@ -4,9 +4,10 @@ A join on ``content_sha256``; what enters it from earlier nights is filtered by 
 first, so it grows with tonight, not with the history kept:
 
   ReadAndHash   decode.py  URI -> (sha256, URI); each input read and hashed, not decoded
-  KnownVectors  here       the earlier partitions' rows of this model_id whose hash tonight holds (a
-                           side input): hashes read first, vectors only of matching row groups; the
-                           vectors as bytes through the shuffle, which so grows with tonight only
+  KnownVectors  here       the rows of this model_id whose hash tonight holds (a side input) in the
+                           other partitions' files (``partitions.files_beside``): hashes read first,
+                           vectors only of matching row groups; the vectors as bytes through the
+                           shuffle, which so grows with tonight only
   SplitByKnown  here       CoGroupByKey of tonight's hashes with the known ones: a known hash -> a
                            reused row per URI; an unknown one -> its first URI (sorted) is read again,
                            decoded and embedded (DecodeImages), the other URIs with the same bytes
@@ -28,10 +29,9 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_jobs import storage
-from beam_jobs.contract import EMBEDDING_FILES
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG, failure_record
 from beam_jobs.extract_embeddings.inference import METRICS_NAMESPACE
+from beam_jobs.partitions import folder_name
 
 KNOWN_COLUMNS = ["content_sha256", "model_id", "embedding", "width", "height"]
 REUSED_TAG = "reused"
@@ -39,36 +39,6 @@ COMPUTE_TAG = "compute"
 PENDING_TAG = "pending"
 # A URI whose bytes equal another URI's of tonight whose embedding failed.
 SAME_CONTENT_FAILED = ("reuse", "same_content_failed")
-
-
-def _partition_folder(path: str) -> str:
-    return path.rsplit("/", 1)[0]
-
-
-def known_files(output: str) -> list[str]:
-    """Embeddings files of the other ``ds=`` partitions beside ``output`` (listing only).
-
-    Hidden folders (staging and trash of running or killed jobs) are not partitions; the output's own
-    partition is left out: it is replaced by this run.
-    """
-    parent, own = output.rstrip("/").rsplit("/", 1)
-    pattern = storage.join(parent, "ds=*", EMBEDDING_FILES)
-    try:
-        (found,) = FileSystems.match([pattern])
-    except Exception:  # noqa: BLE001 - no earlier partition matches nothing
-        return []
-    files = []
-    for meta in found.metadata_list:
-        folder = _partition_folder(meta.path)
-        name = folder.rsplit("/", 1)[-1]
-        if name != own and name.startswith("ds="):
-            files.append(meta.path)
-    return sorted(files)
-
-
-def partitions_of(files: Sequence[str]) -> list[str]:
-    """The partition folder names (``ds=...``) the files sit in."""
-    return sorted({_partition_folder(f).rsplit("/", 1)[-1] for f in files})
 
 
 def table_to_known(item: tuple[str, Any], model_id: str):
@@ -80,7 +50,7 @@ def table_to_known(item: tuple[str, Any], model_id: str):
     import pyarrow.compute as pc
 
     path, table = item
-    night = _partition_folder(path).rsplit("/", 1)[-1]
+    night = folder_name(path)
     table = table.filter(pc.equal(table.column("model_id"), model_id))
     if table.num_rows == 0:
         return

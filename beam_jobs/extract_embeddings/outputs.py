@@ -26,8 +26,8 @@ from beam_jobs.contract import (
     ModelFigures,
 )
 from beam_jobs.extract_embeddings.decode import FAILURES_TAG
-from beam_jobs.extract_embeddings.known import partitions_of
 from beam_jobs.extract_embeddings.models import ModelRun
+from beam_jobs.partitions import partition_folders
 from beam_jobs.runtime import AccountingError
 
 
@@ -73,7 +73,7 @@ def run_settings(cfg: ExtractConfig, runs: list[ModelRun], known: Sequence[str] 
     primary = runs[0]
     return {
         "skip_known": skips_known(cfg, runs),
-        "known_partitions": partitions_of(known),
+        "known_partitions": partition_folders(known),
         "input": cfg.input or cfg.input_manifest,
         "model": primary.name,
         "model_id": primary.model_id,

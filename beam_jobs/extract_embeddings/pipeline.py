@@ -54,7 +54,6 @@ from beam_jobs.extract_embeddings.known import (
     HashSet,
     KnownVectors,
     SplitByKnown,
-    known_files,
 )
 from beam_jobs.extract_embeddings.models import ModelRun, resolve_models
 from beam_jobs.extract_embeddings.outputs import (
@@ -65,6 +64,7 @@ from beam_jobs.extract_embeddings.outputs import (
     run_settings,
     skips_known,
 )
+from beam_jobs.partitions import files_beside
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             LOG.warning(
                 "--skip_known applies to one-model runs: every image is embedded with each of %d models", len(runs)
             )
-        known = known_files(cfg.output) if skips_known(cfg, runs) else []
+        known = files_beside(cfg.output) if skips_known(cfg, runs) else []
         LOG.info(
             "extract_embeddings run_id=%s model_id=%s input=%s output=%s",
             cfg.run_id,
@@ -171,7 +171,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             cfg.input or cfg.input_manifest,
             cfg.output,
         )
-        manifest = runtime.launch(
+        manifest = runtime.run_job(
             JOB_EXTRACT, cfg, options, lambda p, staging: build_pipeline(p, cfg, runs, staging, checked, known)
         )
     if not cfg.detach:

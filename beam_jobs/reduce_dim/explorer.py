@@ -1,6 +1,7 @@
-"""``map.html`` as an explorer (Bokeh, one offline file) and ``map_mosaic.png`` (the images on a grid).
+"""``map.html`` as an explorer: Bokeh, one offline file.
 
-Pure rendering helpers: arrays and strings in, text or bytes out; no Beam, no I/O.
+Pure rendering helpers: arrays and strings in, text out; no Beam, no I/O but the package's own
+templates (the page's shell ``templates/map.html`` and its JavaScript ``templates/explorer_callbacks.html``).
 
 The explorer is a Bokeh 3.9 document saved with ``INLINE`` resources (BokehJS is
 inside the file: no CDN, no server) and drawn with WebGL, so 10^5 points pan and
@@ -15,7 +16,7 @@ Layers, for features that add data rather than pages:
 * ``reference``: a grey cloud drawn behind the points (e.g. earlier nights);
 * ``query``: highlighted points drawn on top (e.g. the results of a similarity search).
 
-Both are ``Layer`` values given to ``render_explorer``; each gets a legend entry.
+Both are ``maps.Layer`` values given to ``render_explorer``; each gets a legend entry.
 The search box's matches are drawn by a third renderer of the same kind.
 
 Model names in the document (``EXPLORER_NAMES``) are what the browser test and
@@ -24,14 +25,16 @@ scripts look up with ``Bokeh.documents[0].get_model_by_name``.
 
 from __future__ import annotations
 
+import functools
 import html
-import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 
-from beam_jobs.reduce_dim.maps import MapLabels, colours, page_template
+from beam_jobs.reduce_dim.maps import Layer, MapLabels, colours, page_template
 
 PLOT = "explorer"
 SEARCH = "search"
@@ -55,19 +58,11 @@ EXPLORER_NAMES = (
 )
 SELECTION_LISTED = 500  # URIs written in the panel; the downloads hold all
 NOTHING_SELECTED = "Nothing selected: drag with box or lasso select (toolbar)."
-
-
-@dataclass(frozen=True)
-class Layer:
-    """Extra points drawn with the map: ``label`` names them in the legend; ``uris`` may be empty."""
-
-    label: str
-    x: np.ndarray
-    y: np.ndarray
-    uris: Sequence[str] = ()
-
-    def __len__(self) -> int:
-        return len(self.x)
+# The URIs of a partition travel joined by this character (``pack_columns``); the page splits them on load.
+URI_SEPARATOR = "\x1f"
+# The page's JavaScript: one Bokeh CustomJS per interaction, in a file beside the page's shell (map.html).
+CALLBACKS_TEMPLATE = "templates/explorer_callbacks.html"
+_CALLBACK = re.compile(r'<script id="([a-z_]+)">(.*?)</script>', re.S)
 
 
 @dataclass(frozen=True)
@@ -116,131 +111,12 @@ def header_html(labels: MapLabels, facts: Sequence[tuple[str, str]], note: str) 
     return "".join(lines)
 
 
-# One CustomJS per interaction; ``sources`` are the partitions' ColumnDataSources.
-SELECTION_JS = """
-const rows = [];
-for (const s of sources) {
-  const uri = s.get_column('uri'), x = s.get_column('x'), y = s.get_column('y');
-  for (const i of s.selected.indices) rows.push([uri[i], x[i], y[i], s.tags[0].partition]);
-}
-rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-window.__explorer_selection = rows;
-info.text = rows.length ? `${rows.length.toLocaleString()} selected` : EMPTY;
-const shown = rows.slice(0, listed).map(r => r[0]);
-if (rows.length > listed) shown.push(`... and ${(rows.length - listed).toLocaleString()} more (download them all)`);
-listing.text = shown.join('\\n');
-"""
-
-DOWNLOAD_JS = """
-const rows = window.__explorer_selection || [];
-const quote = v => { const t = String(v); return /[",\\n\\r]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t; };
-const text = kind === 'csv'
-  ? ['image_uri,x,y,partition', ...rows.map(r => [r[0], r[1], r[2], r[3]].map(quote).join(','))].join('\\n') + '\\n'
-  : rows.map(r => r[0]).join('\\n') + (rows.length ? '\\n' : '');
-const blob = new Blob([text], {type: kind === 'csv' ? 'text/csv' : 'text/plain'});
-const a = document.createElement('a');
-a.href = URL.createObjectURL(blob);
-a.download = kind === 'csv' ? 'selection.csv' : 'selection.txt';
-document.body.appendChild(a); a.click(); a.remove();
-setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-"""
-
-SEARCH_JS = """
-const q = (search.value_input || '').trim().toLowerCase();
-const x = [], y = [], uri = [];
-if (q) {
-  for (const s of sources) {
-    const u = s.get_column('uri'), sx = s.get_column('x'), sy = s.get_column('y');
-    for (let i = 0; i < u.length; i++) {
-      if (u[i].toLowerCase().includes(q)) { x.push(sx[i]); y.push(sy[i]); uri.push(u[i]); }
-    }
-  }
-}
-matches.data = {x, y, uri};
-info.text = q ? `${x.length.toLocaleString()} point(s) match "${q}"` : '';
-"""
-
-# The URIs travel as one string per partition and the thumbnails as a sparse list (``pack_columns``):
-# Bokeh's serializer encodes list items one by one (~1 s per 100k strings); this unpacks them on load.
-UNPACK_JS = """
-for (const s of sources) {
-  const pack = s.tags[0], n = s.get_length() ?? 0;
-  const uri = n ? pack.uris.split(SEP) : [];
-  const thumb = new Array(n).fill('');
-  const img = '<img alt="thumbnail" style="max-width:200px;max-height:200px" src="';
-  pack.thumb_index.forEach((i, k) => { thumb[i] = img + pack.thumbs[k] + '">'; });
-  const d = s.data;
-  if (d instanceof Map) { d.set('uri', uri); d.set('thumb', thumb); } else { d.uri = uri; d.thumb = thumb; }
-}
-document.body.dataset.explorerReady = '1';
-""".replace("SEP", "'\\x1f'")
-URI_SEPARATOR = "\x1f"
-
-# Hover: one card for the point nearest the cursor (Bokeh's tooltip lists every point under it, and
-# at 10^5 points that is dozens), with its thumbnail, URI and partition. Each partition's renderer
-# reports its hits; the nearest over all of them is shown. URIs are set as text, never as markup.
-HOVER_JS = """
-const st = window.__explorer_hover || (window.__explorer_hover = {hits: new Map(), card: null});
-if (!st.card) {
-  st.card = document.createElement('div');
-  st.card.id = 'explorer-hover';
-  st.card.style.cssText = 'position:fixed;z-index:10;pointer-events:none;display:none;background:#fff;' +
-    'border:1px solid #bbb;border-radius:6px;box-shadow:0 2px 10px rgba(0,0,0,.18);padding:8px;max-width:280px;' +
-    'font:12px system-ui,sans-serif';
-  document.body.appendChild(st.card);
-  document.addEventListener('mousemove', e => { st.mouse = [e.clientX, e.clientY]; });
-}
-const r = cb_data.renderer, s = r.data_source, hits = cb_data.index.indices, g = cb_data.geometry;
-if (hits.length) {
-  const xs = s.get_column('x'), ys = s.get_column('y');
-  const wx = (xr.end - xr.start) || 1, wy = (yr.end - yr.start) || 1;
-  let best = hits[0], bd = Infinity;
-  for (const i of hits) {
-    const d = ((xs[i] - g.x) / wx) ** 2 + ((ys[i] - g.y) / wy) ** 2;
-    if (d < bd) { bd = d; best = i; }
-  }
-  st.hits.set(r.id, {s, i: best, d: bd, name: r.name});
-} else {
-  st.hits.delete(r.id);
-}
-let top = null;
-for (const h of st.hits.values()) if (!top || h.d < top.d) top = h;
-const card = st.card;
-if (!top) { card.style.display = 'none'; return; }
-const x = top.s.get_column('x')[top.i], y = top.s.get_column('y')[top.i];
-card.innerHTML = (top.s.get_column('thumb')[top.i] || '') +
-  '<div style="font:11px ui-monospace,Menlo,monospace;word-break:break-all"></div><div style="color:#666"></div>';
-card.children[card.children.length - 2].textContent = top.s.get_column('uri')[top.i];
-card.children[card.children.length - 1].textContent = `${top.name} · x=${x.toFixed(3)} y=${y.toFixed(3)}`;
-const [mx, my] = st.mouse || [0, 0];
-card.style.left = (mx + 300 > window.innerWidth ? mx - 296 : mx + 16) + 'px';
-card.style.top = Math.max(8, Math.min(my - 40, window.innerHeight - 300)) + 'px';
-card.style.display = 'block';
-"""
-
-# Click: the point nearest the click (within ~2% of the view) is announced to the page that embeds the
-# explorer (the Airflow "Embedding maps" page searches the night's index for it). postMessage works from
-# the sandboxed frame; the parent checks that the message comes from its frame.
-TAP_JS = """
-const wx = (xr.end - xr.start) || 1, wy = (yr.end - yr.start) || 1;
-let best = null, bd = 0.02 ** 2;
-for (const s of sources) {
-  const xs = s.get_column('x'), ys = s.get_column('y'), us = s.get_column('uri');
-  for (let i = 0; i < xs.length; i++) {
-    const d = ((xs[i] - cb_obj.x) / wx) ** 2 + ((ys[i] - cb_obj.y) / wy) ** 2;
-    if (d < bd) { bd = d; best = {uri: us[i], partition: s.tags[0].partition}; }
-  }
-}
-if (best) {
-  window.__explorer_tapped = best.uri;
-  window.parent.postMessage({type: 'image-embeddings:point', uri: best.uri, partition: best.partition}, '*');
-}
-"""
-
-HOVER_LEAVE_JS = """
-const st = window.__explorer_hover;
-if (st) { st.hits.clear(); if (st.card) st.card.style.display = 'none'; }
-"""
+@functools.cache
+def callbacks() -> dict[str, str]:
+    """The page's CustomJS code by name (``templates/explorer_callbacks.html``, one ``<script id=...>`` each),
+    read once per process."""
+    text = resources.files(__package__).joinpath(CALLBACKS_TEMPLATE).read_text(encoding="utf-8")
+    return dict(_CALLBACK.findall(text))
 
 
 def render_explorer(
@@ -275,6 +151,7 @@ def render_explorer(
     from bokeh.plotting import figure
     from bokeh.resources import INLINE
 
+    js = callbacks()
     x = np.asarray(points.x, dtype=np.float32)
     y = np.asarray(points.y, dtype=np.float32)
     groups = np.asarray([str(g) for g in points.groups], dtype=object)
@@ -347,17 +224,19 @@ def render_explorer(
         HoverTool(
             renderers=renderers,
             tooltips=None,
-            callback=CustomJS(args={"xr": plot.x_range, "yr": plot.y_range}, code=HOVER_JS),
+            callback=CustomJS(args={"xr": plot.x_range, "yr": plot.y_range}, code=js["hover"]),
         ),
     )
 
-    plot.js_on_event("mouseleave", CustomJS(code=HOVER_LEAVE_JS))
-    plot.js_on_event("tap", CustomJS(args={"sources": sources, "xr": plot.x_range, "yr": plot.y_range}, code=TAP_JS))
+    plot.js_on_event("mouseleave", CustomJS(code=js["hover_leave"]))
+    plot.js_on_event("tap", CustomJS(args={"sources": sources, "xr": plot.x_range, "yr": plot.y_range}, code=js["tap"]))
     search = TextInput(name=SEARCH, placeholder="search URIs (substring)", width=300)
     search_info = Div(name=SEARCH_INFO, text="", width=300)
     search.js_on_change(
         "value_input",
-        CustomJS(args={"search": search, "sources": sources, "matches": matches, "info": search_info}, code=SEARCH_JS),
+        CustomJS(
+            args={"search": search, "sources": sources, "matches": matches, "info": search_info}, code=js["search"]
+        ),
     )
     selection_info = Div(name=SELECTION_INFO, text="Nothing selected: drag with box or lasso select.", width=300)
     listing = PreText(name=SELECTION, text="", width=300, height=380, styles={"overflow": "auto", "font-size": "11px"})
@@ -369,70 +248,20 @@ def render_explorer(
             "listed": SELECTION_LISTED,
             "EMPTY": NOTHING_SELECTED,
         },
-        code=SELECTION_JS,
+        code=js["selection"],
     )
     for source in sources:
         source.selected.js_on_change("indices", pick)
     downloads = []
     for kind in ("csv", "txt"):
         button = Button(label=f"Download {kind.upper()}", width=140, name=f"download_{kind}")
-        button.js_on_event("button_click", CustomJS(args={"kind": kind}, code=DOWNLOAD_JS))
+        button.js_on_event("button_click", CustomJS(args={"kind": kind}, code=js["download"]))
         downloads.append(button)
     header = Div(name=HEADER, text=header_html(labels, facts, note), width=width + 320)
     side = column(search, search_info, selection_info, row(*downloads), listing, width=320)
     page = column(header, row(plot, side))
     doc = Document()
     doc.add_root(page)
-    doc.js_on_event("document_ready", CustomJS(args={"sources": sources}, code=UNPACK_JS))
+    doc.js_on_event("document_ready", CustomJS(args={"sources": sources, "SEP": URI_SEPARATOR}, code=js["unpack"]))
     shell = get_env().from_string(page_template())
     return file_html(doc, resources=INLINE, title=labels.title, template=shell)
-
-
-def square(img, cell: int):
-    """Centre-crop an image to a square and resize it to ``cell`` pixels."""
-    from PIL import ImageOps
-
-    return ImageOps.fit(img.convert("RGB"), (cell, cell))
-
-
-def grid_assignment(x: np.ndarray, y: np.ndarray, side: int) -> np.ndarray:
-    """Cell index (row-major, top row first) for each of ``side * side`` points, nearest overall.
-
-    A linear assignment (scipy's ``linear_sum_assignment``) of the points, scaled to
-    the unit square, to the cell centres: minimum total squared distance.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    n = side * side
-    xy = np.column_stack([np.asarray(x, np.float64)[:n], np.asarray(y, np.float64)[:n]])
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    unit = (xy - lo) / np.where(hi > lo, hi - lo, 1.0)
-    unit[:, 1] = 1.0 - unit[:, 1]  # image rows grow downwards
-    centres = (np.stack(np.meshgrid(np.arange(side), np.arange(side)), axis=-1).reshape(-1, 2) + 0.5) / side
-    cost = ((unit[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-    rows, cells = linear_sum_assignment(cost)
-    out = np.empty(n, dtype=np.int64)
-    out[rows] = cells
-    return out
-
-
-def render_mosaic(x: np.ndarray, y: np.ndarray, images: Sequence[bytes], grid: int, cell: int) -> tuple[bytes, int]:
-    """(PNG bytes, images used): the images on a ``side x side`` grid by their 2D position.
-
-    ``side`` is ``grid`` or, with fewer images, the largest square they fill. The first
-    ``side * side`` images (the seeded sample's order) are used.
-    """
-    from PIL import Image
-
-    side = min(grid, int(np.sqrt(len(images))))
-    if side < 2:
-        raise ValueError(f"a mosaic needs at least 4 images, got {len(images)}")
-    cells = grid_assignment(x, y, side)
-    canvas = Image.new("RGB", (side * cell, side * cell), "white")
-    for data, where in zip(images[: side * side], cells, strict=True):
-        with Image.open(io.BytesIO(data)) as img:
-            r, c = divmod(int(where), side)
-            canvas.paste(square(img, cell), (c * cell, r * cell))
-    out = io.BytesIO()
-    canvas.save(out, format="PNG", compress_level=6)
-    return out.getvalue(), side * side

@@ -26,8 +26,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.runners.worker.statecache import CacheAware
 
-from beam_jobs.reduce_dim.drift import Moments, build_drift_space
-from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, Block, Projected
+from beam_jobs.partitions import NO_PARTITION
+from beam_jobs.reduce_dim.drift import Moments
+from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, Block, Projected
 from beam_jobs.reduce_dim.reduction import (
     MIN_FIT_ROWS,
     GramStats,
@@ -38,7 +39,13 @@ from beam_jobs.reduce_dim.reduction import (
     fit_umap,
     row_priority,
 )
-from beam_jobs.reduce_dim.reference import Published, check_reference, create_reference, load_reference
+from beam_jobs.reduce_dim.reference import (
+    Published,
+    check_reference,
+    create_reference,
+    fitted_parts,
+    load_reference,
+)
 from beam_jobs.runtime import InputError
 
 # Rows per GramStats.add_block when the pre-PCA of UMAP is fitted on the sample (the job's default block size).
@@ -307,9 +314,8 @@ class PublishReferenceFn(beam.DoFn):
         self._taken = Metrics.counter(METRICS_NAMESPACE, "reference_taken_from_another_run")
 
     def process(self, model: PCAModel | UmapModel, sample: Sample, moments: Moments) -> Iterator[Published]:
-        x = sample.columns["x"]
-        cloud = np.asarray(model.transform(x), np.float32)[:, :2]
-        info, created = create_reference(self._folder, model, build_drift_space(x, moments), cloud, self._provenance)
+        space, cloud = fitted_parts(model, sample, moments)
+        info, created = create_reference(self._folder, model, space, cloud, self._provenance)
         if created:
             self._published.inc()
             yield Published(info, model, "fitted")

@@ -1,180 +1,31 @@
-"""Stage ReadEmbeddings, and the checks of the inputs before a run.
+"""Stage ReadEmbeddings, and the row check of the inputs before a run.
 
-``inspect_inputs`` runs in the launcher before the pipeline is built: it lists
-the embeddings files and reads only their Parquet footers, the ``model_id``
-column and one row per file, so a bad input is refused in seconds with one
-clear line (``runtime.InputError``, exit status 2): a file that is not Parquet
-(truncated, corrupt, unreadable), too few rows for the method. ``ReadEmbeddings``
-then reads the files as blocks of rows, file by file, so memory holds a few
-blocks, never the data set, and drops rows whose embedding holds a NaN or an
-infinity (counted, with a few example URIs, for the manifest): those never
-reach a fit or a projection.
+The launcher lists and checks the embeddings files with ``partitions.inspect_inputs`` (Parquet footers,
+the ``model_id`` column and one row per file: a file that is not Parquet is refused in seconds with one
+clear line, ``runtime.InputError``, exit status 2); ``require_rows`` then refuses too few rows for the
+method. ``ReadEmbeddings`` reads the files as blocks of rows, file by file, so memory holds a few
+blocks, never the data set, and drops rows whose embedding holds a NaN or an infinity (counted, with a
+few example URIs, for the manifest): those never reach a fit or a projection.
 """
 
 from __future__ import annotations
 
 import heapq
-import os
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_jobs import storage
+from beam_jobs import partitions
 from beam_jobs.config import ConfigError
-from beam_jobs.contract import EMBEDDING_FILES
-from beam_jobs.reduce_dim.records import MAX_DROPPED_EXAMPLES, METRICS_NAMESPACE, NO_PARTITION, Block, DroppedRows
+from beam_jobs.partitions import REQUIRED_COLUMNS, InputSummary, partition_of
+from beam_jobs.reduce_dim.records import MAX_DROPPED_EXAMPLES, METRICS_NAMESPACE, Block, DroppedRows
 from beam_jobs.reduce_dim.reduction import MIN_FIT_ROWS
 from beam_jobs.runtime import InputError
 
-# The columns of the extraction output (contract.EMBEDDING_COLUMNS) this job reads.
-REQUIRED_COLUMNS = ("image_uri", "embedding", "model_id")
 # The tag of ReadBlocksFn's second output: a DroppedRows per block that had rows with NaN/inf values.
 NON_FINITE = "non_finite"
-_PARTITION = re.compile(r"(?:^|/)ds=(\d{4}-\d{2}-\d{2})(?=/|$)")
-
-
-def partition_of(path: str) -> str | None:
-    """The ``ds=YYYY-MM-DD`` partition a file sits in, if any."""
-    found = _PARTITION.findall(path)
-    return found[-1] if found else None
-
-
-def file_pattern(spec: str) -> str:
-    """A partition directory (or a glob of them) -> the glob of its embeddings files."""
-    last = spec.rstrip("/").rsplit("/", 1)[-1]
-    if last.endswith(".parquet"):
-        return spec
-    return storage.join(spec, EMBEDDING_FILES)
-
-
-def _hidden(path: str) -> bool:
-    # Staging and trash directories of running or killed jobs start with a dot.
-    return any(part.startswith(".") and part not in (".", "..") for part in path.split("/"))
-
-
-@dataclass
-class InputSummary:
-    """What the launcher learnt about the inputs; the pipeline's stages take their fields."""
-
-    files: list[str]
-    rows_total: int  # of every model
-    rows: int  # of the selected model: the rows the job must project
-    model_id: str
-    dim: int
-    partitions: list[str]
-
-
-def _refuse_special_file(path: str) -> None:
-    """A local FIFO (or device) matched by the glob would block the read forever: refuse it by name."""
-    if not storage.is_local(path):
-        return
-    if kind := storage.not_regular(os.stat(path).st_mode):
-        raise InputError(f"{path} is {kind}; only regular Parquet files are read")
-
-
-def _open_parquet(path: str):
-    import pyarrow.parquet as pq
-
-    handle = FileSystems.open(path, compression_type="uncompressed")
-    return handle, pq.ParquetFile(handle)
-
-
-def _list_files(inputs: Sequence[str]) -> list[str]:
-    files: list[str] = []
-    for spec in inputs:
-        pattern = file_pattern(spec)
-        try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception as exc:
-            raise InputError(f"--input {spec!r}: cannot list {pattern!r}: {exc}") from exc
-        # Empty (0-byte) files are kept: a truncated file, refused by inspect_inputs with its name.
-        found = sorted(m.path for m in matched if not _hidden(m.path))
-        if not found:
-            raise InputError(f"--input {spec!r} matches no embeddings files ({pattern!r})")
-        files.extend(found)
-    return sorted(set(files))
-
-
-def inspect_inputs(inputs: Sequence[str], model_id: str | None = None) -> InputSummary:
-    """Check the inputs before any work: reads Parquet footers, the model_id column and one row per file.
-
-    Args:
-        inputs: the ``--input`` values (partition directories, globs of them, or globs of files).
-        model_id: keep only rows of this model; None: the input must hold one model.
-    """
-    import pyarrow.compute as pc
-
-    files = _list_files(inputs)
-    model_rows: dict[str, int] = {}
-    # model_id -> vector length -> files: one partition may hold several models (``--model a,b``), each with
-    # its own length, in the same files; only the chosen model's rows must agree.
-    model_dims: dict[str, dict[int, list[str]]] = {}
-    rows_total = 0
-    for path in files:
-        try:
-            _refuse_special_file(path)
-            handle, parquet = _open_parquet(path)
-            with handle:
-                missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
-                if missing:
-                    raise InputError(f"{path} is not extraction output: it lacks column(s) {', '.join(missing)}")
-                file_rows = parquet.metadata.num_rows
-                if file_rows == 0:
-                    continue
-                ids = parquet.read(columns=["model_id"]).column("model_id")
-                counts = pc.value_counts(ids).to_pylist()
-                dims = {e["values"]: _length_at(parquet, pc.index(ids, e["values"]).as_py()) for e in counts}
-        except InputError:
-            raise
-        except Exception as exc:  # pyarrow's ArrowInvalid, OSError, or a filesystem's own errors
-            raise InputError(
-                f"{path} cannot be read as Parquet (truncated, corrupt or unreadable): {_one_line(exc)}"
-            ) from exc
-        rows_total += file_rows
-        for entry in counts:
-            model_rows[entry["values"]] = model_rows.get(entry["values"], 0) + entry["counts"]
-        for model, dim in dims.items():
-            model_dims.setdefault(model, {}).setdefault(dim, []).append(path)
-    if rows_total == 0:
-        raise InputError(f"no input rows: {len(files)} embeddings file(s) matched but all are empty")
-    listing = ", ".join(f"{m!r} ({count} rows)" for m, count in sorted(model_rows.items()))
-    if model_id is not None:
-        if model_id not in model_rows:
-            raise InputError(f"--model_id {model_id!r} has no rows in the input; it holds {listing}")
-        chosen = model_id
-    elif len(model_rows) > 1:
-        raise InputError(
-            f"input mixes embeddings of {len(model_rows)} models: {listing}. "
-            "Their vectors are not comparable; pick one with --model_id"
-        )
-    else:
-        chosen = next(iter(model_rows))
-    files_by_dim = model_dims[chosen]
-    if len(files_by_dim) > 1:
-        detail = "; ".join(f"length {d} in {len(p)} file(s), e.g. {p[0]}" for d, p in sorted(files_by_dim.items()))
-        raise InputError(f"input rows have different embedding lengths: {detail}")
-    partitions = sorted({partition_of(f) or NO_PARTITION for f in files})
-    return InputSummary(files, rows_total, model_rows[chosen], chosen, next(iter(files_by_dim)), partitions)
-
-
-def _length_at(parquet, row: int) -> int:
-    """Length of the embedding in row ``row`` of a file, reading only the row group that holds it."""
-    for group in range(parquet.metadata.num_row_groups):
-        size = parquet.metadata.row_group(group).num_rows
-        if row < size:
-            return len(parquet.read_row_group(group, columns=["embedding"]).column(0)[row])
-        row -= size
-    raise ValueError(f"row {row} is beyond the file's rows")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def require_rows(summary: InputSummary, method: str, fit_sample_size: int) -> None:
@@ -235,7 +86,8 @@ class ReadBlocksFn(beam.DoFn):
         import pyarrow.compute as pc
 
         ds = partition_of(path)
-        handle, parquet = _open_parquet(path)
+        # Through the module: tests/support/killpoint.py stops a run here.
+        handle, parquet = partitions.open_parquet(path)
         with handle:
             self._files.inc()
             for batch in parquet.iter_batches(batch_size=self._block_rows, columns=list(REQUIRED_COLUMNS)):

@@ -1,15 +1,17 @@
 """The static picture ``map.png`` (alerts, reports, the maps index) and what the maps share.
 
 Pure rendering helpers (inputs are arrays, outputs are bytes); the job's commit
-step calls them once (``outputs.write_maps``). The interactive ``map.html`` and
-``map_mosaic.png`` are drawn by ``explorer.py``; its page shell is
-``templates/map.html`` (package data, read by ``page_template``).
+step calls them once (``outputs.write_maps``). The interactive ``map.html`` is drawn
+by ``explorer.py`` (its page shell is ``templates/map.html``, package data read by
+``page_template``) and ``map_mosaic.png`` by ``mosaic.py``. A ``Layer`` is extra points
+drawn with a map (the reference's grey cloud, a search's results).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
@@ -19,6 +21,19 @@ MAP_TEMPLATE = "templates/map.html"
 # Colour-blind-friendly qualitative palette (Okabe-Ito) for up to 8 partitions; more partitions
 # (a month of nights) get evenly spaced viridis colours, so dates read as a gradient.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Extra points drawn with the map: ``label`` names them in the legend; ``uris`` may be empty."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    uris: Sequence[str] = ()
+
+    def __len__(self) -> int:
+        return len(self.x)
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ def colours(count: int) -> list[str]:
 def render_png(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: MapLabels, reference=None) -> bytes:
     """Scatter of every point, coloured by partition (``groups``: one label per point).
 
-    ``reference`` (an ``explorer.Layer``): drawn first, in grey, so tonight's points sit on top of it.
+    ``reference`` (a ``Layer``): drawn first, in grey, so tonight's points sit on top of it.
     """
     # The object API, not pyplot: no process-wide backend switch (this also runs inside
     # callers' processes) and no global figure state shared between worker threads.

@@ -11,9 +11,10 @@ map.html (the explorer) and map_mosaic.png into the staging directory and
 returns the job's manifest fields; Commit writes manifest.json and swaps the
 directory in.
 
-With a reference (``--reference`` / ``--save_reference``) the commit step also saves the reducer
-fitted by this run (``reference.save_reference``), compares tonight's seeded sample and moments with
-the reference (``drift.drift_stats``) and draws the reference's cloud in grey beneath tonight's points.
+With a reference (``--reference`` / ``--save_reference``) the commit step also takes the frame's
+manifest blocks and grey layer from ``reference.reference_and_drift`` (the reducer fitted by this run
+saved, tonight's seeded sample and moments compared with the reference) and draws the reference's
+cloud in grey beneath tonight's points.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_jobs import storage
-from beam_jobs.contract import MANIFEST, MAP_HTML, MAP_MOSAIC, MAP_PNG, PROJECTION_PREFIX, ReduceManifest
-from beam_jobs.reduce_dim.explorer import ExplorerPoints, Layer, render_explorer, render_mosaic
+from beam_jobs.contract import MAP_HTML, MAP_MOSAIC, MAP_PNG, PROJECTION_PREFIX, ReduceManifest
+from beam_jobs.partitions import NO_PARTITION, InputSummary, folder_of, read_manifest
+from beam_jobs.reduce_dim.explorer import ExplorerPoints, render_explorer
 from beam_jobs.reduce_dim.fit import SampleFn
-from beam_jobs.reduce_dim.inputs import InputSummary
-from beam_jobs.reduce_dim.maps import MapLabels, render_png
-from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, NO_PARTITION, DroppedRows, Projected, projection_schema
+from beam_jobs.reduce_dim.maps import Layer, MapLabels, render_png
+from beam_jobs.reduce_dim.mosaic import render_mosaic
+from beam_jobs.reduce_dim.records import METRICS_NAMESPACE, DroppedRows, Projected, projection_schema
 from beam_jobs.reduce_dim.reduction import Sample, row_priority, trustworthiness
-from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, Thumbnails, gather_thumbnails
+from beam_jobs.reduce_dim.reference import reference_and_drift
 from beam_jobs.runtime import AccountingError
+from beam_jobs.thumbnails import ThumbnailParams, Thumbnails, gather_thumbnails
 
 
 @dataclass(frozen=True)
@@ -248,12 +251,12 @@ def map_labels(
 def extraction_figures(files: list[str]) -> dict[str, int] | None:
     """Inputs and failures summed over the extraction manifests beside the input files; None if any is missing."""
     totals = {"inputs": 0, "failed": 0}
-    for folder in sorted({f.rsplit("/", 1)[0] for f in files}):
+    for folder in sorted({folder_of(f) for f in files}):
+        manifest = read_manifest(folder) or {}
         try:
-            manifest = storage.read_json(storage.join(folder, MANIFEST))
             for key in totals:
                 totals[key] += int(manifest[key])
-        except Exception:  # noqa: BLE001 - a figure for the header, not a reason to fail the map
+        except (KeyError, TypeError, ValueError):  # a figure for the header, not a reason to fail the map
             return None
     return totals
 
@@ -317,67 +320,6 @@ def write_maps(
     )
     storage.write_bytes(storage.join(staging, MAP_MOSAIC), png)
     return used
-
-
-# Rows of the reference's seeded sample kept with it: its grey cloud on the maps and its drift sample.
-REFERENCE_SAMPLE = 2000
-
-
-def reference_and_drift(
-    frame,
-    settings: dict[str, Any],
-    run_id: str,
-    seed: int,
-    model=None,
-    reference_sample: Sample | None = None,
-    reference_moments=None,
-    tonight_sample: Sample | None = None,
-    tonight_moments=None,
-) -> tuple[dict[str, Any], Layer | None]:
-    """The manifest's ``reference`` and ``drift`` blocks, and the grey layer for the maps.
-
-    "fitted": the drift space and the cloud from the reference's sample, saved with the model to the
-    reference folder. "loaded": read back (each file's sha256 checked). Then tonight against it.
-    """
-    from beam_jobs.reduce_dim.drift import build_drift_space, drift_stats
-    from beam_jobs.reduce_dim.reference import load_reference, reference_entry, save_reference
-
-    if not frame.mode:
-        return {}, None
-    if frame.mode == "fitted":
-        x = reference_sample.columns["x"]
-        space = build_drift_space(x, reference_moments)
-        cloud = np.asarray(model.transform(x), np.float32)[:, :2]
-        provenance = {
-            "method": settings["method"],
-            "parameters": {k: v for k, v in settings["parameters"].items() if k not in THUMBNAIL_SETTINGS},
-            "model_id": settings["model_id"],
-            "embedding_dim": settings["embedding_dim"],
-            "partitions": frame.fit_summary.partitions if frame.fit_summary else settings["partitions"],
-            "seed": seed,
-            "run_id": run_id,
-        }
-        info = save_reference(frame.folder, model, space, cloud, provenance)
-    else:
-        loaded = load_reference(frame.folder, frame.info)
-        info, space, cloud = loaded.info, loaded.drift, loaded.cloud
-    tonight_x = tonight_sample.columns["x"] if len(tonight_sample) else np.empty((0, space.axes.shape[1]), np.float32)
-    drift = drift_stats(space, tonight_x, tonight_moments, seed)
-    parts = info.get("partitions") or []
-    label = f"reference ({parts[0]} .. {parts[-1]})" if len(parts) > 1 else f"reference ({', '.join(parts)})"
-    layer = Layer(label, cloud[:, 0], cloud[:, 1]) if len(cloud) else None
-    return {"reference": reference_entry(info, frame.folder, frame.mode), "drift": drift}, layer
-
-
-# The map settings are not part of a reducer's provenance.
-THUMBNAIL_SETTINGS = (
-    "html_points",
-    "thumbnails",
-    "thumbnail_budget_mb",
-    "thumbnail_time_budget_s",
-    "mosaic_grid",
-    "trust_sample_size",
-)
 
 
 def finish_reduction(

@@ -6,7 +6,8 @@
 Stages (each a composite PTransform, in its own module):
 
   ReadEmbeddings  inputs.py   Parquet files -> blocks of rows (uris, float32 matrix, partition date);
-                              rows with NaN/inf values are left out (counted by the second read)
+                              rows with NaN/inf values are left out (counted by the second read); the
+                              launcher lists and checks the files first (beam_jobs.partitions)
   FitPCA          fit.py      exact PCA from count, sum and X^T X summed across workers
   FitUMAP         fit.py      PCA + UMAP fitted on a seeded sample, on one worker
   PublishReference fit.py     --reference DIR --fit_reference with DIR empty: create DIR's reference if still
@@ -35,17 +36,20 @@ import apache_beam as beam
 from beam_jobs import runtime, storage
 from beam_jobs.config import ReduceConfig
 from beam_jobs.contract import JOB_REDUCE, MAP_PNG
+from beam_jobs.partitions import InputSummary, inspect_inputs, window_partitions
 from beam_jobs.reduce_dim.drift import DRIFT_SAMPLE
 from beam_jobs.reduce_dim.fit import FitPCA, FitUMAP, MomentsFn, Project, PublishReference, SampleFn, describe_model
-from beam_jobs.reduce_dim.inputs import InputSummary, ReadEmbeddings, inspect_inputs, require_rows
-from beam_jobs.reduce_dim.outputs import (
+from beam_jobs.reduce_dim.inputs import ReadEmbeddings, require_rows
+from beam_jobs.reduce_dim.outputs import MapParams, WriteOutputs, finish_reduction
+from beam_jobs.reduce_dim.reference import (
     REFERENCE_SAMPLE,
-    THUMBNAIL_SETTINGS,
-    MapParams,
-    WriteOutputs,
-    finish_reduction,
+    check_reference,
+    has_reference,
+    load_reference,
+    provenance,
+    read_info,
+    sweep_leftovers,
 )
-from beam_jobs.reduce_dim.reference import check_reference, has_reference, load_reference, read_info, sweep_leftovers
 from beam_jobs.runtime import Commit
 
 LOG = logging.getLogger(__name__)
@@ -73,8 +77,6 @@ def fit_inputs(cfg: ReduceConfig) -> list[str]:
     ds= partitions beside it within that many days that exist."""
     if cfg.fit_window_days <= 1:
         return list(cfg.inputs)
-    from beam_jobs.build_index.window import window_partitions
-
     _night, folders = window_partitions(cfg.inputs, cfg.fit_window_days)
     return list(folders.values())
 
@@ -126,18 +128,10 @@ def run_settings(cfg: ReduceConfig, summary: InputSummary) -> dict[str, Any]:
 
 
 def reference_provenance(cfg: ReduceConfig, summary: InputSummary, frame: Frame) -> dict[str, Any]:
-    """What a created reference records of the run that fitted it (as ``outputs.reference_and_drift``
+    """What a created reference records of the run that fitted it (as ``reference.reference_and_drift``
     records it for a replacing save)."""
-    settings = run_settings(cfg, summary)
-    return {
-        "method": cfg.method,
-        "parameters": {k: v for k, v in settings["parameters"].items() if k not in THUMBNAIL_SETTINGS},
-        "model_id": summary.model_id,
-        "embedding_dim": summary.dim,
-        "partitions": frame.fit_summary.partitions if frame.fit_summary else summary.partitions,
-        "seed": cfg.seed,
-        "run_id": cfg.run_id,
-    }
+    fitted_on = frame.fit_summary.partitions if frame.fit_summary else summary.partitions
+    return provenance(run_settings(cfg, summary), fitted_on, cfg.seed, cfg.run_id)
 
 
 def finish_in_published_frame(staging: str, *, frame: Frame, published: tuple[dict[str, Any], str], **values):
@@ -254,7 +248,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         summary.partitions,
         cfg.output,
     )
-    manifest = runtime.launch(
+    manifest = runtime.run_job(
         JOB_REDUCE, cfg, options, lambda p, staging: build_pipeline(p, cfg, summary, staging, frame)
     )
     if not cfg.detach:

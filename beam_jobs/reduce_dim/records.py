@@ -12,8 +12,6 @@ from beam_jobs import storage
 from beam_jobs.contract import JOB_REDUCE, PROJECTION_COLUMNS
 
 METRICS_NAMESPACE = JOB_REDUCE
-# The ``ds`` label of rows whose file sits in no ``ds=YYYY-MM-DD`` folder (maps and manifest).
-NO_PARTITION = "(no ds)"
 
 
 def projection_schema():

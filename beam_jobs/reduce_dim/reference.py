@@ -14,7 +14,8 @@ wins, never replaced, so nights started together (a backfill) all end up in one 
 
 ``--reference DIR`` only transforms with it. A reference is refused, with a line saying why, when
 its format or version is unknown, a file's sha256 differs from the one recorded, or its model_id,
-embedding length or method differ from the run's.
+embedding length or method differ from the run's. The commit step's ``reference_and_drift`` gives the
+manifest its ``reference`` and ``drift`` blocks (tonight against the frame) and the maps the grey cloud.
 
 Where the files lie: locally they sit beside reference.json, the folder staged whole and moved in by
 one rename (a no-replace rename for ``create_reference``). An object store has no folder rename, so
@@ -39,10 +40,11 @@ from typing import Any
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import storage
+from beam_jobs import publish, storage
 from beam_jobs.contract import REFERENCE_FILE, REFERENCE_FORMAT, REFERENCE_VERSION
-from beam_jobs.reduce_dim.drift import DriftSpace
-from beam_jobs.reduce_dim.reduction import PCAModel, UmapModel, import_umap
+from beam_jobs.reduce_dim.drift import DriftSpace, Moments, build_drift_space, drift_stats
+from beam_jobs.reduce_dim.maps import Layer
+from beam_jobs.reduce_dim.reduction import PCAModel, Sample, UmapModel, import_umap
 from beam_jobs.runtime import InputError
 
 PCA_FILE = "pca.npz"
@@ -51,6 +53,17 @@ UMAP_FILE = "umap.pkl"
 DRIFT_FILE = "drift.npz"
 CLOUD_FILE = "cloud.npz"
 DATA_PREFIX = "fit-"  # object stores: DIR/fit-<token>/ holds one writer's files
+# Rows of the reference's seeded sample kept with it: its grey cloud on the maps and its drift sample.
+REFERENCE_SAMPLE = 2000
+# The map settings are not part of a reducer's provenance.
+THUMBNAIL_SETTINGS = (
+    "html_points",
+    "thumbnails",
+    "thumbnail_budget_mb",
+    "thumbnail_time_budget_s",
+    "mosaic_grid",
+    "trust_sample_size",
+)
 
 
 @dataclass
@@ -130,7 +143,7 @@ def _write_files(folder: str, files: dict[str, bytes]) -> None:
 
 
 def _staged_locally(folder: str, files: dict[str, bytes], info: dict[str, Any]) -> str:
-    staging = storage.staging_dir_for(folder)  # named with this process: a killed writer's goes at once
+    staging = publish.staging_dir_for(folder)  # named with this process: a killed writer's goes at once
     _write_files(staging, {**files, REFERENCE_FILE: _encode(info)})
     return staging
 
@@ -153,7 +166,7 @@ def save_reference(
     files, fit_rows = _files(model, drift, cloud)
     if storage.is_local(folder):
         info = _record(files, fit_rows, provenance, None)
-        storage.replace_directory(_staged_locally(folder, files, info), folder)
+        publish.replace_directory(_staged_locally(folder, files, info), folder)
         return info
     prefix = f"{DATA_PREFIX}{uuid.uuid4().hex[:12]}"
     info = _record(files, fit_rows, provenance, prefix)
@@ -185,14 +198,14 @@ def create_reference(
         info = _record(files, fit_rows, provenance, None)
         staging = _staged_locally(folder, files, info)
         try:
-            created = storage.publish_directory_if_absent(staging, folder)
+            created = publish.publish_directory_if_absent(staging, folder)
         finally:
             storage.remove_tree(staging)  # nothing left when it moved in; the loser's own copy otherwise
         return (info, True) if created else (_winner(folder), False)
     prefix = f"{DATA_PREFIX}{uuid.uuid4().hex[:12]}"
     info = _record(files, fit_rows, provenance, prefix)
     _write_files(storage.join(folder, prefix), files)
-    if storage.create_if_absent(storage.join(folder, REFERENCE_FILE), _encode(info)):
+    if publish.create_if_absent(storage.join(folder, REFERENCE_FILE), _encode(info)):
         return info, True
     winner = _winner(folder)
     if winner.get("data") == prefix:  # an earlier try of this same write landed (a retried upload)
@@ -213,13 +226,13 @@ def _winner(folder: str) -> dict[str, Any]:
 def sweep_leftovers(folder: str, max_age_s: float = 6 * 3600) -> list[str]:
     """Remove what writers that are gone left of a reference; returns what was removed.
 
-    Locally the staging folders beside ``folder`` (``storage.sweep_leftovers``: a dead process of this
+    Locally the staging folders beside ``folder`` (``publish.sweep_leftovers``: a dead process of this
     host at once, others after ``max_age_s``). On an object store the ``fit-*`` prefixes that
     reference.json does not name, once older than ``max_age_s`` (younger ones may be a writer's
     that is still going).
     """
     if storage.is_local(folder):
-        return storage.sweep_leftovers(folder, token="-", max_age_s=max_age_s)
+        return publish.sweep_leftovers(folder, token="-", max_age_s=max_age_s)
     try:
         data = read_info(folder).get("data") if has_reference(folder) else None
     except InputError:  # a record this version cannot read: which files it names is unknown, keep all
@@ -345,3 +358,60 @@ def reference_entry(info: dict[str, Any], folder: str, mode: str) -> dict[str, A
         "run_id": info.get("run_id"),
         "created_at": info.get("created_at"),
     }
+
+
+# --------------------------------------------------------------------------- the run's frame and drift
+
+
+def provenance(settings: dict[str, Any], partitions: list[str], seed: int, run_id: str) -> dict[str, Any]:
+    """What a reference records of the run that fitted it, from the run's manifest ``settings``
+    (``pipeline.run_settings``): the map settings left out, ``partitions`` being the nights fitted on."""
+    return {
+        "method": settings["method"],
+        "parameters": {k: v for k, v in settings["parameters"].items() if k not in THUMBNAIL_SETTINGS},
+        "model_id": settings["model_id"],
+        "embedding_dim": settings["embedding_dim"],
+        "partitions": partitions,
+        "seed": seed,
+        "run_id": run_id,
+    }
+
+
+def fitted_parts(model: PCAModel | UmapModel, sample: Sample, moments: Moments) -> tuple[DriftSpace, np.ndarray]:
+    """(the drift space, the grey cloud) of a reducer fitted by this run, from the reference's seeded sample."""
+    x = sample.columns["x"]
+    return build_drift_space(x, moments), np.asarray(model.transform(x), np.float32)[:, :2]
+
+
+def reference_and_drift(
+    frame,
+    settings: dict[str, Any],
+    run_id: str,
+    seed: int,
+    model=None,
+    reference_sample: Sample | None = None,
+    reference_moments: Moments | None = None,
+    tonight_sample: Sample | None = None,
+    tonight_moments: Moments | None = None,
+) -> tuple[dict[str, Any], Layer | None]:
+    """The manifest's ``reference`` and ``drift`` blocks, and the grey layer for the maps.
+
+    ``frame``: the launcher's ``pipeline.Frame``. "fitted": the drift space and the cloud from the reference's
+    sample, saved with the model to the reference folder (``--save_reference``: replaced). "loaded": read
+    back (each file's sha256 checked). Then tonight against it.
+    """
+    if not frame.mode:
+        return {}, None
+    if frame.mode == "fitted":
+        space, cloud = fitted_parts(model, reference_sample, reference_moments)
+        fitted_on = frame.fit_summary.partitions if frame.fit_summary else settings["partitions"]
+        info = save_reference(frame.folder, model, space, cloud, provenance(settings, fitted_on, seed, run_id))
+    else:
+        loaded = load_reference(frame.folder, frame.info)
+        info, space, cloud = loaded.info, loaded.drift, loaded.cloud
+    tonight_x = tonight_sample.columns["x"] if len(tonight_sample) else np.empty((0, space.axes.shape[1]), np.float32)
+    drift = drift_stats(space, tonight_x, tonight_moments, seed)
+    parts = info.get("partitions") or []
+    label = f"reference ({parts[0]} .. {parts[-1]})" if len(parts) > 1 else f"reference ({', '.join(parts)})"
+    layer = Layer(label, cloud[:, 0], cloud[:, 1]) if len(cloud) else None
+    return {"reference": reference_entry(info, frame.folder, frame.mode), "drift": drift}, layer

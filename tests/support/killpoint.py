@@ -85,14 +85,14 @@ def run_inference(self, batch, model, inference_args=None):
 
 def list_files(inputs):
     reached("list")
-    return _originals["_list_files"](inputs)
+    return _originals["embedding_files"](inputs)
 
 
 def open_parquet(path):
     # The up-front check opens every file first (one call per file); the pipeline's reads come after.
     if _originals["_pipeline_started"]:
         reached("read")
-    return _originals["_open_parquet"](path)
+    return _originals["open_parquet"](path)
 
 
 def fit_pca_checked(*args, **kwargs):
@@ -130,7 +130,7 @@ def rmtree(path, *args, **kwargs):
 def install(point: str, module: str) -> None:
     from apache_beam.io import filebasedsink
 
-    from beam_jobs import runtime, storage
+    from beam_jobs import publish, runtime
 
     def patch(owner, attr: str, wrapper, key: str | None = None) -> None:
         _originals[key or attr] = getattr(owner, attr)
@@ -142,9 +142,9 @@ def install(point: str, module: str) -> None:
 
         patch(inputs, "list_local", list_local)
     elif point == "list":
-        from beam_jobs.reduce_dim import inputs
+        from beam_jobs import partitions
 
-        patch(inputs, "_list_files", list_files)
+        patch(partitions, "embedding_files", list_files)
     elif point == "decode":
         from beam_jobs.extract_embeddings import decode
 
@@ -154,16 +154,16 @@ def install(point: str, module: str) -> None:
 
         patch(KerasEmbeddingModelHandler, "run_inference", run_inference)
     elif point == "read":
-        from beam_jobs.reduce_dim import inputs
+        from beam_jobs import partitions
 
-        patch(inputs, "_open_parquet", open_parquet)
-        original_launch = runtime.launch
+        patch(partitions, "open_parquet", open_parquet)
+        original_run_job = runtime.run_job
 
-        def launch(*args, **kwargs):  # the up-front checks are done once the job launches its pipeline
+        def run_job(*args, **kwargs):  # the up-front checks are done once the job launches its pipeline
             _originals["_pipeline_started"] = True
-            return original_launch(*args, **kwargs)
+            return original_run_job(*args, **kwargs)
 
-        runtime.launch = launch
+        runtime.run_job = run_job
     elif point == "fit":
         from beam_jobs.reduce_dim import fit
 
@@ -171,10 +171,10 @@ def install(point: str, module: str) -> None:
     elif point == "write":
         patch(filebasedsink.FileBasedSink, "open", sink_open, "sink_open")
     elif point == "commit":
-        patch(storage, "replace_directory", replace_directory)
+        patch(publish, "replace_directory", replace_directory)
     elif point == "swap":
         # The two-rename swap, taken where the file system cannot exchange two folders atomically.
-        patch(storage, "_exchange", no_exchange)
+        patch(publish, "_exchange", no_exchange)
         patch(os, "rename", rename)
     elif point == "swapped":
         patch(shutil, "rmtree", rmtree)

@@ -1,4 +1,5 @@
-"""Thumbnails for the maps, read in parallel within a size budget, a per-read timeout and a total time budget.
+"""Thumbnails for the maps and reports, read in parallel within a size budget, a per-read timeout and a total
+time budget.
 
 The map must never hold the night hostage: with ``gs://`` URIs and a slow or
 unreachable store, one read through the store's client can wait for minutes on
@@ -88,10 +89,10 @@ def data_uri_length(image: bytes) -> int:
 
 
 def encode_thumbnail(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
-    """A small WEBP of an image (RGB as in the extraction job), or None if it cannot be decoded."""
+    """A small WEBP of an image (RGB as in the extraction job: ``pixels.to_rgb``), or None if it cannot be decoded."""
     from PIL import Image, ImageOps
 
-    from beam_jobs.extract_embeddings.images import to_rgb
+    from beam_jobs.pixels import to_rgb
 
     try:
         with Image.open(io.BytesIO(data)) as img:
