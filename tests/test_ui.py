@@ -114,6 +114,32 @@ def test_a_two_model_night_shows_a_group_per_model_and_the_comparison(monkeypatc
     assert read == ["/m/pca/ds=2026-11-20/map.png"]
 
 
+def test_each_night_links_its_morning_report_served_from_that_nights_folder_only(tmp_path, monkeypatch):
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from image_embeddings_airflow import ui
+
+    folder = tmp_path / "out" / "reports" / "ds=2026-11-20"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<html>tonight</html>")
+    night = {**record("2026-11-20", "r"), "report_dir": str(folder)}
+    runs = ui.latest_runs([event(9, 20, night), event(8, 19, record("2026-11-19", "q"))])
+    page = ui.render_index(runs)
+    assert page.count("morning report") == 1  # the older night published no report folder
+    assert "href='report.html?event=9'" in page
+    monkeypatch.setattr(ui, "load_events", lambda event_id=None: [{"extra": night}])
+    assert asyncio.run(ui._report_file(9, "report.html")) == b"<html>tonight</html>"
+    with pytest.raises(HTTPException) as missing:  # the report task has not written its picture yet
+        asyncio.run(ui._report_file(9, "report.png"))
+    assert missing.value.status_code == 404
+    # Only that night's reports folder, only the report's two names.
+    assert ui.report_path({**night, "report_dir": "/etc"}, "report.html") is None
+    assert ui.report_path({**night, "report_dir": str(tmp_path / "reports" / "ds=2026-11-21")}, "report.html") is None
+    assert ui.report_path(night, "passwd") is None
+
+
 def test_map_files_are_only_the_three_names_and_the_mosaic_sits_beside_map_png():
     from image_embeddings_airflow.ui import MAP_CSP, map_path
 

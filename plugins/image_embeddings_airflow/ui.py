@@ -45,7 +45,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from markupsafe import Markup
 
-from beam_jobs.contract import MAP_HTML, MAP_MOSAIC, MAP_PNG, METHODS, RunRecord
+from beam_jobs.contract import MAP_HTML, MAP_MOSAIC, MAP_PNG, METHODS, REPORT_HTML, REPORT_PNG, RunRecord, partition
 from image_embeddings_airflow import DAG_ID, MAPS_ASSET, PUBLISH_TASK, similar
 from image_embeddings_airflow.paths import read_bytes
 
@@ -289,6 +289,40 @@ async def map_png(event: int, method: str, model: str | None = None) -> Response
 async def map_html(event: int, method: str, model: str | None = None) -> Response:
     body = await _map_file(event, method, "map_html", model)
     return Response(body, media_type="text/html", headers={"Content-Security-Policy": MAP_CSP})
+
+
+def report_path(record: dict[str, Any], name: str) -> str | None:
+    """The path of the night's morning report file ``name``: in the folder the publish event names, which
+    must be that night's ``reports/ds=<ds>`` (only ever these two file names there)."""
+    folder = record.get("report_dir")
+    if name not in (REPORT_HTML, REPORT_PNG) or not isinstance(folder, str) or not record.get("ds"):
+        return None
+    if not folder.rstrip("/").endswith(f"/reports/{partition(str(record['ds']))}"):
+        return None
+    return f"{folder.rstrip('/')}/{name}"
+
+
+async def _report_file(event: int, name: str) -> bytes:
+    events = await asyncio.to_thread(load_events, event)
+    path = report_path((events[0]["extra"] if events else None) or {}, name)
+    if path is None:
+        raise HTTPException(404, f"event {event} names no morning report")
+    try:
+        return await asyncio.to_thread(read_bytes, path)
+    except FileNotFoundError:
+        raise HTTPException(404, f"{path} is not there (the report runs after publish, or it failed)") from None
+
+
+@router.get("/report.html")
+async def report_html(event: int) -> Response:
+    """The night's morning report: one offline page (inline images), served under the maps' CSP."""
+    body = await _report_file(event, REPORT_HTML)
+    return Response(body, media_type="text/html", headers={"Content-Security-Policy": MAP_CSP})
+
+
+@router.get("/report.png")
+async def report_png(event: int) -> Response:
+    return Response(await _report_file(event, REPORT_PNG), media_type="image/png")
 
 
 @router.get("/map_mosaic.png")
