@@ -181,7 +181,8 @@ def test_plugin_serves_the_router_behind_airflows_access_check():
 
     (app,) = ImageEmbeddingsPlugin().fastapi_apps
     assert app["url_prefix"] == "/image-embeddings"
-    paths = ["/", "/api/latest", "/map.png", "/map.html", "/map_mosaic.png", "/api/similar", "/api/similar", "/thumb"]
+    paths = ["/", "/api/latest", "/map.png", "/map.html", "/report.html", "/report.png", "/map_mosaic.png"]
+    paths += ["/api/similar", "/api/similar", "/thumb"]
     assert {r.path for r in app["app"].routes} >= set(paths)
     assert [route.path for route in router.routes] == paths
     client = TestClient(app["app"])
