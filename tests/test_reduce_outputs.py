@@ -12,7 +12,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from beam_jobs.reduce_dim.inputs import InputSummary
+from beam_jobs.partitions import InputSummary
 from beam_jobs.reduce_dim.outputs import (
     CoordsFn,
     MapParams,
