@@ -72,9 +72,9 @@ def resolve_hub(handle: str) -> str:
         import tensorflow_hub as hub
     except ImportError:
         raise ModelError(
-            f"--model hub:{handle} needs the tensorflow_hub package, which this environment does not pin "
-            "(it does not import with TensorFlow 2.21). Download the model as a SavedModel on a machine with "
-            "internet and pass --model savedmodel:PATH (local or gs://)"
+            f"--model hub:{handle} needs the tensorflow_hub package of the [hub] extra "
+            "(pip install 'image-embeddings-pipeline[hub]'; the lock leaves it out), or download the model as a "
+            "SavedModel on a machine with internet and pass --model savedmodel:PATH (local or gs://)"
         ) from None
     if not _internet_reachable("www.kaggle.com"):
         raise ModelError(
