@@ -113,8 +113,12 @@ def dataflow_plan(dag):
 
 
 def plan_xcoms(plan: dict) -> dict[tuple[str, str], Any]:
-    """The plan task's XComs: the whole plan, and each key on its own (``multiple_outputs``)."""
-    return {("plan", "return_value"): plan, **{("plan", key): value for key, value in plan.items()}}
+    """The plan task's XComs: the whole plan, and each key on its own (``multiple_outputs``), with the
+    extraction's flags the plan task adds from the function the Kubeflow step uses."""
+    from beam_jobs.nightly.launch import extract_options
+
+    planned = {**plan, "extract_options": extract_options(plan)}
+    return {("plan", "return_value"): planned, **{("plan", key): value for key, value in planned.items()}}
 
 
 def render(

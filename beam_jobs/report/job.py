@@ -78,10 +78,7 @@ def thumbnail_uris(analysis: Analysis, duplicates: dict[str, list], movers: int)
 
 
 def gather(cfg: ReportConfig, uris: list[str], budget: int):
-    try:
-        from beam_jobs.thumbnails import ThumbnailParams, gather_thumbnails
-    except ImportError:  # before the issue-30 cleanup moved it out of reduce_dim
-        from beam_jobs.reduce_dim.thumbnails import ThumbnailParams, gather_thumbnails
+    from beam_jobs.thumbnails import ThumbnailParams, gather_thumbnails
 
     params = ThumbnailParams(
         size=cfg.thumbnail_size,
@@ -257,10 +254,7 @@ def build(cfg: ReportConfig) -> tuple[ReportJson, str, bytes]:
 
 def publish(cfg: ReportConfig, report: ReportJson, page: str, png: bytes) -> None:
     """Stage the three files beside the output and swap them in whole (a re-run replaces the report)."""
-    try:
-        from beam_jobs import publish as swap
-    except ImportError:  # before the issue-30 cleanup moved staging out of storage
-        swap = storage
+    from beam_jobs import publish as swap
     token = swap.run_token(cfg.run_id)
     for step in swap.sweep_leftovers(cfg.output, token):
         LOG.warning("leftovers of an earlier run: %s", step)
