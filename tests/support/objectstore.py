@@ -13,7 +13,7 @@ the order of a commit (manifest last).
 
 ``create_if_absent`` is what gs:// does for an upload with ``ifGenerationMatch=0``: the object is
 written only when no object has the name, checked and written in one step (under the store's lock),
-so of writers racing for one name exactly one gets True. ``storage.create_if_absent`` finds it on the
+so of writers racing for one name exactly one gets True. ``publish.create_if_absent`` finds it on the
 file system Beam picks for ``memgs://``.
 """
 
