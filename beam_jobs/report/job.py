@@ -255,6 +255,7 @@ def build(cfg: ReportConfig) -> tuple[ReportJson, str, bytes]:
 def publish(cfg: ReportConfig, report: ReportJson, page: str, png: bytes) -> None:
     """Stage the three files beside the output and swap them in whole (a re-run replaces the report)."""
     from beam_jobs import publish as swap
+
     token = swap.run_token(cfg.run_id)
     for step in swap.sweep_leftovers(cfg.output, token):
         LOG.warning("leftovers of an earlier run: %s", step)
