@@ -740,3 +740,37 @@ def test_local_kfp_night_leaves_its_maps_and_figures_as_artifacts(nights):
     metrics = validate["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert metrics["inputs"] == len(images) + 1
     assert metrics["failed"] == 1
+
+
+@pytest.mark.slow
+def test_local_kfp_run_refuses_bad_params_before_the_extraction_step(sample_dir, tmp_path, capfd):
+    """kfp.local: mosaic_grid=100, batch_size=0 and an unknown model fail the plan step; no job starts, so no
+    embeddings folder is written (the refusal names every problem)."""
+    from kfp import local
+
+    from pipelines.image_embeddings_kfp import nightly_pipeline
+    from tests.airflow_support import stage_images
+
+    stage_images(sample_dir, tmp_path, DS, count=2)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    pipeline = nightly_pipeline(run_times=False)
+    bad = {**NIGHT_PARAMS, "mosaic_grid": 100, "batch_size": 0, "models": ["vgg16"]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builtins, "print", builtins.print)  # kfp.local's print swap (see the nights fixture)
+        with pytest.raises(RuntimeError) as refused:
+            pipeline(
+                input=str(tmp_path / "images" / "ds={{ ds }}" / "*"),
+                output_root=str(tmp_path / "kfp"),
+                methods=["pca"],
+                ds=DS,
+                **bad,
+            )
+    assert "plan" in str(refused.value)
+    said = capfd.readouterr()
+    for problem in (
+        "mosaic_grid 100: 100 is greater than the maximum of 64",
+        "batch_size 0: 0 is less than the minimum of 1",
+        "models ['vgg16']: 'vgg16' is not one of",
+    ):
+        assert problem in said.out + said.err
+    assert not (tmp_path / "kfp" / "embeddings").exists()
