@@ -13,6 +13,9 @@ default to what the index's model_id names (``random`` with its seed, ``imagenet
 an index built from a weights file needs ``--weights PATH`` (checked by its SHA-256).
 
 ``open_index`` and ``Index.neighbours`` are what the Airflow search page uses too.
+
+``--store lance --store_uri URI`` asks the vector store that ``python -m beam_jobs.publish_store`` fills instead of
+a night's index (every published night, one table per model_id): ``beam_jobs.store_search``.
 """
 
 from __future__ import annotations
@@ -216,11 +219,18 @@ def read_image(path: str) -> bytes:
 
 def arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m beam_jobs.search", description=__doc__.splitlines()[0])
-    parser.add_argument("--index", required=True, help="an index partition (…/index/ds=YYYY-MM-DD), local or gs://")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--index", help="an index partition (…/index/ds=YYYY-MM-DD), local or gs://")
+    source.add_argument(
+        "--store", choices=("lance", "bigquery"), help="or a vector store of published nights: lance (with --store_uri)"
+    )
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="an image file (local or gs://) embedded with the index's model")
     query.add_argument("--uri", help="an indexed image, by its image_uri (its stored vector is the query)")
     query.add_argument("--vector-from", dest="vector_from", help="an indexed row: its id or position in rows.parquet")
+    parser.add_argument("--store_uri", help="--store: the store's folder or gs:// prefix")
+    parser.add_argument("--model_id", help="--store: the table of this model_id (default: the store's only table)")
+    parser.add_argument("--table", help="--store: a table by name (as publish_store's --table)")
     parser.add_argument("-k", type=int, default=10, help="neighbours to print (default: 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--model", help="--image: the model (default: the one the index's model_id names)")
@@ -238,6 +248,10 @@ def search(argv: list[str] | None = None) -> dict[str, Any]:
     args = arg_parser().parse_args(argv)
     if not 1 <= args.k <= 1000:
         raise SearchError(f"-k must be between 1 and 1000, got {args.k}")
+    if args.store:
+        from beam_jobs.store_search import search_store
+
+        return search_store(args)
     index = open_index(args.index)
     exclude = None
     if args.image:

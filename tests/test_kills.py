@@ -200,3 +200,41 @@ def test_each_job_killed_at_each_stage_keeps_the_previous_output(manifest_run, s
     assert (manifest["run_id"], manifest["rows"]) == ("rerun", 120)
     assert sorted(os.listdir(red_out)) == sorted(reduce_files(manifest))
     assert os.listdir(os.path.dirname(red_out)) == [os.path.basename(red_out)]
+
+
+@pytest.mark.slow
+def test_publish_store_killed_leaves_the_previous_version_and_the_next_run_completes(tmp_path):
+    """publish_store killed while Lance writes the night (nothing committed): the table is the previous version;
+    killed after the commit, before the index and upkeep: the night is there and the next run does the rest."""
+    import lancedb
+
+    store = str(tmp_path / "store")
+    (tmp_path / "tmp").mkdir()  # Killed's TMPDIR: Lance's merge spills there
+    nights = {}
+    for seed, ds in enumerate(("2026-11-20", "2026-11-21"), start=1):
+        folder = tmp_path / "embeddings" / f"ds={ds}"
+        x, _ = clustered_embeddings(600, 64, clusters=3, seed=seed)
+        write_embeddings(str(folder), x, "synthetic/kill", files=3, prefix=ds)
+        nights[ds] = ["--input", str(folder), "--store", "lance", "--store_uri", store, "--index_threshold", "1000"]
+    from beam_jobs.publish_store.job import run as publish
+
+    publish(nights["2026-11-20"])
+    table = lancedb.connect(store).open_table("synthetic_kill")
+    before = (table.version, table.count_rows(), table.count_rows("ds = '2026-11-20'"))
+    assert before[1:] == (600, 600)
+
+    Killed("store_write", "beam_jobs.publish_store", nights["2026-11-21"], tmp_path).kill()
+    table.checkout_latest()
+    assert (table.version, table.count_rows(), table.count_rows("ds = '2026-11-20'")) == before
+
+    Killed("store_upkeep", "beam_jobs.publish_store", nights["2026-11-21"], tmp_path).kill()
+    table.checkout_latest()
+    assert table.version == before[0] + 1  # the night's one commit, nothing after it
+    assert (table.count_rows("ds = '2026-11-20'"), table.count_rows("ds = '2026-11-21'")) == (600, 600)
+    assert table.list_indices() == []  # 1,200 rows passed the threshold, but the upkeep never ran
+
+    result = publish(nights["2026-11-21"])
+    entry = result["tables"]["synthetic/kill"]
+    assert (entry["merge"]["inserted"], entry["merge"]["updated"], entry["table_rows"]) == (0, 600, 1200)
+    assert entry["upkeep"]["index_name"]
+    assert entry["upkeep"]["unindexed_rows"] == 0

@@ -23,7 +23,10 @@ Points (what the job is doing when it stops):
 * ``commit``: either job, the manifest is staged and the swap is about to start;
 * ``swap``: a local swap between its two renames (the output renamed away, staging not yet in),
   on a file system without an atomic exchange (the exchange is switched off for this point);
-* ``swapped``: a local swap done, the previous output (in its ``.old-`` folder) not yet deleted.
+* ``swapped``: a local swap done, the previous output (in its ``.old-`` folder) not yet deleted;
+* ``store_write``: publish_store, Lance's merge has taken the night's first batch and asks for the next (its data
+  is being written, nothing committed);
+* ``store_upkeep``: publish_store, the night committed, the index and the upkeep not yet begun.
 """
 
 from __future__ import annotations
@@ -127,6 +130,18 @@ def rmtree(path, *args, **kwargs):
     return _originals["rmtree"](path, *args, **kwargs)
 
 
+def source_batches(*args, **kwargs):
+    for i, batch in enumerate(_originals["source_batches"](*args, **kwargs)):
+        if i == 1:
+            reached("store_write")
+        yield batch
+
+
+def maintain(*args, **kwargs):
+    reached("store_upkeep")
+    return _originals["maintain"](*args, **kwargs)
+
+
 def install(point: str, module: str) -> None:
     from apache_beam.io import filebasedsink
 
@@ -178,6 +193,14 @@ def install(point: str, module: str) -> None:
         patch(os, "rename", rename)
     elif point == "swapped":
         patch(shutil, "rmtree", rmtree)
+    elif point == "store_write":
+        from beam_jobs.publish_store import rows
+
+        patch(rows, "source_batches", source_batches)
+    elif point == "store_upkeep":
+        from beam_jobs.publish_store import lance_store
+
+        patch(lance_store, "maintain", maintain)
     else:
         raise SystemExit(f"unknown kill point {point!r} for {module}")
 
