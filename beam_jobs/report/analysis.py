@@ -52,7 +52,15 @@ class Analysis:
 class Scan:
     """Pass 3 over tonight: what is kept of each block."""
 
-    def __init__(self, pca: vec.Pca, sample_index, clustering: clus.Clustering, capacity: int, check_p: float, seed):
+    def __init__(
+        self,
+        pca: vec.Pca,
+        sample_index: nov.SampleIndex,
+        clustering: clus.Clustering,
+        capacity: int,
+        check_p: float,
+        seed: int,
+    ):
         self.pca, self.sample_index, self.clustering = pca, sample_index, clustering
         self.scores: list[np.ndarray] = []
         self.counts = np.zeros(clustering.k, np.int64)
@@ -62,10 +70,11 @@ class Scan:
         self.rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 2])
         self.check_x: list[np.ndarray] = []
         self.check_scores: list[np.ndarray] = []
+        self.check_exact_reduced: list[np.ndarray] = []  # the same rows searched exactly in the reduced space
 
     def add(self, block: vec.Block) -> None:
         reduced = self.pca.project(block.x)
-        scores, _ = nov.nearest(self.sample_index, reduced)
+        scores, _ = self.sample_index.nearest(reduced)
         labels, dist = self.clustering.assign(reduced)
         self.scores.append(scores)
         self.counts += np.bincount(labels, minlength=self.clustering.k)
@@ -75,6 +84,7 @@ class Scan:
         if check.any():
             self.check_x.append(block.x[check])
             self.check_scores.append(scores[check])
+            self.check_exact_reduced.append(nov.nearest(self.sample_index.flat, reduced[check])[0])
 
 
 def _subsample(n: int, size: int, seed: int, salt: int) -> np.ndarray:
@@ -130,7 +140,8 @@ def analyse(
     tonight_p = pca.project(tonight.x)
     phases["pca_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    calibration = nov.calibrate(sample_p, window.sample.ds, held_p, window.held.ds)
+    sample_index = nov.SampleIndex(sample_p, cfg.seed)
+    calibration = nov.calibrate(sample_p, window.sample.ds, held_p, window.held.ds, sample_index)
     phases["calibrate_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     clustering = clus.fit_clusters(np.concatenate([sample_p, tonight_p]), cfg.clusters, cfg.seed)
@@ -140,7 +151,6 @@ def analyse(
     phases["kmeans_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    sample_index = nov.flat_index(sample_p)
     capacity = max(20 * cfg.top_k, 1000)
     scan = Scan(pca, sample_index, clustering, capacity, min(1.0, CHECK_ROWS / max(tonight_rows, 1)), cfg.seed)
     for block in vec.iter_blocks(tonight_files, model_id, cfg.block_rows, dim):
@@ -169,6 +179,11 @@ def analyse(
         {str(scan.candidates.uris[i]) for i in reduced_top},
         {item["image_uri"] for item in new_tonight},
     )
+    if scan.check_exact_reduced:  # IVF against the exact scan of the same reduced sample
+        flat = np.concatenate(scan.check_exact_reduced)
+        check["index_nearest_share"] = round(float(np.mean(check_reduced <= flat * 1.001 + 1e-9)), 4)
+        ratio = check_reduced[flat > 0] / flat[flat > 0]
+        check["index_score_ratio_p99"] = round(float(np.quantile(ratio, 0.99)), 4) if len(ratio) else None
     phases["rank_s"] = time.perf_counter() - clock
 
     rate = float((scores > calibration.threshold).mean()) if len(scores) else 0.0
@@ -184,6 +199,7 @@ def analyse(
         "tonight_rows": len(scores),
         "dropped_non_finite": window.stats.dropped_non_finite,
         "candidates": len(scan.candidates.scores),
+        **sample_index.describe(),
         "rate": round(rate, 6),
         "novel_rows": int((scores > calibration.threshold).sum()),
         "threshold": round(calibration.threshold, 6),

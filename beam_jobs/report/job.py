@@ -112,18 +112,23 @@ def summary_png(report: ReportJson, images: dict[str, bytes]) -> bytes:
     values = {f["name"]: f for f in report["numbers"]}
 
     def figure(name: str) -> str:
-        entry = values.get(name)
-        if entry is None or entry["value"] is None:
-            return "-"
-        median = f" (median {entry['median']:,.0f})" if entry["median"] is not None else ""
+        entry = values[name]
+        median = f"   (median {entry['median']:,.0f})" if entry["median"] is not None else ""
         return f"{entry['value']:,.0f}{median}"
 
     novelty = report["novelty"]
-    lines = [("inputs · embedded · failed", f"{figure('inputs')} · {figure('embedded')} · {figure('failed')}")]
+    counted = [
+        name for name in ("inputs", "embedded", "failed") if name in values and values[name]["value"] is not None
+    ]
+    lines = [(name, figure(name)) for name in counted]
     if novelty.get("rate") is not None:
         band = novelty.get("band")
-        usual = f" (band {100 * band[0]:.1f} to {100 * band[1]:.1f}%)" if band else ""
-        lines.append(("novelty rate", f"{100 * novelty['rate']:.2f}% {novelty.get('status', '')}{usual}"))
+        usual = (
+            f"{novelty.get('status')} its usual band ({100 * band[0]:.1f} to {100 * band[1]:.1f}%)"
+            if band
+            else "no usual level yet"
+        )
+        lines.append(("novelty rate", f"{100 * novelty['rate']:.2f}%, {usual}"))
     if report["clusters"]:
         top = report["clusters"][0]
         lines.append(

@@ -7,9 +7,14 @@ The search runs on reduced vectors against a sample, so a window of millions of 
 * every vector is L2-normalised and projected on the top PCA axes (default 64) of a pooled sample of the
   window and tonight (tonight's own new directions are among the axes, so a new kind of image does not
   vanish in the projection);
-* each of tonight's rows is scored against the sample with an exact faiss search in that space:
-  score = |a - b|^2 / 2, which for unit vectors is 1 - cosine similarity (the projection only shortens
-  distances, so the reduced score is a lower bound of the full one);
+* each of tonight's rows is scored against the sample with a faiss search in that space: score =
+  |a - b|^2 / 2, which for unit vectors is 1 - cosine similarity (the projection only shortens distances,
+  so the reduced score is a lower bound of the full one). A sample of 20,000 rows or more is searched with
+  an inverted-file index (``IndexIVFFlat``, ~48 rows per list, 1 list in 64 probed, at least 8; 5-9x less
+  CPU than the exact scan at 50,000 rows; on the benchmark's clustered vectors it found the nearest row, or
+  one as near, for ~99% of tonight's rows, and more probes did not raise that):
+  a missed nearest row only makes a score larger, so the most novel rows are never lost, only joined by
+  a few false candidates that the exact re-scoring below drops; the threshold is found with the same index;
 * the rows with the highest reduced scores (20 x top_k, at least 1,000) are re-scored exactly, at full
   length, against the sample: the page shows those exact scores, best first.
 
@@ -23,6 +28,7 @@ spread (1.4826 x MAD) and the binomial noise of a held-out night's rate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +37,9 @@ import numpy as np
 QUANTILE = 0.99
 BAND_SIGMAS = 3.0
 SEARCH_BLOCK = 16_384
+IVF_FROM = 20_000  # sample rows from which tonight is searched with an IVF index (exactly below)
+ROWS_PER_LIST = 48
+PROBE_SHARE = 64  # lists probed: 1 in this many (at least 8)
 
 
 def flat_index(x: np.ndarray):
@@ -52,6 +61,39 @@ def nearest(index, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores[start : start + len(chunk)] = np.maximum(dist[:, 0], 0.0) / 2.0
         ids[start : start + len(chunk)] = found[:, 0]
     return scores, ids
+
+
+class SampleIndex:
+    """What tonight's rows are scored against: the reduced sample, exactly below ``IVF_FROM`` rows, else IVF
+    (a query whose probed lists are all empty falls back to the exact scan)."""
+
+    def __init__(self, x: np.ndarray, seed: int = 0):
+        import faiss
+
+        self.flat = flat_index(x)
+        self.kind, self.nlist, self.nprobe = "flat", 0, 0
+        self.ivf = None
+        if len(x) >= IVF_FROM:
+            self.nlist = int(min(4096, max(64, 2 ** round(math.log2(len(x) / ROWS_PER_LIST)))))
+            self.nprobe = max(8, self.nlist // PROBE_SHARE)
+            self.ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], self.nlist)
+            self.ivf.cp.seed = int(seed) + 17
+            self.ivf.train(np.ascontiguousarray(x, dtype=np.float32))
+            self.ivf.add(np.ascontiguousarray(x, dtype=np.float32))
+            self.ivf.nprobe = self.nprobe
+            self.kind = "ivf"
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.ivf is None:
+            return nearest(self.flat, queries)
+        scores, ids = nearest(self.ivf, queries)
+        missed = ids < 0
+        if missed.any():
+            scores[missed], ids[missed] = nearest(self.flat, queries[missed])
+        return scores, ids
+
+    def describe(self) -> dict[str, Any]:
+        return {"index": self.kind, "nlist": self.nlist, "nprobe": self.nprobe}
 
 
 def exact_nearest(queries: np.ndarray, rows: np.ndarray, block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -88,9 +130,12 @@ class Calibration:
         return "below" if rate < self.band[0] else "within"
 
 
-def calibrate(sample_p: np.ndarray, sample_ds: np.ndarray, held_p: np.ndarray, held_ds: np.ndarray) -> Calibration:
-    """Threshold from the held-out rows against the whole sample; each night's rate against the other nights."""
-    held_scores, _ = nearest(flat_index(sample_p), held_p)
+def calibrate(
+    sample_p: np.ndarray, sample_ds: np.ndarray, held_p: np.ndarray, held_ds: np.ndarray, index: SampleIndex
+) -> Calibration:
+    """Threshold from the held-out rows against the whole sample (searched as tonight is, with ``index``); each
+    night's rate against the other nights (exactly: the held-out rows are few)."""
+    held_scores, _ = index.nearest(held_p)
     threshold = float(np.quantile(held_scores, QUANTILE)) if len(held_scores) else float("inf")
     out = Calibration(threshold, held_scores)
     nights = sorted(set(held_ds.tolist()))

@@ -118,10 +118,10 @@ def summary_png(title: str, lines: list[tuple[str, str]], novel: list[tuple[byte
     fig.patch.set_facecolor("white")
     fig.text(0.03, 0.93, title, fontsize=20, weight="bold", color="#111827")
     y = 0.84
-    for label, value in lines:
-        fig.text(0.03, y, label, fontsize=11, color="#6b7280")
-        fig.text(0.03, y - 0.04, value, fontsize=14, color="#111827")
-        y -= 0.1
+    for label, value in lines[:8]:
+        fig.text(0.03, y, label, fontsize=10, color="#6b7280")
+        fig.text(0.03, y - 0.035, value, fontsize=12, color="#111827", wrap=True)
+        y -= 0.095
     fig.text(0.03, 0.03, note, fontsize=8, color="#6b7280")
     shown = [(arr, caption) for image, caption in novel[:12] if (arr := _thumb_array(image)) is not None]
     fig.text(0.42, 0.88, "new tonight" if shown else "new tonight: nothing to show", fontsize=13, weight="bold")
