@@ -361,6 +361,16 @@ with DAG(
             on_problem=lambda text: alerts.post_alert({**payload, "error": text, "text": f":warning: {text}"}),
         )
 
+    # A run's state is its leaves' state, and `report` (all_done) is a leaf that succeeds or skips after a
+    # failure too: without this task a night whose plan or extraction failed would be marked success.
+    # (Airflow's "watcher" pattern; its own failure alerts nothing, the run's on_failure_callback does.)
+    @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
+    def night_status() -> None:
+        """Fails the run when any task of the night failed; skipped when none did."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("a task of this night failed (its own log says why); the run is failed")
+
     planned >> wait_for_input >> extract >> extract_done >> validated
     reducer >> reducer_done
     published = publish(planned, validated)
@@ -368,3 +378,4 @@ with DAG(
     reducer_done >> published
     validated >> compare_models(planned) >> published
     validated >> choose_index(planned["index"]) >> indexer >> indexer_done >> published
+    list(dag.tasks) >> night_status()

@@ -60,6 +60,9 @@ def test_dagbag_policy(dagbag):
             where = f"{dag_id}.{task.task_id}"
             assert task.owner == dag.default_args["owner"], where  # inherited, never Airflow's "airflow"
             assert isinstance(task.retries, int), where  # explicit or inherited from default_args
+            if task.task_id == "night_status":  # it fails only to fail the run, which alerts by itself
+                assert not task.on_failure_callback, where
+                continue
             assert task.on_failure_callback, where
 
 
@@ -107,7 +110,11 @@ def test_schedule_and_defaults(dag):
 
 def test_structure(dag):
     def down(task_id):
-        return set(dag.get_task(task_id).downstream_task_ids)
+        return set(dag.get_task(task_id).downstream_task_ids) - {"night_status"}
+
+    # Every task is upstream of night_status, which fails the run when any of them failed (below).
+    assert {t.task_id for t in dag.get_task("night_status").upstream_list} == set(dag.task_ids) - {"night_status"}
+    assert dag.get_task("night_status").trigger_rule == "one_failed"
 
     # The Beam tasks and *_done sensors take plan's values as XComArgs, which makes them its
     # direct downstream too (besides the chain plan -> wait_for_input -> ...).
@@ -176,6 +183,7 @@ def test_retries_backoff_and_fail_fast_tasks(dag):
         "compare_models": 2,
         "publish": 1,
         "report": 0,
+        "night_status": 0,
     }
     for task_id in BEAM_TASKS:
         task = dag.get_task(task_id)

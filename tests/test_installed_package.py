@@ -200,10 +200,12 @@ def fill_wheelhouse(context: Path) -> None:
 
 
 def pip_install(venv: Venv, args: list[str], cwd: Path, context: Path) -> None:
-    """`pip install ARGS` from the wheelhouse; a wheel it lacks is fetched (fill_wheelhouse) and pip runs again."""
+    """`pip install ARGS` from the wheelhouse; when that fails the wheelhouse is filled from the registry and pip
+    runs again. (A wheel it lacks reads "No matching distribution found", or "ResolutionImpossible" when a
+    constraint pins the version it lacks: any failure is retried once, and the second one is the answer.)"""
     command = ["-m", "pip", "install", *FROM_WHEELHOUSE, *args]
     proc = venv.run(*command, cwd=cwd)
-    if proc.returncode != 0 and "No matching distribution found" in proc.stderr:
+    if proc.returncode != 0:
         fill_wheelhouse(context)
         proc = venv.run(*command, cwd=cwd)
     assert proc.returncode == 0, f"pip install {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
