@@ -10,7 +10,7 @@ Prints the CPU flags first. For each size, two child processes (each its own pea
   index); then a second night of 10,000 rows is published into the full table (tonight's cost once the store
   is that big). Queries through ``store_search.search_table``: 300 single queries (p50/p99) and recall@10 of
   200 against exact search (numpy over every row), at the search command's setting and a few others, after 20
-  warm-up queries.
+  warm-up queries; then the same for the other index kinds of ``OTHER_INDEXES``, built on the same table.
 * faiss: ``scripts/bench_index.one_size``, the night index's own benchmark (IVF, fp16 codes).
 
 Vectors and queries are ``bench_index.chunk``'s (2,000 Gaussian clusters, L2-normalised); queries are fresh rows
@@ -34,7 +34,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 SECOND_NIGHT = 10_000
-SWEEP = ((10, 5), (20, 5), (20, 10), (40, 10), (80, 10), (40, 20))  # (nprobes, refine_factor)
+SWEEP = ((20, 10), (40, 10), (80, 10), (40, 20), (40, 50), (40, 100))  # (nprobes, refine_factor)
+# Other index kinds measured on the same table after the job's own (each replaces the one before).
+OTHER_INDEXES = ("ivf_sq",)
+OTHER_SWEEP = ((20, 5), (40, 5), (40, 10), (80, 10))
 
 
 def write_partition(folder: str, n: int, start: int, dim: int, total: int) -> None:
@@ -78,6 +81,7 @@ def lance_size(n: int, dim: int, queries: int, latency_queries: int, work: str) 
     from beam_jobs.build_index import ann
     from beam_jobs.publish_store.config import StoreConfig
     from beam_jobs.publish_store.job import publish
+    from beam_jobs.publish_store.lance_store import index_config, vector_indices
     from beam_jobs.store_search import NPROBES, REFINE_FACTOR, open_store, search_table
 
     store = os.path.join(work, "store")
@@ -130,18 +134,32 @@ def lance_size(n: int, dim: int, queries: int, latency_queries: int, work: str) 
             found[i, : len(got)] = got
         return ann.recall_at_k(found, truth, 10)
 
-    sweep = {}
-    for nprobes, refine in SWEEP:
-        times = []
-        for row in q[:100]:
-            t0 = time.perf_counter()
-            search_table(table, row, 10, nprobes, refine)
-            times.append(time.perf_counter() - t0)
-        sweep[f"{nprobes}/{refine}"] = {
-            "recall_at_10": round(recall(nprobes, refine), 4),
-            "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 1),
-            "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 1),
-        }
+    def measure(settings) -> dict:
+        out = {}
+        for nprobes, refine in settings:
+            times = []
+            for row in q[:100]:
+                t0 = time.perf_counter()
+                search_table(table, row, 10, nprobes, refine)
+                times.append(time.perf_counter() - t0)
+            out[f"{nprobes}/{refine}"] = {
+                "recall_at_10": round(recall(nprobes, refine), 4),
+                "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 1),
+                "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 1),
+            }
+        return out
+
+    sweep = measure(SWEEP)
+    default_recall = sweep.get(f"{NPROBES}/{REFINE_FACTOR}", {}).get("recall_at_10")
+    if default_recall is None:
+        default_recall = round(recall(NPROBES, REFINE_FACTOR), 4)
+    others = {}
+    for kind in OTHER_INDEXES:
+        for old in vector_indices(table):
+            table.drop_index(old.name)
+        t0 = time.perf_counter()
+        table.create_index("embedding", config=index_config(kind, total, dim), name=f"embedding_{kind}_n{total}")
+        others[kind] = {"build_s": round(time.perf_counter() - t0, 1), **measure(OTHER_SWEEP)}
     upkeep = first["upkeep"]
     return {
         "rows": total,
@@ -157,10 +175,10 @@ def lance_size(n: int, dim: int, queries: int, latency_queries: int, work: str) 
         "fragments": second["upkeep"]["fragments"],
         "query_p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 1),
         "query_p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 1),
-        "recall_at_10": sweep.get(f"{NPROBES}/{REFINE_FACTOR}", {}).get("recall_at_10")
-        or round(recall(NPROBES, REFINE_FACTOR), 4),
+        "recall_at_10": default_recall,
         "setting": f"nprobes {NPROBES}, refine x{REFINE_FACTOR}",
         "sweep": sweep,
+        "other_indexes": others,
         "exact_numpy_batch_s": round(exact_s, 1),
         "store_gb": round(
             sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs) / 2**30, 2

@@ -23,6 +23,7 @@ import pytest
 
 from beam_jobs.config import UsageError
 from beam_jobs.contract import PROJECTION_COLUMNS
+from beam_jobs.publish_store.config import DEFAULT_INDEX_TYPE as INDEX
 from beam_jobs.storage import arrow_schema
 from devtools.synthetic import clustered_embeddings, write_embeddings
 from tests.conftest import ROOT, run_cli
@@ -98,7 +99,7 @@ def test_two_nights_and_a_rerun_leave_each_date_once_and_search_answers(tmp_path
     proc = run_cli("beam_jobs.publish_store", "--input", d2, *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = table_of(store)
-    assert table.list_indices()[0].name == "embedding_ivf_rq_n500"  # 500 rows passed the threshold of 450
+    assert table.list_indices()[0].name == f"embedding_{INDEX}_n500"  # 500 rows passed the threshold of 450
 
     # Night 1 again, as a re-run after the images changed: 250 of the 300 (new vectors), the rest gone.
     before = table.version
@@ -293,6 +294,6 @@ def test_the_index_is_retrained_when_the_table_has_grown_4x(tmp_path):
         names.append(upkeep["index_name"])
         assert upkeep["unindexed_rows"] == 0
     # 300 rows: trained; 700: the new rows added to that index; 1,200 >= 4 x 300: trained again, the old one dropped.
-    assert names == ["embedding_ivf_rq_n300", "embedding_ivf_rq_n300", "embedding_ivf_rq_n1200"]
-    assert upkeep["dropped"] == ["embedding_ivf_rq_n300"]
-    assert [i.name for i in table_of(store).list_indices()] == ["embedding_ivf_rq_n1200"]
+    assert names == [f"embedding_{INDEX}_n300", f"embedding_{INDEX}_n300", f"embedding_{INDEX}_n1200"]
+    assert upkeep["dropped"] == [f"embedding_{INDEX}_n300"]
+    assert [i.name for i in table_of(store).list_indices()] == [f"embedding_{INDEX}_n1200"]

@@ -19,8 +19,10 @@ STORES = (STORE_NONE, STORE_LANCE, STORE_BIGQUERY)
 
 INDEX_IVF_PQ = "ivf_pq"
 INDEX_IVF_RQ = "ivf_rq"
+INDEX_IVF_SQ = "ivf_sq"
 INDEX_HNSW_SQ = "hnsw_sq"
-INDEX_TYPES = (INDEX_IVF_RQ, INDEX_IVF_PQ, INDEX_HNSW_SQ)
+INDEX_TYPES = (INDEX_IVF_RQ, INDEX_IVF_SQ, INDEX_IVF_PQ, INDEX_HNSW_SQ)
+DEFAULT_INDEX_TYPE = INDEX_IVF_RQ
 
 # From this many rows a table gets its ANN index; below it is searched exactly (a flat scan). A flat scan of
 # 50,000 2048-d rows took 2.6 s a query here (Lance decodes every vector) against ~12 ms through the index, and
@@ -65,9 +67,9 @@ class StoreConfig(BaseConfig):
         DEFAULT_INDEX_THRESHOLD, "rows from which the table gets its ANN index (below: exact search)", check=at_least(1)
     )
     index_type: str = option(
-        INDEX_IVF_RQ,
-        "the ANN index: ivf_rq (IVF, RaBitQ codes), ivf_pq (IVF, PQ codes) or hnsw_sq (HNSW over SQ codes); "
-        "docs/store.md has the measurements",
+        DEFAULT_INDEX_TYPE,
+        "the ANN index: ivf_rq (IVF, RaBitQ codes), ivf_sq (IVF, 8-bit codes), ivf_pq (IVF, PQ codes) or hnsw_sq "
+        "(HNSW over 8-bit codes); docs/store.md has the measurements",
         choices=INDEX_TYPES,
     )
 

@@ -25,8 +25,8 @@ from beam_jobs.config import ConfigError, UsageError
 from beam_jobs.publish_store import lance_store, rows
 from beam_jobs.publish_store.config import (
     DEFAULT_INDEX_THRESHOLD,
+    DEFAULT_INDEX_TYPE,
     DEFAULT_RETAIN_VERSIONS,
-    INDEX_IVF_RQ,
     STORE_BIGQUERY,
     STORE_NONE,
     StoreConfig,
@@ -128,7 +128,7 @@ def publish_store_step(
     *,
     index_threshold: int = DEFAULT_INDEX_THRESHOLD,
     retain_versions: int = DEFAULT_RETAIN_VERSIONS,
-    index_type: str = INDEX_IVF_RQ,
+    index_type: str = DEFAULT_INDEX_TYPE,
 ) -> dict[str, Any]:
     """The orchestrators' step (the DAG task and the Kubeflow component call it; they do the wiring).
 

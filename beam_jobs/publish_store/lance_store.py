@@ -33,7 +33,7 @@ from typing import Any
 
 from beam_jobs.config import UsageError
 from beam_jobs.publish_store import rows
-from beam_jobs.publish_store.config import INDEX_HNSW_SQ, INDEX_IVF_PQ, INDEX_IVF_RQ
+from beam_jobs.publish_store.config import INDEX_HNSW_SQ, INDEX_IVF_PQ, INDEX_IVF_RQ, INDEX_IVF_SQ
 
 LOG = logging.getLogger(__name__)
 
@@ -185,12 +185,14 @@ def index_config(index_type: str, rows_now: int, dim: int):
     trains (Lance's 50 x 256 took 5.5x as long at 50,000 rows for the same recall after the refine step;
     docs/store.md). Queries re-rank the candidates on the full vectors (``store_search.REFINE_FACTOR``).
     """
-    from lancedb.index import HnswSq, IvfPq, IvfRq
+    from lancedb.index import HnswSq, IvfPq, IvfRq, IvfSq
 
     partitions = max(1, min(int(rows_now**0.5), rows_now // 256))
     kmeans: dict[str, Any] = {"distance_type": DISTANCE, "max_iterations": 10, "sample_rate": 64}
     if index_type == INDEX_IVF_RQ:  # 1 bit a dimension: 256 bytes a 2048-d row
         return IvfRq(num_partitions=partitions, **kmeans)
+    if index_type == INDEX_IVF_SQ:  # 8 bits a dimension: 2 KB a 2048-d row
+        return IvfSq(num_partitions=partitions, **kmeans)
     if index_type == INDEX_IVF_PQ:  # 16 dims a sub-vector (Lance's default): 128 bytes a 2048-d row
         sub_vectors = dim // 16 if dim % 16 == 0 else (dim // 8 if dim % 8 == 0 else 1)
         return IvfPq(num_partitions=partitions, num_sub_vectors=sub_vectors, **kmeans)
