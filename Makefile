@@ -53,7 +53,7 @@ demo: $(STAMP) ## run the nightly DAG once for date DS on N bundled sample image
 	$(PY) -m devtools.samples --out $(DATA_ABS)/images/ds=$(DS) --n $(N) --edge_cases
 	@$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	@echo "running DAG image_embeddings for ds=$(DS) (log: $(AIRFLOW_HOME)/demo.log) ..."
-	@$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test image_embeddings $(DS) -c '{"weights": "$(WEIGHTS)", "input_wait_minutes": 0, "input_ready": "any"}' \
+	@$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test image_embeddings $(DS) -c '{"weights": "$(WEIGHTS)", "input_wait_minutes": 0, "input_ready": "any", "store": "lance"}' \
 		> $(AIRFLOW_HOME)/demo.log 2>&1 || { tail -40 $(AIRFLOW_HOME)/demo.log; exit 1; }
 	@$(PY) scripts/demo_summary.py $(DATA_ABS)/out $(DS) || { grep -E "ERROR|Failed|failed" $(AIRFLOW_HOME)/demo.log | tail -20; exit 1; }
 
@@ -62,7 +62,7 @@ airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://loc
 	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
 	@$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 
-bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min, against a long history ~3 min)
+bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min, against a long history ~3 min; morning report ~20 min: 100k and 1M rows against 7-night windows; store ~60 min: Lance vs faiss at 100k and 1M; backfill ~40 min: 5 nights parallel vs sequential)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_extract.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_models.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_reduce.py
@@ -70,6 +70,10 @@ bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, 
 	$(PY) scripts/bench_index.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_skip_known.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_known_history.py
+	$(PY) scripts/bench_report.py
+	$(PY) scripts/bench_report.py --rows 1000000 --distinct_window_nights 1 --no-exact
+	$(PY) scripts/bench_store.py
+	$(PY) scripts/bench_backfill.py
 
 docs: $(STAMP) ## build the documentation site into site/ (mkdocs build --strict; params, flags, files read from the code)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site

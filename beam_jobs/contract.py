@@ -719,6 +719,11 @@ def reports_dir(output_root: str, ds: str) -> str:
     return join(output_root, "reports", partition(ds))
 
 
+def store_dir(output_root: str) -> str:
+    """The Lance store's default place (param ``store_uri`` unset): one table per model_id inside."""
+    return join(output_root, "store")
+
+
 class ReportNovelImage(TypedDict):
     """One of ``new_tonight``: a row of the night and its cosine distance (1 - cosine similarity) to the nearest
     row of the window's seeded sample; ``nearest_uri``/``nearest_ds``: that row."""

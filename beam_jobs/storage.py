@@ -111,5 +111,11 @@ def write_json(path: str, obj: dict) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_bytes(path: str, limit: int = -1) -> bytes:
+    """The file's bytes, or its first ``limit`` bytes (a caller checking a size reads no more than it needs)."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read(limit)
+
+
 def read_json(path: str) -> dict:
     return json.loads(read_text(path))

@@ -352,14 +352,45 @@ with DAG(
 
         if not plan:
             raise AirflowSkipException("no plan: the night never started")
+        from beam_jobs.nightly.frame import drift_alerts
+
         ti, run_id = context["ti"], context["run_id"]
         model_id = ti.xcom_pull(task_ids="validate_extraction", key="model_id")
         payload = {"what": "report", "ds": plan["ds"], "run_id": run_id}
-        return report_night(
+        summary = report_night(
             plan,
             model_id,
             on_problem=lambda text: alerts.post_alert({**payload, "error": text, "text": f":warning: {text}"}),
         )
+        # publish returns the night's record: none means the night did not get that far.
+        record = ti.xcom_pull(task_ids=PUBLISH_TASK)
+        drifted = any(drift_alerts(p.get("drift"), plan) for p in ((record or {}).get("projections") or {}).values())
+        alert = alerts.report_alert({**plan, "run_id": run_id}, summary, record is None, drifted)
+        if alert:
+            alerts.post_alert(alert)
+        return summary
+
+    # After the maps (their 2D coordinates go into the store too); beside publish, so a store that is down
+    # fails the night without holding back its maps.
+    @task(retries=1, execution_timeout=timedelta(hours=2))
+    def publish_store(plan: dict, **context) -> dict:
+        """The night into the vector store (param store): Lance (a folder or gs://), or BigQuery through the
+        Google provider's BigQueryInsertJobOperator (create, load the date's partition, per-model tables, vector
+        indexes); skipped when the store is none."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from beam_jobs.nightly.steps import model_ids
+        from beam_jobs.nightly.store import store_night
+        from beam_jobs.publish_store.config import STORE_BIGQUERY, STORE_NONE
+
+        if plan["store"] == STORE_NONE:
+            raise AirflowSkipException("no vector store configured (param store is none)")
+        if plan["store"] == STORE_BIGQUERY:
+            from image_embeddings_airflow import bigquery
+
+            jobs = bigquery.publish_night(plan, list(model_ids(plan).values()), context)
+            return {"store": STORE_BIGQUERY, "dataset": plan["store_uri"], "jobs": jobs}
+        return store_night(plan)
 
     # A run's state is its leaves' state, and `report` (all_done) is a leaf that succeeds or skips after a
     # failure too: without this task a night whose plan or extraction failed would be marked success.
@@ -376,6 +407,7 @@ with DAG(
     published = publish(planned, validated)
     published >> report(planned)
     reducer_done >> published
+    reducer_done >> publish_store(planned)
     validated >> compare_models(planned) >> published
     validated >> choose_index(planned["index"]) >> indexer >> indexer_done >> published
     list(dag.tasks) >> night_status()

@@ -128,12 +128,16 @@ def render_params() -> str:
 
 def config_class(job: str):
     from beam_jobs import config
+    from beam_jobs.publish_store.config import StoreConfig
+    from beam_jobs.report.config import ReportConfig
 
     return {
         "extract": config.ExtractConfig,
         "reduce": config.ReduceConfig,
         "index": config.IndexConfig,
         "compare": config.CompareConfig,
+        "report": ReportConfig,
+        "store": StoreConfig,
     }[job]
 
 
@@ -443,7 +447,7 @@ def render_machine_costs() -> str:
 def render(kind: str, arg: str | None) -> str:
     if kind == "params" and arg is None:
         return render_params()
-    if kind == "flags" and arg in ("extract", "reduce", "index", "compare"):
+    if kind == "flags" and arg in ("extract", "reduce", "index", "compare", "report", "store"):
         return render_config_flags(arg)
     if kind == "flags" and arg == "search":
         return render_search_flags()

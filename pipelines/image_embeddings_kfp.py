@@ -91,6 +91,9 @@ def plan(
     mosaic_grid: int,
     report: bool,
     report_window_days: int,
+    store: str,
+    store_uri: str,
+    bigquery_index: str,
     ds: str,
     run_id: str,
     scheduled_time: str,
@@ -211,6 +214,15 @@ def morning_report(plan: dict, extraction: dict) -> dict:
     return report_night(plan, extraction.get("model_id"))
 
 
+@component
+def publish_store(plan: dict) -> dict:
+    """After the maps: the night's embeddings and 2D coordinates into the Lance store (param store); a no-op
+    with store none. (BigQuery is the Airflow DAG's: the plan refuses it here.)"""
+    from beam_jobs.nightly.store import store_night
+
+    return store_night(plan)
+
+
 def _retry(task: dsl.PipelineTask, retries: int = RETRIES) -> dsl.PipelineTask:
     # Nightly runs must run again, never come from KFP's cache of an earlier run with the same params.
     task.set_caching_options(False)
@@ -288,6 +300,9 @@ def nightly_pipeline(run_times: bool = True):
         mosaic_grid: int = DEFAULTS["mosaic_grid"],
         report: bool = DEFAULTS["report"],
         report_window_days: int = DEFAULTS["report_window_days"],
+        store: str = DEFAULTS["store"],
+        store_uri: str = DEFAULTS["store_uri"],
+        bigquery_index: str = DEFAULTS["bigquery_index"],
         project: str = DEFAULTS["project"],
         region: str = DEFAULTS["region"],
         temp_location: str = DEFAULTS["temp_location"],
@@ -338,6 +353,9 @@ def nightly_pipeline(run_times: bool = True):
                 mosaic_grid=mosaic_grid,
                 report=report,
                 report_window_days=report_window_days,
+                store=store,
+                store_uri=store_uri,
+                bigquery_index=bigquery_index,
                 ds=ds,
                 run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 scheduled_time=times[0],
@@ -374,6 +392,7 @@ def nightly_pipeline(run_times: bool = True):
             retries=1,
         )
         _retry(morning_report(plan=the_plan, extraction=validated.outputs["Output"]).after(published), retries=0)
+        _retry(publish_store(plan=the_plan).after(reduced), retries=1)
 
     return image_embeddings
 

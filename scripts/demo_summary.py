@@ -6,10 +6,11 @@ python scripts/demo_summary.py OUTPUT_ROOT DS
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from beam_jobs.contract import FAILURE_FILES, PROJECTION_FILES, RunRecord, run_record_path
+from beam_jobs.contract import FAILURE_FILES, PROJECTION_FILES, RunRecord, run_record_path, store_dir
 
 
 def main(output_root: str, ds: str) -> int:
@@ -44,6 +45,15 @@ def main(output_root: str, ds: str) -> int:
         for pair in record["comparison"]["pairs"]:
             figures = ", ".join(f"{k} {v}" for k, v in pair.items() if k not in ("models", "images"))
             print(f"    {' vs '.join(pair['models'])}: {figures}")
+    store = store_dir(output_root)
+    if os.path.isdir(store):  # param store lance (the demo sets it)
+        import lancedb
+
+        db = lancedb.connect(store)
+        for name in sorted(db.list_tables().tables):
+            rows = db.open_table(name).count_rows(f"ds = '{ds}'")
+            print(f"  store:       {store} table {name} ({rows} rows of ds={ds})")
+        print(f"  search it:   python -m beam_jobs.search --store lance --store_uri {store} --uri <an image URI>")
     print(f"  run record:  {record_path}")
     return 0
 

@@ -71,3 +71,49 @@ def test_a_drift_alert_says_which_night_reference_and_threshold():
     assert "ds=2026-11-21" in payload["text"]
     assert "/out/references/method=pca/fixed" in payload["text"]
     assert payload["text"].endswith("MMD p-value 0.004 < 0.01")
+
+
+def test_the_report_alert_goes_out_for_a_night_worth_a_look_only():
+    from image_embeddings_airflow.alerts import report_alert
+
+    plan = {"ds": "2026-11-21", "run_id": "r"}
+    summary = {"png": "/out/reports/ds=2026-11-21/report.png", "html": "/x.html", "novelty_status": "within"}
+    assert report_alert(plan, summary, night_failed=False, drifted=False) is None
+    assert report_alert(plan, {**summary, "png": None}, night_failed=True, drifted=False) is None  # no picture
+    failed = report_alert(plan, summary, night_failed=True, drifted=True)
+    assert failed["why"] == ["the night failed", "drift alerted"]
+    assert failed["report_png"] == summary["png"]
+    novel = report_alert(plan, {**summary, "novelty_status": "above", "novelty_rate": 0.3}, False, False)
+    assert novel["why"] == ["novelty 0.3 above its usual band"]
+
+
+@pytest.mark.parametrize("attach", ["true", None])
+def test_the_report_picture_is_attached_when_the_webhook_takes_images_else_linked(tmp_path, monkeypatch, attach):
+    """A real PNG through a real loopback webhook: attached (base64, the same bytes) when the connection's extra
+    says attach_images, linked in the text otherwise; a picture not written yet is linked, never an error."""
+    import base64
+
+    from PIL import Image
+
+    from image_embeddings_airflow.alerts import post_alert
+
+    png = tmp_path / "report.png"
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(png)
+    server = Webhook()
+    try:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_IMAGE_EMBEDDINGS_ALERTS", server.url + (f"?attach_images={attach}" if attach else "")
+        )
+        post_alert({"what": "report", "text": "look", "report_png": str(png)})
+        post_alert({"what": "drift", "text": "drift", "report_png": str(tmp_path / "not-yet.png")})
+    finally:
+        server.close()
+    with_picture, not_yet = server.received
+    assert with_picture["text"] == f"look · morning report: {png}"
+    if attach:
+        assert with_picture["image"]["content_type"] == "image/png"
+        assert base64.b64decode(with_picture["image"]["base64"]) == png.read_bytes()
+    else:
+        assert "image" not in with_picture
+    assert "image" not in not_yet
+    assert not_yet["text"].endswith("not-yet.png")

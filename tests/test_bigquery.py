@@ -137,3 +137,41 @@ def test_the_module_is_light_at_dag_parse_time():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_a_planned_night_renders_its_jobs_in_order(tmp_path, monkeypatch):
+    """What the DAG's publish_store task runs for store=bigquery, from a plan as the plan task builds it: create,
+    load the date's partition, then each model's table and index; each takes the provider operator's kwargs."""
+    from beam_jobs.nightly.plan import build_plan
+
+    monkeypatch.setenv("IMAGE_EMBEDDINGS_ALLOWED_ROOTS", f"{tmp_path},gs://acme-out")
+    params = {
+        "methods": ["pca"],
+        "runner": "FnApiRunner",
+        "batch_size": 32,
+        "max_failure_rate": 0.1,
+        "weights": "random",
+        "output_root": "gs://acme-out/nightly",
+        "store": "bigquery",
+        "store_uri": f"{PROJECT}.{DATASET}",
+        "bigquery_index": "TREE_AH",
+    }
+    plan = build_plan(params, "2026-11-20", "r", "gs://acme-out/images/ds=2026-11-20/*")
+    b = bq()
+    jobs = b.night_jobs(plan, [MODEL, "mobilenet_v3_large/pool=avg"])
+    assert [j["task_id"] for j in jobs] == [
+        "bigquery_create_table",
+        "bigquery_load_night",
+        f"bigquery_model_table_{MODEL_TABLE}",
+        "bigquery_model_table_mobilenet_v3_large_pool_avg",
+        f"bigquery_vector_index_{MODEL_TABLE}",
+        "bigquery_vector_index_mobilenet_v3_large_pool_avg",
+    ]
+    assert {j["project_id"] for j in jobs} == {PROJECT}
+    load = jobs[1]["configuration"]["load"]
+    assert load["destinationTable"]["tableId"] == "embeddings$20261120"
+    assert load["sourceUris"] == ["gs://acme-out/nightly/embeddings/ds=2026-11-20/embeddings-*.parquet"]
+    assert "index_type = 'TREE_AH'" in jobs[4]["configuration"]["query"]["query"]
+    for job in jobs:
+        operator = b.insert_job_operator(**job)
+        assert operator.project_id == PROJECT

@@ -125,6 +125,7 @@ def test_structure(dag):
         "compare_models",
         "choose_index",
         "publish",
+        "publish_store",
         "report",
     } | {*BEAM_TASKS, *(f"{t}_done" for t in BEAM_TASKS)}
     assert down("wait_for_input") == {"extract_embeddings"}
@@ -137,7 +138,9 @@ def test_structure(dag):
     # One mapped reduce (and its wait) for every (model, method) pair, whatever the night asks for.
     assert down("reductions") == {"reduce", "reduce_done"}
     assert down("reduce") == {"reduce_done"}
-    assert down("reduce_done") == down("compare_models") == {"publish"}
+    assert down("compare_models") == {"publish"}
+    # The store gets the night after its maps (their coordinates go in too), beside publish.
+    assert down("reduce_done") == {"publish", "publish_store"}
     assert dag.get_task("publish").trigger_rule == "none_failed_min_one_success"
     # The report comes after publish whatever happened before it (a rejected night still has failures to show).
     assert down("publish") == {"report"}
@@ -182,6 +185,7 @@ def test_retries_backoff_and_fail_fast_tasks(dag):
         "build_index_done": 2,
         "compare_models": 2,
         "publish": 1,
+        "publish_store": 1,
         "report": 0,
         "night_status": 0,
     }
@@ -305,7 +309,8 @@ TWO_MODELS = ["resnet50", "mobilenet_v3_large"]
 def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     """Three dag.test() runs into one output root, asserted on by the tests below: a whole night with both
     methods, another date, and that date re-run after a late image arrived (a backfill's re-run), the re-run
-    with a second, cheap model added (one extraction pass, a map each, the comparison report).
+    with a second, cheap model added (one extraction pass, a map each, the comparison report). Each publishes
+    to the Lance store (store lance, store_uri unset: <output_root>/store).
 
     The other date runs with reference_policy fixed: its first run fits the reference, the re-run only
     transforms with it; and its photos are among the first night's, so the first run's skip_known reuses
@@ -313,10 +318,11 @@ def nights(dag, airflow_db, sample_dir, tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("nights")
     images = {NIGHT: stage_images(sample_dir, root, NIGHT, count=12, broken=True)}
-    night = run_dag(dag, NIGHT, conf_for(root, methods=["pca", "umap"], index=True))
+    night = run_dag(dag, NIGHT, conf_for(root, methods=["pca", "umap"], index=True, store="lance"))
     stage_images(sample_dir, root, RERUN, 3)
-    fixed = conf_for(root, reference_policy="fixed")
+    fixed = conf_for(root, reference_policy="fixed", store="lance")
     first = run_dag(dag, RERUN, fixed)
+    first_states = task_states(first)  # dag.test() of the same date again replaces this run's task instances
     projection = root / "out" / "projections" / "method=pca" / f"ds={RERUN}"
     first_coords = {r["image_uri"]: (r["x"], r["y"]) for r in parquet_rows(str(projection), "projection")}
     images[RERUN] = stage_images(sample_dir, root, RERUN, 4)  # the late image arrives
@@ -331,6 +337,7 @@ def nights(dag, airflow_db, sample_dir, tmp_path_factory):
             "again": again,
             "first_coords": first_coords,
             "first_manifest": first_manifest,
+            "first_states": first_states,
         },
     )
 
@@ -424,6 +431,44 @@ def test_rerun_of_a_date_replaces_its_partitions_whole(nights):
     manifest = json.loads((out / "embeddings" / f"ds={RERUN}" / "manifest.json").read_text())
     assert manifest["skip_known"] is False  # two models: each embeds every image
     assert manifest["reused"] == 0
+
+
+@pytest.mark.slow
+def test_each_night_is_published_to_the_lance_store_once(nights):
+    """store lance: every run's publish_store wrote its date into the store; the re-run replaced its date (3
+    rows, then 4), the second model got its own table, and the maps' coordinates are the projections'."""
+    import lancedb
+
+    from beam_jobs.publish_store.config import table_name
+
+    root, images, runs = nights
+    states = {"night": task_states(runs["night"]), "first": runs["first_states"], "again": task_states(runs["again"])}
+    for name, by_task in states.items():
+        assert by_task.get("publish_store") == "success", (name, by_task)
+    out = root / "out"
+    manifest = json.loads((out / "embeddings" / f"ds={RERUN}" / "manifest.json").read_text())
+    ids = {name: model["model_id"] for name, model in manifest["models"].items()}
+    db = lancedb.connect(str(out / "store"))
+    primary = db.open_table(table_name(ids[TWO_MODELS[0]])).to_arrow().to_pylist()
+    by_date = {ds: sorted(r["image_uri"] for r in primary if r["ds"] == ds) for ds in (NIGHT, RERUN)}
+    assert by_date == {NIGHT: images[NIGHT], RERUN: images[RERUN]}  # each date once: the re-run replaced its 3
+    assert {r["run_id"] for r in primary if r["ds"] == RERUN} == {runs["again"].run_id}
+    second = db.open_table(table_name(ids[TWO_MODELS[1]])).to_arrow().to_pylist()
+    assert sorted(r["image_uri"] for r in second) == images[RERUN]
+    # Each model's rows carry its own map's coordinates.
+    pca = {
+        r["image_uri"]: (r["x"], r["y"])
+        for r in parquet_rows(str(out / "projections" / "method=pca" / f"ds={NIGHT}"), "projection")
+    }
+    assert {r["image_uri"]: (r["pca_x"], r["pca_y"]) for r in primary if r["ds"] == NIGHT} == pytest.approx(pca)
+    assert all(r["umap_x"] is not None for r in primary if r["ds"] == NIGHT)
+    mobile = {
+        r["image_uri"]: (r["x"], r["y"])
+        for r in parquet_rows(
+            str(out / "projections" / f"model={TWO_MODELS[1]}" / "method=pca" / f"ds={RERUN}"), "projection"
+        )
+    }
+    assert {r["image_uri"]: (r["pca_x"], r["pca_y"]) for r in second} == pytest.approx(mobile)
 
 
 @pytest.mark.slow

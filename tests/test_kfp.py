@@ -88,6 +88,8 @@ def test_tasks_and_dependencies(compiled):
         },
         # After publish; its own problems are alerts, never the night's failure.
         "morning-report": {"plan", "validate-extraction", "publish"},
+        # After the maps, beside publish (a store that is down does not hold the maps back).
+        "publish-store": {"plan", "reduce-methods"},
     }
     # One reduce per (model, method): a loop over the plan's reductions inside the reduce-methods pipeline.
     inner = compiled["components"]["comp-reduce-methods"]["dag"]["tasks"]
@@ -168,7 +170,7 @@ def test_every_step_runs_in_the_worker_image(compiled):
     from pipelines.image_embeddings_kfp import WORKER_IMAGE
 
     executors = compiled["deploymentSpec"]["executors"]
-    assert len(executors) == 9  # plan, wait, extract, validate, reduce, compare, index, publish, report
+    assert len(executors) == 10  # plan, wait, extract, validate, reduce, compare, index, publish, report, store
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == WORKER_IMAGE, name
@@ -191,7 +193,7 @@ def test_the_image_is_chosen_when_compiling(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    assert text.count(f"image: {image}") == 9  # one per executor
+    assert text.count(f"image: {image}") == 10  # one per executor
     assert "image-embeddings-worker:latest" not in text
 
 

@@ -41,6 +41,7 @@ from beam_jobs.contract import (
 from beam_jobs.nightly.frame import DRIFT_DEFAULTS, REFERENCE_DEFAULTS
 from beam_jobs.nightly.paths import DATA_ENV, DEFAULT_DATA, KEYWORD_WEIGHTS, PlanError, allowed_roots, confine
 from beam_jobs.nightly.paths import roots_pattern as _roots_pattern
+from beam_jobs.publish_store.config import BIGQUERY_INDEX_TYPES, STORE_NONE, STORES
 
 # The form's sections, in the order a nightly user looks for them.
 NIGHT = "Night"
@@ -222,6 +223,16 @@ def table(deployment: Deployment | None = None) -> dict[str, TriggerParam]:
          "to <output_root>/reports/ds=<date>/; a report problem alerts and never fails the night."),
         ("report_window_days", 7, days, "Report window (nights)", REPORT,
          "Earlier nights the report compares tonight with (novelty, cluster shares)."),
+        ("store", STORE_NONE, {"type": "string", "enum": list(STORES)}, "Vector store", REPORT,
+         "After the maps, publish the night's embeddings (and 2D coordinates) where other services query them, "
+         "replacing that date's rows: 'lance' (a Lance dataset, local or gs://, no server), 'bigquery' (load jobs "
+         "into a ds-partitioned table; Airflow only, not yet run against BigQuery) or 'none'."),
+        ("store_uri", None, {"type": ["null", "string"]}, "Store location", REPORT,
+         "lance: the store's folder or gs:// prefix (unset: <output_root>/store); bigquery: 'project.dataset' or "
+         "'dataset' (of the project param)."),
+        ("bigquery_index", BIGQUERY_INDEX_TYPES[0], {"type": "string", "enum": list(BIGQUERY_INDEX_TYPES)},
+         "BigQuery vector index", REPORT,
+         "bigquery: the vector index each model's table gets once it holds 5,000 rows (IVF or TREE_AH)."),
         ("runner", DEFAULT_RUNNER, {"type": "string", "enum": list(RUNNERS)}, "Beam runner", RUNNER,
          "FnApiRunner: on this machine; DataflowRunner: on Google Cloud (gs:// paths, project, region, "
          "temp_location)."),

@@ -40,6 +40,7 @@ from beam_jobs.nightly.paths import (
     is_gcs,
 )
 from beam_jobs.nightly.readiness import GLOB_CHARS, literal_folder, marker_path
+from beam_jobs.nightly.store import store_settings
 
 # Where Dataflow workers install the jobs from (Beam's --setup_file), when no param or Variable says.
 SETUP_FILE_ENV = "IMAGE_EMBEDDINGS_SETUP_FILE"
@@ -103,6 +104,11 @@ class Plan(TypedDict):
     report: bool
     report_dir: str
     report_window_days: int
+    store: str
+    store_uri: str | None
+    bigquery_project: str | None
+    bigquery_dataset: str | None
+    bigquery_index: str
     reference_policy: str
     references: dict[str, str]
     fit_reference: bool
@@ -218,6 +224,7 @@ def build_plan(
     dataflow: dict[str, Any] | None = None,
     roots: list[str] | None = None,
     setting_hint: str = SETTING_HINT,
+    stores: tuple[str, ...] | None = None,
 ) -> Plan:
     """Check what the params' schemas cannot (fields together, files) and resolve every path of the run.
 
@@ -230,6 +237,7 @@ def build_plan(
     input, output_root and weights may be (default: ``allowed_roots()``, the
     deployment's setting); each is normalised and must fall under one of them. ``setting_hint`` says how
     to supply a missing Dataflow setting (``{name}`` is filled in): the orchestrator knows its own ways.
+    ``stores``: the vector stores this orchestrator publishes to (default: all).
     """
     problems: list[str] = []
     methods, runner, weights = list(params["methods"]), params["runner"], str(params["weights"])
@@ -273,6 +281,9 @@ def build_plan(
         }
         if params.get("flexrs_goal"):
             dataflow_options["flexrs_goal"] = params["flexrs_goal"]
+    project = (dataflow or {}).get("project") or params.get("project")
+    store, refused_store = store_settings(params, output_root, roots, project, *([stores] if stores else []))
+    problems += refused_store
     readiness, refused_readiness = _readiness(
         params, rendered_input.rstrip("/") + "/*" if rendered_input.endswith("/") else rendered_input
     )
@@ -321,6 +332,7 @@ def build_plan(
         "report": bool(params.get("report", True)),
         "report_dir": reports_dir(output_root, ds),
         "report_window_days": int(params.get("report_window_days") or 7),
+        **store,
         **readiness,
         **frame,
     }

@@ -49,6 +49,7 @@ from beam_jobs.nightly.plan import (
 )
 from beam_jobs.nightly.readiness import input_ready_record, input_verdict, local_snapshot
 from beam_jobs.nightly.record import FrameChanged, check_extraction, frame_changes, model_summaries, night_record
+from beam_jobs.nightly.store import KFP_STORES
 
 LOG = logging.getLogger(__name__)
 # How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).
@@ -89,9 +90,10 @@ def plan_night(
     rendered_input: str,
     dataflow: dict[str, Any] | None,
     setting_hint: str = SETTING_HINT,
+    stores: tuple[str, ...] | None = None,
 ) -> Plan:
     """The plan both orchestrators use, once each has its params checked and the input's date filled in."""
-    plan = build_plan(params, ds, run_id, rendered_input, dataflow, setting_hint=setting_hint)
+    plan = build_plan(params, ds, run_id, rendered_input, dataflow, setting_hint=setting_hint, stores=stores)
     if not plan["input_varies_by_date"]:
         LOG.warning("input %r does not contain the run's date: every date reads the same files", plan["input"])
     LOG.info("plan for ds=%s: %s", ds, plan)
@@ -110,7 +112,8 @@ def plan_step(params: dict[str, Any], ds: str, run_id: str, *timestamps: str) ->
         raise PlanError("the run's parameters cannot work:\n  - " + "\n  - ".join(problems))
     day = run_date(ds, *timestamps)
     dataflow = {name: params.get(name) or None for name in DATAFLOW_SETTINGS}
-    return plan_night(params, day, run_id, fill_date(str(params["input"]), day), dataflow)
+    # Kubeflow publishes to Lance only: BigQuery goes through the Airflow DAG's provider operators.
+    return plan_night(params, day, run_id, fill_date(str(params["input"]), day), dataflow, stores=KFP_STORES)
 
 
 class InputMissing(RuntimeError):

@@ -23,6 +23,8 @@ INDEX_IVF_SQ = "ivf_sq"
 INDEX_HNSW_SQ = "hnsw_sq"
 INDEX_TYPES = (INDEX_IVF_RQ, INDEX_IVF_SQ, INDEX_IVF_PQ, INDEX_HNSW_SQ)
 DEFAULT_INDEX_TYPE = INDEX_IVF_RQ
+# BigQuery's vector index kinds (the DAG's store=bigquery; CREATE VECTOR INDEX ... index_type).
+BIGQUERY_INDEX_TYPES = ("IVF", "TREE_AH")
 
 # From this many rows a table gets its ANN index; below it is searched exactly (a flat scan). A flat scan of
 # 50,000 2048-d rows took 2.6 s a query here (Lance decodes every vector) against ~12 ms through the index, and

@@ -122,7 +122,7 @@ def publish_store_step(
     embeddings_dir: str,
     store: str,
     store_uri: str | None,
-    projections: dict[str, str] | None,
+    projections: list[str] | None,
     model_id: str | None,
     run_id: str | None,
     *,
@@ -133,8 +133,9 @@ def publish_store_step(
     """The orchestrators' step (the DAG task and the Kubeflow component call it; they do the wiring).
 
     ``store``: "none" (returns ``{"store": "none"}`` at once), "lance" (publishes to ``store_uri``) or "bigquery"
-    (refused: the DAG renders ``image_embeddings_airflow.bigquery``'s operators instead). ``projections``: method ->
-    that night's projections partition, whose x, y become the table's <method>_x, <method>_y. ``model_id``: only
+    (refused: the DAG runs ``image_embeddings_airflow.bigquery``'s operators instead). ``projections``: the night's
+    projections partitions, of any of its models (each model's rows get its own maps' x, y as <method>_x,
+    <method>_y). ``model_id``: only
     that model (default: every model of the partition). ``run_id``: recorded in the rows (default: the
     extraction's). Raises UsageError (a refused night: nothing written) or the store's own errors.
     """
@@ -145,7 +146,7 @@ def publish_store_step(
         store=store,
         store_uri=store_uri,
         model_id=model_id,
-        projections=tuple((projections or {}).values()),
+        projections=tuple(projections or ()),
         run_id=run_id,
         index_threshold=index_threshold,
         retain_versions=retain_versions,
