@@ -202,12 +202,9 @@ def metadata_db():
         yield url
 
 
-@pytest.fixture
-def airflow(tmp_path, sample_dir, metadata_db):
-    home = tmp_path / "airflow"
-    home.mkdir()
-    (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
-    port = free_port()
+def airflow_env(home: Path, port: int, data: Path, db_url: str | None) -> dict[str, str]:
+    """The components' environment (the fixture below and scripts/bench_backfill.py): LocalExecutor with two
+    slots, real logins, the API server on ``port``, the deployment's data folder ``data``."""
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
@@ -224,12 +221,22 @@ def airflow(tmp_path, sample_dir, metadata_db):
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-        "IMAGE_EMBEDDINGS_DATA": str(tmp_path / "data"),
+        "IMAGE_EMBEDDINGS_DATA": str(data),
         "IMAGE_EMBEDDINGS_WEIGHTS": "random",
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
-    if metadata_db:
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_db
+    if db_url:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = db_url
+    return env
+
+
+@pytest.fixture
+def airflow(tmp_path, sample_dir, metadata_db):
+    home = tmp_path / "airflow"
+    home.mkdir()
+    (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
+    port = free_port()
+    env = airflow_env(home, port, tmp_path / "data", metadata_db)
     af = Airflow(home, env, port)
     af.start()
     try:

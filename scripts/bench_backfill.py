@@ -1,0 +1,206 @@
+"""Wall time of a 5-night backfill through the live Airflow scheduler: side by side vs one night at a time.
+
+    python scripts/bench_backfill.py                     # max_active_runs=5, then max_active_runs=1
+    timeout 4400 python scripts/bench_backfill.py --modes 5 1 2>&1 | tee /tmp/bench_backfill.log
+
+Runs what tests/test_scheduler.py's backfill does, once per ``max_active_runs`` value: a throwaway
+PostgreSQL metadata DB (its helpers; SQLite where initdb is missing), then Airflow's api-server, scheduler
+and dag-processor (LocalExecutor, core.parallelism=2), and one backfill of the five nights up to the latest
+whole night through the REST API v2, with the test's conf (random weights, pca, one fixed 2D frame, the
+index on, so reduce and build_index wait for the night before) and the test's nights (3 sample images on
+each of the first four nights, 7 and a broken file on the last). Each mode gets a fresh metadata DB and its
+own output root over the same staged images, so nothing is reused or short-circuited as completed.
+
+Measured: seconds from the backfill's creation to its ``completed_at`` (polled every 3 s), and each DAG
+run's queued/start/end from the REST API. Printed with the CPU model and flags (avx2, avx512*, amx*), the
+core count and the load average before and after each backfill, since the figures depend on what else the
+machine runs. Exits 1 (with the task states) if any night did not succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# tests.conftest (imported by tests.test_scheduler) points Airflow at a throwaway home and allows the temp folder.
+from tests.test_scheduler import (  # noqa: E402
+    DAG_ID,
+    PASSWORD,
+    Airflow,
+    airflow_env,
+    free_port,
+    latest_night,
+    postgres_server,
+    postgres_unavailable,
+    stage,
+)
+
+
+def cpu_line() -> str:
+    """CPU model, the avx2 / avx512* / amx* flags of /proc/cpuinfo, and the core count."""
+    model, flags = "unknown", set()
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = {f for f in line.split(":", 1)[1].split() if re.fullmatch(r"avx2|avx512\w*|amx\w*", f)}
+    return f"{model}; {os.cpu_count()} cores; flags: {' '.join(sorted(flags)) or 'none of avx2/avx512*/amx*'}"
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def stage_nights(sample_dir: str, images_root: Path, days: list[str]) -> None:
+    """The test's nights: 3 images on each of the first four, 6 + a broken file + 1 late image on the last."""
+    for i, day in enumerate(days[:-1]):
+        stage(sample_dir, images_root, day, 2 * i, 3)
+    stage(sample_dir, images_root, days[-1], 0, 7)
+    (images_root / "images" / f"ds={days[-1]}" / "broken.jpg").write_bytes(b"not an image at all")
+
+
+def when(stamp: str | None) -> datetime | None:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+
+
+def run_backfill(work: Path, images_root: Path, nights: list[datetime], mar: int, timeout: float) -> dict:
+    """One backfill of ``nights`` with max_active_runs=``mar`` on fresh components and a fresh metadata DB."""
+    mode = work / f"mar{mar}"
+    home = mode / "airflow"
+    home.mkdir(parents=True)
+    (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
+    out = mode / "out"
+    conf = {
+        "input": str(images_root / "images" / "ds={{ ds }}" / "*"),
+        "output_root": str(out),
+        "weights": "random",
+        "methods": ["pca"],
+        "max_failure_rate": 0.5,
+        "input_wait_minutes": 0,
+        "input_ready": "any",
+        "reference_policy": "fixed",
+        "index": True,
+        "index_window_days": 7,
+    }
+    why = postgres_unavailable()
+    if why:
+        print(f"warning: SQLite metadata DB ({why})", flush=True)
+    with contextlib.nullcontext(None) if why else postgres_server() as db_url:
+        port = free_port()
+        af = Airflow(home, airflow_env(home, port, mode / "data", db_url), port)
+        af.start()
+        try:
+            af.wait_until("the API server", lambda: af.request("GET", "/api/v2/monitor/health", auth=False)[0], 300)
+            _, _, body = af.request("POST", "/auth/token", {"username": "ops", "password": PASSWORD}, auth=False)
+            af.token = json.loads(body)["access_token"]
+            af.wait_until("the DAG to be parsed", lambda: af.api("GET", f"/api/v2/dags/{DAG_ID}")["dag_id"], 300)
+            before = load()
+            started = time.monotonic()
+            # Created while the DAG is still paused and covering the latest night, so unpausing it (which the
+            # scheduler needs to start backfill runs) schedules no competing run of its own.
+            created = af.api(
+                "POST",
+                "/api/v2/backfills",
+                {"dag_id": DAG_ID, "from_date": nights[0].isoformat(), "to_date": nights[-1].isoformat()}
+                | {"dag_run_conf": conf, "max_active_runs": mar, "reprocess_behavior": "completed"},
+            )
+            af.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+            path = f"/api/v2/backfills/{created['id']}"
+            af.wait_until(
+                f"the backfill (max_active_runs={mar})", lambda: af.api("GET", path)["completed_at"], timeout, 3
+            )
+            wall = time.monotonic() - started
+            after = load()
+            runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=50&order_by=logical_date")["dag_runs"]
+            failed = {}
+            for r in runs:
+                if r["state"] != "success":
+                    tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{r['dag_run_id']}/taskInstances")
+                    failed[r["dag_run_id"]] = {t["task_id"]: t["state"] for t in tis["task_instances"]}
+        finally:
+            af.stop()
+    return {"mar": mar, "wall": wall, "before": before, "after": after, "runs": runs, "failed": failed, "out": out}
+
+
+def print_runs(result: dict) -> None:
+    print(f"\nmax_active_runs={result['mar']}: per-run (UTC, seconds)")
+    print(f"  {'night':<10}  {'state':<8} {'run_type':<9} {'queued':>8} {'start':>8} {'end':>8} {'run s':>6}")
+    for r in result["runs"]:
+        queued, start, end = when(r.get("queued_at")), when(r.get("start_date")), when(r.get("end_date"))
+        dur = f"{(end - start).total_seconds():6.0f}" if start and end else "     -"
+        clock = [f"{t:%H:%M:%S}" if t else "-" for t in (queued, start, end)]
+        row = f"{r['logical_date'][:10]}  {r['state']:<8} {r['run_type']:<9} {clock[0]:>8} {clock[1]:>8} {clock[2]:>8}"
+        print(f"  {row} {dur}")
+    starts = [when(r["start_date"]) for r in result["runs"] if r.get("start_date")]
+    ends = [when(r["end_date"]) for r in result["runs"] if r.get("end_date")]
+    if starts and ends:
+        print(f"  first start -> last end: {(max(ends) - min(starts)).total_seconds():.0f} s", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", type=int, nargs="+", default=[5, 1], help="max_active_runs values, in order")
+    parser.add_argument("--timeout", type=float, default=2400, help="seconds to wait for each backfill")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, outputs)")
+    args = parser.parse_args()
+    # `timeout` sends SIGTERM: end the components and PostgreSQL (the finally blocks) rather than orphan them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    from devtools.samples import SampleSpec, build_sample_images
+
+    work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    print(f"CPU: {cpu_line()}")
+    print(f"load average (1/5/15 min) at start: {load()}; work folder: {work}", flush=True)
+    results = []
+    try:
+        sample_dir = str(work / "samples" / "images")
+        build_sample_images(sample_dir, SampleSpec(n=12, seed=3, min_mp=0.2, max_mp=3.0))  # conftest's sample_dir
+        latest = latest_night(datetime.now(UTC))
+        nights = [latest - timedelta(days=back) for back in (4, 3, 2, 1, 0)]
+        stage_nights(sample_dir, work, [n.strftime("%Y-%m-%d") for n in nights])
+        for mar in args.modes:
+            print(f"\nbackfill of 5 nights ({nights[0]:%Y-%m-%d}..{latest:%Y-%m-%d}), max_active_runs={mar} ...")
+            result = run_backfill(work, work, nights, mar, args.timeout)
+            results.append(result)
+            print(f"backfill of 5 nights, max_active_runs={mar}: {result['wall']:.0f} s", flush=True)
+            print_runs(result)
+            if result["failed"] or len(result["runs"]) != len(nights):
+                print(f"FAILED: {len(result['runs'])} runs; task states of the failed ones:")
+                print(json.dumps(result["failed"], indent=2))
+                print(f"logs: {work / f'mar{mar}' / 'airflow'}")
+                args.keep = True
+                return 1
+    except BaseException:
+        args.keep = True  # the components' logs, for whoever reads the traceback
+        print(f"logs kept in {work}", flush=True)
+        raise
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nCPU: {cpu_line()}")
+    print(f"{'max_active_runs':>15} {'wall s':>8} {'load before':>18} {'load after':>18}")
+    for r in results:
+        print(f"{r['mar']:>15} {r['wall']:>8.0f} {r['before']:>18} {r['after']:>18}")
+    if len(results) == 2:
+        a, b = results
+        print(f"ratio wall(max_active_runs={b['mar']}) / wall(max_active_runs={a['mar']}): {b['wall'] / a['wall']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
