@@ -256,7 +256,7 @@ def test_store_none_bigquery_and_bad_arguments(tmp_path):
         publish_store_step(folder, "bigquery", None, None, None, None)
     store = str(tmp_path / "store")
     pca = projection(str(tmp_path), "2026-11-20", 20, prefix="a")
-    result = publish_store_step(folder, "lance", store, {"pca": pca}, MODEL, "scheduled__2026-11-20")
+    result = publish_store_step(folder, "lance", store, [pca], MODEL, "scheduled__2026-11-20")
     entry = result["tables"][MODEL]
     assert (entry["rows"], entry["projections"]) == (20, ["pca"])
     assert set(table_of(store).to_arrow()["run_id"].to_pylist()) == {"scheduled__2026-11-20"}
