@@ -39,7 +39,7 @@ $(STAMP): requirements.txt requirements-docs.txt pyproject.toml
 
 install: $(STAMP) ## create .venv/ with the pinned requirements (+ requirements-docs.txt) and this package
 
-test: $(STAMP) ## run every test: unit, Beam TestPipeline, end-to-end jobs, dag.test(), the live scheduler (~15 min; prints the 20 slowest)
+test: $(STAMP) ## run every test: unit, Beam TestPipeline, end-to-end jobs, dag.test(), the live scheduler, the installed package (~40 min on 2 cores; prints the 20 slowest)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest --durations=20
 
 test-fast: $(STAMP) ## the fast tier: everything not marked slow (< 3 min; run it while you work)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "beam_jobs"
 FIRST_PARTY = {"beam_jobs", "__future__"}
@@ -189,6 +191,7 @@ def test_every_third_party_import_of_beam_jobs_is_declared_by_pyproject():
     assert {"faiss", "scipy", "tensorflow_hub", "apache_beam", "keras"} <= modules
 
 
+@pytest.mark.slow  # a fresh interpreter resolving every distribution: ~10 s
 def test_the_check_refuses_a_pyproject_without_faiss(tmp_path):
     """The check on its own input: the pyproject of issue 28 (no faiss-cpu) fails it, naming the import."""
     text = (ROOT / "pyproject.toml").read_text()

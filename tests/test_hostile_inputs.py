@@ -123,6 +123,7 @@ def test_each_hostile_entry_gets_its_own_reason_without_being_opened(hostile_dir
     assert {uri: _reason(uri) for uri in expected} == expected
 
 
+@pytest.mark.slow  # child processes measuring peak RSS: ~7 s
 def test_reading_the_hostile_entries_does_not_raise_peak_memory(hostile_dir):
     """The 3 GB file is refused from its size, not read. Measured in fresh processes (this one's ru_maxrss is a
     high-water mark an earlier test may have set higher): every entry read against a baseline with the same

@@ -15,6 +15,8 @@ import pytest
 from tests.airflow_support import load_dagbag
 
 DAG_ID = "image_embeddings"
+# Airflow's whole API app with the DAG synced into the database: ~17 s to set up.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
