@@ -146,6 +146,14 @@ class BaseConfig:
         """Checks that involve several fields; the per-field ones come from ``option(check=...)``."""
         return []
 
+    def output_problems(self) -> list[str]:
+        """What is wrong with where the job writes (a job that writes elsewhere overrides it)."""
+        if not self.output:
+            return ["--output is required"]
+        if names_a_root(self.output):
+            return [f"--output {self.output!r} must name a directory below the root, it is replaced whole"]
+        return []
+
     def validate(self):
         problems = []
         for f in fields(self):
@@ -156,10 +164,7 @@ class BaseConfig:
                 problems.append(f"{_flag(f)} must be one of {shown}, got {value!r}")
             elif (check := f.metadata.get("check")) and value is not None and (problem := check(value)):
                 problems.append(f"{_flag(f)} {problem}")
-        if not self.output:
-            problems.append("--output is required")
-        elif names_a_root(self.output):
-            problems.append(f"--output {self.output!r} must name a directory below the root, it is replaced whole")
+        problems += self.output_problems()
         problems += self.cross_field_problems()
         if problems:
             raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))

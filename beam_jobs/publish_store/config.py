@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
-from beam_jobs.config import BaseConfig, ConfigError, at_least, names_a_root, option
+from beam_jobs.config import BaseConfig, at_least, names_a_root, option
 
 STORE_NONE = "none"
 STORE_LANCE = "lance"
@@ -37,7 +37,8 @@ DEFAULT_RETAIN_VERSIONS = 20
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig(BaseConfig):
     """``--output`` of the other jobs has no meaning here (the store is written in place, one commit per table):
-    it is not a flag, and ``validate`` checks ``--store_uri`` instead."""
+    it is not a flag, and ``output_problems`` checks ``--input`` instead (``--store_uri`` is checked with the
+    other fields)."""
 
     PROG: ClassVar[str] = "python -m beam_jobs.publish_store"
     DESCRIPTION: ClassVar[str] = (
@@ -87,26 +88,11 @@ class StoreConfig(BaseConfig):
             problems.append(f"--table {self.table!r} may hold only letters, digits and _ (64 at most)")
         return problems
 
-    def validate(self):
-        """As ``BaseConfig.validate`` (choices and checks of every flag), without its ``--output``."""
-        problems = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices is not None and value not in choices:
-                problems.append(f"{flag_of(f)} must be one of {', '.join(str(c) for c in choices)}, got {value!r}")
-            elif (check := f.metadata.get("check")) and value is not None and (problem := check(value)):
-                problems.append(f"{flag_of(f)} {problem}")
+    def output_problems(self) -> list[str]:
+        # No --output: the store is written in place (--store_uri, checked with the other fields).
         if not (self.input or "").strip():
-            problems.append("--input is required (the night's embeddings partition)")
-        problems += self.cross_field_problems()
-        if problems:
-            raise ConfigError("invalid arguments:\n  - " + "\n  - ".join(problems))
-        return self
-
-
-def flag_of(f) -> str:
-    return "--" + (f.metadata.get("flag") or f.name)
+            return ["--input is required (the night's embeddings partition)"]
+        return []
 
 
 def _is_date(text: str) -> bool:
