@@ -104,6 +104,18 @@ def _kwargs(task_id: str, configuration: dict[str, Any], location: str | None, g
     return kwargs
 
 
+def _into_partition(project: str, dataset: str, table: str, ds: str) -> dict[str, Any]:
+    """A job's destination: the date's partition of a table partitioned by day on ``ds`` (``table$YYYYMMDD``)."""
+    return {
+        "destinationTable": {
+            "projectId": project,
+            "datasetId": dataset,
+            "tableId": f"{table}${partition_decorator(ds)}",
+        },
+        "timePartitioning": {"type": "DAY", "field": "ds"},
+    }
+
+
 def _query(sql: str, **extra: Any) -> dict[str, Any]:
     return {"query": {"query": sql, "useLegacySql": False, **extra}}
 
@@ -213,13 +225,8 @@ def load_job(
             "parquetOptions": {"enableListInference": True},
             # ds is the folder's name (ds=YYYY-MM-DD), not a column of the files.
             "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{root}/embeddings/{{ds:DATE}}"},
-            "destinationTable": {
-                "projectId": project,
-                "datasetId": dataset,
-                "tableId": f"{table}${partition_decorator(ds)}",
-            },
+            **_into_partition(project, dataset, table, ds),
             "schema": {"fields": [dict(f) for f in SCHEMA_FIELDS]},
-            "timePartitioning": {"type": "DAY", "field": "ds"},
             "clustering": {"fields": ["model_id"]},
             "writeDisposition": "WRITE_TRUNCATE",
             "createDisposition": "CREATE_IF_NEEDED",
@@ -241,8 +248,7 @@ def model_table_job(
     target = table_name(model_id)
     configuration = _query(
         model_table_sql(project, dataset, source_table, model_id, ds),
-        destinationTable={"projectId": project, "datasetId": dataset, "tableId": f"{target}${partition_decorator(ds)}"},
-        timePartitioning={"type": "DAY", "field": "ds"},
+        **_into_partition(project, dataset, target, ds),
         writeDisposition="WRITE_TRUNCATE",
         createDisposition="CREATE_IF_NEEDED",
     )
