@@ -41,6 +41,7 @@ from beam_jobs.nightly.paths import (
 )
 from beam_jobs.nightly.readiness import GLOB_CHARS, literal_folder, marker_path
 from beam_jobs.nightly.store import store_settings
+from beam_jobs.publish_store.config import STORES
 
 # Where Dataflow workers install the jobs from (Beam's --setup_file), when no param or Variable says.
 SETUP_FILE_ENV = "IMAGE_EMBEDDINGS_SETUP_FILE"
@@ -224,7 +225,7 @@ def build_plan(
     dataflow: dict[str, Any] | None = None,
     roots: list[str] | None = None,
     setting_hint: str = SETTING_HINT,
-    stores: tuple[str, ...] | None = None,
+    stores: tuple[str, ...] = STORES,
 ) -> Plan:
     """Check what the params' schemas cannot (fields together, files) and resolve every path of the run.
 
@@ -282,7 +283,7 @@ def build_plan(
         if params.get("flexrs_goal"):
             dataflow_options["flexrs_goal"] = params["flexrs_goal"]
     project = (dataflow or {}).get("project") or params.get("project")
-    store, refused_store = store_settings(params, output_root, roots, project, *([stores] if stores else []))
+    store, refused_store = store_settings(params, output_root, roots, project, stores)
     problems += refused_store
     readiness, refused_readiness = _readiness(
         params, rendered_input.rstrip("/") + "/*" if rendered_input.endswith("/") else rendered_input

@@ -50,6 +50,7 @@ from beam_jobs.nightly.plan import (
 from beam_jobs.nightly.readiness import input_ready_record, input_verdict, local_snapshot
 from beam_jobs.nightly.record import FrameChanged, check_extraction, frame_changes, model_summaries, night_record
 from beam_jobs.nightly.store import KFP_STORES
+from beam_jobs.publish_store.config import STORES
 
 LOG = logging.getLogger(__name__)
 # How often the input step looks for the night's images (the DAG's sensor pokes every 5 minutes).
@@ -90,7 +91,7 @@ def plan_night(
     rendered_input: str,
     dataflow: dict[str, Any] | None,
     setting_hint: str = SETTING_HINT,
-    stores: tuple[str, ...] | None = None,
+    stores: tuple[str, ...] = STORES,
 ) -> Plan:
     """The plan both orchestrators use, once each has its params checked and the input's date filled in."""
     plan = build_plan(params, ds, run_id, rendered_input, dataflow, setting_hint=setting_hint, stores=stores)

@@ -54,10 +54,15 @@ def alert_payload(context: dict[str, Any], what: str) -> dict[str, Any]:
     }
     where = f"task {payload['task_id']} (try {payload['try_number']})" if what == "task" else "DAG run"
     payload["text"] = f":red_circle: {payload['dag_id']} {payload['run_id']}: {where} failed: {payload['error']}"
-    report_dir = _planned_report_dir(ti)
-    if report_dir:
-        payload["report_png"] = f"{report_dir}/{REPORT_PNG}"
+    report_png = _report_png(_planned_report_dir(ti))
+    if report_png:
+        payload["report_png"] = report_png
     return payload
+
+
+def _report_png(report_dir: str | None) -> str | None:
+    """Where the report task writes the night's picture (it may not be there yet)."""
+    return f"{report_dir.rstrip('/')}/{REPORT_PNG}" if report_dir else None
 
 
 def _planned_report_dir(ti) -> str | None:
@@ -82,7 +87,7 @@ def drift_alert_payload(
         "reference": reference.get("dir"),
         "drift": manifest.get("drift"),
         "problems": problems,
-        "report_png": f"{plan['report_dir']}/{REPORT_PNG}" if plan.get("report_dir") else None,
+        "report_png": _report_png(plan.get("report_dir")),
     }
     payload["text"] = (
         f":large_yellow_circle: image_embeddings {run_id} ds={plan.get('ds')}: drift against the {method} "
