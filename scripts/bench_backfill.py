@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # tests.conftest (imported by tests.test_scheduler) points Airflow at a throwaway home and allows the temp folder.
+from tests.airflow_support import conf_for  # noqa: E402
 from tests.test_scheduler import (  # noqa: E402
     DAG_ID,
     PASSWORD,
@@ -84,18 +85,8 @@ def run_backfill(work: Path, images_root: Path, nights: list[datetime], mar: int
     home.mkdir(parents=True)
     (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
     out = mode / "out"
-    conf = {
-        "input": str(images_root / "images" / "ds={{ ds }}" / "*"),
-        "output_root": str(out),
-        "weights": "random",
-        "methods": ["pca"],
-        "max_failure_rate": 0.5,
-        "input_wait_minutes": 0,
-        "input_ready": "any",
-        "reference_policy": "fixed",
-        "index": True,
-        "index_window_days": 7,
-    }
+    # test_scheduler's backfill conf: its night's (conf_for) with the fixed frame and the index.
+    conf = conf_for(images_root, output_root=str(out), reference_policy="fixed", index=True, index_window_days=7)
     why = postgres_unavailable()
     if why:
         print(f"warning: SQLite metadata DB ({why})", flush=True)

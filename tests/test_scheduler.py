@@ -41,6 +41,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.airflow_support import conf_for
 from tests.conftest import ROOT
 from tests.support.ci import fail_in_ci
 
@@ -283,16 +284,9 @@ def test_trigger_through_rest_api_runs_the_night_on_real_components(airflow, met
     staged = sorted(shutil.copy(f, images) for f in sorted(Path(sample_dir).iterdir())[:6])
     (images / "broken.jpg").write_bytes(b"not an image at all")
     out = tmp_path / "out"
-    conf = {
-        "input": str(tmp_path / "images" / "ds={{ ds }}" / "*"),
-        "output_root": str(out),
-        "weights": "random",
-        "methods": ["pca"],
-        "max_failure_rate": 0.5,
-        "input_wait_minutes": 0,
-        "input_ready": "any",  # staged just now: not settled yet (test_input_ready covers the wait)
-        "index": False,  # the index job is covered by test_dag's night; this test is about the scheduler
-    }
+    # Random weights, PCA, no wait, input "any" (staged just now: test_input_ready covers settling), and no
+    # index (test_dag's night covers the index job; this test is about the scheduler).
+    conf = conf_for(tmp_path)
     run = af.api(
         "POST",
         f"/api/v2/dags/{DAG_ID}/dagRuns",
