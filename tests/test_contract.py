@@ -1,4 +1,5 @@
-"""contract.py: the one home of what the jobs and Airflow share; importable at DAG-parse time."""
+"""beam_jobs.contract (layout, vocabulary, records, report): the one home of what the jobs and Airflow share;
+importable at DAG-parse time."""
 
 from __future__ import annotations
 
