@@ -62,7 +62,7 @@ airflow: $(STAMP) ## start a local Airflow (airflow standalone, UI on http://loc
 	@echo "Open http://localhost:8080, unpause image_embeddings and trigger it with logical date $(DS)."
 	@$(AIRFLOW_ENV) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True PATH=$(CURDIR)/$(VENV)/bin:$$PATH airflow standalone
 
-bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min, against a long history ~3 min; morning report ~20 min: 100k and 1M rows against 7-night windows; store ~60 min: Lance vs faiss at 100k and 1M; backfill ~40 min: 5 nights parallel vs sequential)
+bench: $(STAMP) ## print the benchmark tables (extraction ~25 min: two engines, N and 4N; two models in one pass vs apart ~5 min; reduce_dim ~10 min; map ~15 min; index ~15 min: 100k and 1M 2048-d vectors; skip_known ~10 min, against a long history ~3 min; morning report ~20 min: 100k and 1M rows against 7-night windows; store ~60 min: Lance vs faiss at 100k and 1M; backfill ~25 min: 5 nights one at a time, side by side, and side by side with the pool capped)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_extract.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_models.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) scripts/bench_reduce.py

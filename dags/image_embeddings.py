@@ -27,7 +27,8 @@ Beam tasks and the `*_done` tasks return at once.
 
 **Backfills** run nights side by side, but `reduce` and `build_index` wait for the night before
 (`wait_for_downstream`): a fitted 2D frame and the index that extends the earlier one are built oldest
-night first, as a sequential run would; the extractions, where a backfill's time goes, stay parallel.
+night first, as a sequential run would; the extractions, where a backfill's time goes, stay parallel. A free
+slot goes to the night furthest along (`weight_rule="upstream"`), so nights finish oldest first.
 
 **Outputs** (one partition per logical date, replaced whole on every run, so
 re-runs and `airflow backfill create` never leave two copies):
@@ -95,6 +96,10 @@ default_args = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=30),
+    # A task's priority is the number of tasks before it, so a free slot goes to the night furthest along: in a
+    # backfill the oldest night reaches its date-ordered reduce and build_index first, and those run while later
+    # nights extract, instead of every night's extraction being queued first (the default, "downstream").
+    "weight_rule": "upstream",
     # Logged always; POSTed to the 'image_embeddings_alerts' connection when it exists.
     "on_failure_callback": FailureAlert("task"),
 }

@@ -1,7 +1,12 @@
 """Wall time of a 5-night backfill through the live Airflow scheduler: side by side vs one night at a time.
 
-    python scripts/bench_backfill.py                     # max_active_runs=5, then max_active_runs=1
-    timeout 4400 python scripts/bench_backfill.py --modes 5 1 2>&1 | tee /tmp/bench_backfill.log
+    python scripts/bench_backfill.py                     # modes 1, 5 and 5/capped (~20 min on 2 cores)
+    timeout 4400 python scripts/bench_backfill.py --modes 1 5 --timeline 2>&1 | tee /tmp/bench_backfill.log
+
+Modes: ``N`` is ``max_active_runs=N``; ``N/capped`` also sizes Airflow's default pool to the executor's
+parallelism, the cap Airflow 3.3's LocalExecutor does not hold itself (apache/airflow#71914), so that the
+scheduler hands a free slot to the task with the highest priority weight (the DAG's ``weight_rule="upstream"``:
+the night furthest along) instead of the executor running whatever was queued first.
 
 Runs what tests/test_scheduler.py's backfill does, once per ``max_active_runs`` value: a throwaway
 PostgreSQL metadata DB (its helpers; SQLite where initdb is missing), then Airflow's api-server, scheduler
@@ -11,8 +16,9 @@ index on, so reduce and build_index wait for the night before) and the test's ni
 each of the first four nights, 7 and a broken file on the last). Each mode gets a fresh metadata DB and its
 own output root over the same staged images, so nothing is reused or short-circuited as completed.
 
-Measured: seconds from the backfill's creation to its ``completed_at`` (polled every 3 s), and each DAG
-run's queued/start/end from the REST API. Printed with the CPU model and flags (avx2, avx512*, amx*), the
+Measured: seconds from the backfill's creation to its ``completed_at`` (polled every 3 s), each DAG run's
+queued/start/end and each task's run and queue time from the REST API, and the share of the machine's CPU
+busy meanwhile (/proc/stat). Printed with the CPU model and flags (avx2, avx512*, amx*), the
 core count and the load average before and after each backfill, since the figures depend on what else the
 machine runs. Exits 1 (with the task states) if any night did not succeed.
 """
@@ -66,6 +72,14 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat: the backfill's CPU use is their delta."""
+    with open("/proc/stat", encoding="utf-8") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def stage_nights(sample_dir: str, images_root: Path, days: list[str]) -> None:
     """The test's nights: 3 images on each of the first four, 6 + a broken file + 1 late image on the last."""
     for i, day in enumerate(days[:-1]):
@@ -78,9 +92,12 @@ def when(stamp: str | None) -> datetime | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
-def run_backfill(work: Path, images_root: Path, nights: list[datetime], mar: int, timeout: float) -> dict:
-    """One backfill of ``nights`` with max_active_runs=``mar`` on fresh components and a fresh metadata DB."""
-    mode = work / f"mar{mar}"
+def run_backfill(work: Path, images_root: Path, nights: list[datetime], mode_name: str, timeout: float) -> dict:
+    """One backfill of ``nights`` in mode ``N`` (max_active_runs=N) or ``N/capped`` (the same, with the default
+    pool sized to the executor's parallelism), on fresh components and a fresh metadata DB."""
+    mar, _, capped = mode_name.partition("/")
+    mar = int(mar)
+    mode = work / mode_name.replace("/", "-")
     home = mode / "airflow"
     home.mkdir(parents=True)
     (home / "passwords.json").write_text(json.dumps({"ops": PASSWORD}))
@@ -92,7 +109,10 @@ def run_backfill(work: Path, images_root: Path, nights: list[datetime], mar: int
         print(f"warning: SQLite metadata DB ({why})", flush=True)
     with contextlib.nullcontext(None) if why else postgres_server() as db_url:
         port = free_port()
-        af = Airflow(home, airflow_env(home, port, mode / "data", db_url), port)
+        env = airflow_env(home, port, mode / "data", db_url)  # the test's, with the pool capped (see the docstring)
+        if not capped:
+            del env["AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT"]  # Airflow's default pool, 128 slots
+        af = Airflow(home, env, port)
         af.start()
         try:
             af.wait_until("the API server", lambda: af.request("GET", "/api/v2/monitor/health", auth=False)[0], 300)
@@ -100,6 +120,7 @@ def run_backfill(work: Path, images_root: Path, nights: list[datetime], mar: int
             af.token = json.loads(body)["access_token"]
             af.wait_until("the DAG to be parsed", lambda: af.api("GET", f"/api/v2/dags/{DAG_ID}")["dag_id"], 300)
             before = load()
+            busy0, total0 = cpu_jiffies()
             started = time.monotonic()
             # Created while the DAG is still paused and covering the latest night, so unpausing it (which the
             # scheduler needs to start backfill runs) schedules no competing run of its own.
@@ -115,20 +136,28 @@ def run_backfill(work: Path, images_root: Path, nights: list[datetime], mar: int
                 f"the backfill (max_active_runs={mar})", lambda: af.api("GET", path)["completed_at"], timeout, 3
             )
             wall = time.monotonic() - started
+            busy1, total1 = cpu_jiffies()
             after = load()
             runs = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=50&order_by=logical_date")["dag_runs"]
-            failed = {}
+            failed, tasks = {}, []
             for r in runs:
+                tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{r['dag_run_id']}/taskInstances")
+                tasks += [{**t, "night": r["logical_date"][:10]} for t in tis["task_instances"]]
                 if r["state"] != "success":
-                    tis = af.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{r['dag_run_id']}/taskInstances")
                     failed[r["dag_run_id"]] = {t["task_id"]: t["state"] for t in tis["task_instances"]}
         finally:
             af.stop()
-    return {"mar": mar, "wall": wall, "before": before, "after": after, "runs": runs, "failed": failed, "out": out}
+    cpu = (busy1 - busy0) / max(1, total1 - total0)  # share of all cores busy during the backfill
+    return {"mode": mode_name, "mar": mar, "wall": wall, "before": before, "after": after, "runs": runs} | {
+        "failed": failed,
+        "out": out,
+        "tasks": tasks,
+        "cpu": cpu,
+    }
 
 
 def print_runs(result: dict) -> None:
-    print(f"\nmax_active_runs={result['mar']}: per-run (UTC, seconds)")
+    print(f"\nmode {result['mode']}: per-run (UTC, seconds)")
     print(f"  {'night':<10}  {'state':<8} {'run_type':<9} {'queued':>8} {'start':>8} {'end':>8} {'run s':>6}")
     for r in result["runs"]:
         queued, start, end = when(r.get("queued_at")), when(r.get("start_date")), when(r.get("end_date"))
@@ -142,11 +171,51 @@ def print_runs(result: dict) -> None:
         print(f"  first start -> last end: {(max(ends) - min(starts)).total_seconds():.0f} s", flush=True)
 
 
+def print_tasks(result: dict) -> None:
+    """Per task: its mean run time and queue wait over the nights, and what all task runs add up to."""
+    by_task: dict[str, list[dict]] = {}
+    for t in result["tasks"]:
+        if t.get("start_date") and t.get("end_date") and t["state"] == "success":
+            by_task.setdefault(t["task_id"], []).append(t)
+    print(f"  {'task (successful runs)':<26} {'n':>3} {'mean run s':>10} {'mean queued s':>13}")
+    total = 0.0
+    for task_id, runs in sorted(by_task.items(), key=lambda kv: min(when(t["start_date"]) for t in kv[1])):
+        spans = [(when(t["end_date"]) - when(t["start_date"])).total_seconds() for t in runs]
+        waits = [(when(t["start_date"]) - when(t["queued_when"])).total_seconds() for t in runs if t.get("queued_when")]
+        total += sum(spans)
+        wait = f"{sum(waits) / len(waits):13.1f}" if waits else f"{'-':>13}"
+        print(f"  {task_id:<26} {len(runs):>3} {sum(spans) / len(spans):>10.1f} {wait}")
+    print(
+        f"  task run time, all tasks: {total:.0f} s = {total / result['wall']:.2f} slots busy on average; "
+        f"CPU busy {100 * result['cpu']:.0f}% of {os.cpu_count()} cores",
+        flush=True,
+    )
+
+
+def print_timeline(result: dict) -> None:
+    """Every task run in the order it started: seconds from the first start, night, task, priority weight."""
+    runs = [t for t in result["tasks"] if t.get("start_date") and t.get("end_date")]
+    if not runs:
+        return
+    zero = min(when(t["start_date"]) for t in runs)
+    print(f"  {'queued':>7} {'start':>7} {'end':>7}  {'night':<10} {'task':<26} {'weight':>6}")
+    for t in sorted(runs, key=lambda t: when(t["start_date"])):
+        queued = f"{(when(t['queued_when']) - zero).total_seconds():7.0f}" if t.get("queued_when") else f"{'-':>7}"
+        start, end = ((when(t[k]) - zero).total_seconds() for k in ("start_date", "end_date"))
+        print(f"  {queued} {start:7.0f} {end:7.0f}  {t['night']:<10} {t['task_id']:<26} {t['priority_weight']:>6}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", type=int, nargs="+", default=[5, 1], help="max_active_runs values, in order")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["1", "5", "5/capped"],
+        help="max_active_runs values, in order; N/capped: also size the default pool to the executor's parallelism",
+    )
     parser.add_argument("--timeout", type=float, default=2400, help="seconds to wait for each backfill")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, outputs)")
+    parser.add_argument("--timeline", action="store_true", help="print every task run in the order it started")
     args = parser.parse_args()
     # `timeout` sends SIGTERM: end the components and PostgreSQL (the finally blocks) rather than orphan them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -163,16 +232,19 @@ def main() -> int:
         latest = latest_night(datetime.now(UTC))
         nights = [latest - timedelta(days=back) for back in (4, 3, 2, 1, 0)]
         stage_nights(sample_dir, work, [n.strftime("%Y-%m-%d") for n in nights])
-        for mar in args.modes:
-            print(f"\nbackfill of 5 nights ({nights[0]:%Y-%m-%d}..{latest:%Y-%m-%d}), max_active_runs={mar} ...")
-            result = run_backfill(work, work, nights, mar, args.timeout)
+        for mode in args.modes:
+            print(f"\nbackfill of 5 nights ({nights[0]:%Y-%m-%d}..{latest:%Y-%m-%d}), mode {mode} ...")
+            result = run_backfill(work, work, nights, mode, args.timeout)
             results.append(result)
-            print(f"backfill of 5 nights, max_active_runs={mar}: {result['wall']:.0f} s", flush=True)
+            print(f"backfill of 5 nights, mode {mode}: {result['wall']:.0f} s", flush=True)
             print_runs(result)
+            print_tasks(result)
+            if args.timeline:
+                print_timeline(result)
             if result["failed"] or len(result["runs"]) != len(nights):
                 print(f"FAILED: {len(result['runs'])} runs; task states of the failed ones:")
                 print(json.dumps(result["failed"], indent=2))
-                print(f"logs: {work / f'mar{mar}' / 'airflow'}")
+                print(f"logs: {work / mode.replace('/', '-') / 'airflow'}")
                 args.keep = True
                 return 1
     except BaseException:
@@ -184,12 +256,18 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nCPU: {cpu_line()}")
-    print(f"{'max_active_runs':>15} {'wall s':>8} {'load before':>18} {'load after':>18}")
+    sequential = next((r["wall"] for r in results if r["mode"] == "1"), None)
+    header = f"{'mode':>10} {'wall s':>7} {'vs 1':>6} {'nights done at (s)':<27} {'CPU busy':>8}"
+    print(f"{header} {'load before/after':>30}")
     for r in results:
-        print(f"{r['mar']:>15} {r['wall']:>8.0f} {r['before']:>18} {r['after']:>18}")
-    if len(results) == 2:
-        a, b = results
-        print(f"ratio wall(max_active_runs={b['mar']}) / wall(max_active_runs={a['mar']}): {b['wall'] / a['wall']:.2f}")
+        ratio = f"{r['wall'] / sequential:6.2f}" if sequential else f"{'-':>6}"
+        starts = [when(x["start_date"]) for x in r["runs"] if x.get("start_date")]
+        done = sorted((when(x["end_date"]) - min(starts)).total_seconds() for x in r["runs"] if x.get("end_date"))
+        nights = " ".join(f"{d:.0f}" for d in done)
+        print(
+            f"{r['mode']:>10} {r['wall']:>7.0f} {ratio} {nights:<27} {100 * r['cpu']:>7.0f}% "
+            f"{r['before'] + ' / ' + r['after']:>30}"
+        )
     return 0
 
 

@@ -208,6 +208,23 @@ def test_stateful_tasks_wait_for_the_night_before(dag):
         assert not dag.get_task(task_id).depends_on_past, task_id
 
 
+def test_a_free_slot_goes_to_the_night_furthest_along(serialized):
+    """weight_rule "upstream": a task outranks every task before it, as the scheduler weighs them, so in a backfill
+    the oldest night's ordered reduce and build_index go before a later night's extraction."""
+    from types import SimpleNamespace
+
+    from airflow.task.priority_strategy import validate_and_load_priority_weight_strategy
+
+    def weight(task_id: str) -> int:
+        task = serialized.get_task(task_id)
+        return validate_and_load_priority_weight_strategy(task.weight_rule).get_weight(SimpleNamespace(task=task))
+
+    for task in serialized.tasks:
+        for upstream_id in task.get_flat_relative_ids(upstream=True):
+            assert weight(task.task_id) > weight(upstream_id), (task.task_id, upstream_id)
+    assert weight("reduce") > weight("extract_embeddings") > weight("plan")
+
+
 def test_beam_tasks_launch_the_job_modules(dag):
     from image_embeddings_airflow.operators import NightlyBeamOperator
 

@@ -214,6 +214,10 @@ def airflow_env(home: Path, port: int, data: Path, db_url: str | None) -> dict[s
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "2",
+        # Airflow 3.3's LocalExecutor holds no slot for a task it has taken (apache/airflow#71914), so it runs what
+        # the scheduler queued first come, first served; the default pool, which the scheduler enforces, sized to
+        # the parallelism is the cap that holds and lets priority weights apply (docs/dag.md, "Backfills").
+        "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": "2",
         # Real logins (not "all admins"), so the test also sees that unauthenticated calls are refused.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
