@@ -21,8 +21,10 @@ import argparse
 import dataclasses
 import enum
 import html
+import importlib
 import inspect
 import json
+import pkgutil
 import re
 from typing import Any
 
@@ -238,9 +240,14 @@ def job_flag_names() -> dict[str, list[str]]:
 
 
 def source_comments(module) -> dict[str, str]:
-    """``NAME = ...  # comment`` and ``("column", "type"),  # comment`` lines of a module: name -> comment."""
+    """``NAME = ...  # comment`` and ``("column", "type"),  # comment`` lines of a module, or of every module of a
+    package: name -> comment."""
+    modules = [module]
+    if hasattr(module, "__path__"):
+        found = pkgutil.iter_modules(module.__path__, module.__name__ + ".")
+        modules += [importlib.import_module(m.name) for m in found]
     notes = {}
-    for line in inspect.getsource(module).splitlines():
+    for line in "\n".join(inspect.getsource(m) for m in modules).splitlines():
         match = re.match(r'^\s*(?:([A-Z_]+)\s*[:=]|\("([a-z_0-9]+)",).*?#\s*(.+)$', line)
         if match:
             notes[match.group(1) or match.group(2)] = match.group(3)
@@ -327,7 +334,8 @@ def render_records() -> str:
         notes = field_notes(doc)
         rows = []
         for name, kind in cls.__annotations__.items():
-            kind = str(kind)
+            # TypedDict keeps a module's postponed annotations as ForwardRef('str', ...): show the text.
+            kind = getattr(kind, "__forward_arg__", None) or str(kind)
             optional = kind.startswith("NotRequired[")
             kind = kind.removeprefix("NotRequired[").removesuffix("]") if optional else kind
             rows.append((None, [code(name), code(kind) + (" <small>(optional)</small>" if optional else ""),

@@ -93,6 +93,12 @@ def test_output_files_and_machine_costs_are_rendered_from_the_code(site):
         assert f"<code>{name}</code>" in outputs, name
     for column, _ in contract.EMBEDDING_COLUMNS:
         assert f"<code>{column}</code>" in outputs, column
+    # Each file's and column's note comes from its comment in the contract package's modules.
+    assert "faiss index over the window" in outputs  # INDEX_FILE's comment (contract/layout.py)
+    # The records' tables show each field's type as written, not a ForwardRef repr.
+    architecture = page(site, "architecture.html")
+    assert "<code>dict[str, ModelFigures]</code>" in architecture
+    assert "ForwardRef" not in architecture
     dataflow = page(site, "dataflow.html")
     assert PRICES_AS_OF in dataflow
     assert dataflow.count("<strong>measured</strong>") >= 2
