@@ -10,7 +10,7 @@
    (``explorer-hover.png``), a box selection (``explorer-selection.png``) and the search box
    (``explorer-search.png``).
 4. ``make airflow`` (airflow standalone) on free ports in another temporary folder: the DAG's trigger form,
-   its first section open (``trigger-form.png``).
+   its first section open (``trigger-form.png``), then its "Report and store" section (``trigger-form-store.png``).
 
 Every page is checked for images that did not load before its screenshot is kept. The network is off
 (loopback only). PNGs are quantised to 128 colours to stay small in the repository.
@@ -294,7 +294,7 @@ def click_text(browser: Browser, selector: str, text: str) -> None:
 
 
 def trigger_form(work: Path, out: Path) -> None:
-    from beam_jobs.nightly.params import NIGHT
+    from beam_jobs.nightly.params import NIGHT, REPORT
 
     with standalone(work) as base, Browser(loopback=True, width=1300, height=1700) as browser:
         browser.open(f"{base}/dags/{DAG_ID}")
@@ -307,6 +307,15 @@ def trigger_form(work: Path, out: Path) -> None:
         time.sleep(1.5)  # the section's opening animation
         no_broken_images(browser, "the trigger form")
         save(browser.screenshot(), out, "trigger-form.png")
+        # The store's params (docs/store.md): the first section closed, "Report and store" open.
+        click_text(browser, "[role=dialog] button", NIGHT)
+        time.sleep(1.5)  # the section's closing animation moves the buttons below it
+        click_text(browser, "[role=dialog] button", REPORT)
+        # Shown, not only present: a closed section keeps its fields in the page.
+        browser.wait_for("[...document.querySelectorAll('[role=dialog] label')].some(x => "
+                         "x.innerText.includes('Vector store') && x.getBoundingClientRect().height > 0)")  # fmt: skip
+        time.sleep(1.5)
+        save(browser.screenshot(), out, "trigger-form-store.png")
 
 
 # --------------------------------------------------------------------------- main
