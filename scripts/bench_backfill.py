@@ -8,7 +8,7 @@ parallelism, the cap Airflow 3.3's LocalExecutor does not hold itself (apache/ai
 scheduler hands a free slot to the task with the highest priority weight (the DAG's ``weight_rule="upstream"``:
 the night furthest along) instead of the executor running whatever was queued first.
 
-Runs what tests/test_scheduler.py's backfill does, once per ``max_active_runs`` value: a throwaway
+Runs what tests/test_scheduler.py's backfill does, once per mode: a throwaway
 PostgreSQL metadata DB (its helpers; SQLite where initdb is missing), then Airflow's api-server, scheduler
 and dag-processor (LocalExecutor, core.parallelism=2), and one backfill of the five nights up to the latest
 whole night through the REST API v2, with the test's conf (random weights, pca, one fixed 2D frame, the
@@ -244,7 +244,7 @@ def main() -> int:
             if result["failed"] or len(result["runs"]) != len(nights):
                 print(f"FAILED: {len(result['runs'])} runs; task states of the failed ones:")
                 print(json.dumps(result["failed"], indent=2))
-                print(f"logs: {work / mode.replace('/', '-') / 'airflow'}")
+                print(f"logs: {result['out'].parent / 'airflow'}")
                 args.keep = True
                 return 1
     except BaseException:

@@ -48,6 +48,7 @@ from tests.support.ci import fail_in_ci
 DAG_ID = "image_embeddings"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 PASSWORD = "integration-test-only"
+SLOTS = 2  # the LocalExecutor's parallelism, and the default pool's size that makes it hold
 
 
 def free_port() -> int:
@@ -213,11 +214,11 @@ def airflow_env(home: Path, port: int, data: Path, db_url: str | None) -> dict[s
         "AIRFLOW__CORE__PLUGINS_FOLDER": os.path.join(ROOT, "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__PARALLELISM": str(SLOTS),
         # Airflow 3.3's LocalExecutor holds no slot for a task it has taken (apache/airflow#71914), so it runs what
         # the scheduler queued first come, first served; the default pool, which the scheduler enforces, sized to
         # the parallelism is the cap that holds and lets priority weights apply (docs/dag.md, "Backfills").
-        "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": "2",
+        "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": str(SLOTS),
         # Real logins (not "all admins"), so the test also sees that unauthenticated calls are refused.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ops:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
